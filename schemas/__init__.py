@@ -1,0 +1,1 @@
+"""Event contracts: one schema and one decode function per topic."""

@@ -1,0 +1,1 @@
+"""Faust side of segstream: the app, topics, tables, agents, web views and CLI."""

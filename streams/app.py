@@ -1,0 +1,90 @@
+"""The Faust application, built from :class:`streams.settings.Settings`.
+
+``faust -A streams.app worker`` and ``segstream worker`` both load this
+module. Faust's own environment lookups are disabled (``env={}``) so the
+``SEGSTREAM_*`` settings are the only source of configuration.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import faust
+from faust.auth import SASLCredentials, SSLCredentials
+
+from streams.settings import Settings, load_settings
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for SSL and SASL_SSL, or ``None`` for plaintext."""
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(
+        purpose=ssl.Purpose.SERVER_AUTH,
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+    )
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(
+            str(settings.kafka_ssl_certfile),
+            str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        )
+    return context
+
+
+def broker_credentials(settings: Settings) -> SASLCredentials | SSLCredentials | None:
+    """Faust credentials carrying the same security settings as kafka-python's."""
+    context = ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        return SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value() if password else None,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return SSLCredentials(context)
+    return None
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for :class:`faust.App`, all taken from ``settings``."""
+    brokers = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
+    store = "rocksdb://" if settings.store == "rocksdb" else "memory://"
+    return {
+        "broker": brokers,
+        "broker_credentials": broker_credentials(settings),
+        "store": store,
+        "datadir": str(settings.data_dir),
+        "topic_partitions": settings.input_partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "topic_allow_declare": True,
+        "processing_guarantee": "at_least_once",
+        "web_enabled": True,
+        "web_bind": settings.web_host,
+        "web_host": settings.web_advertised_host or settings.web_host,
+        "web_port": settings.web_port,
+        # Faust's table dump endpoint would expose every profile unauthenticated.
+        "web_tables_enabled": False,
+        "web_graph_enabled": False,
+        "web_stats_enabled": False,
+        "web_in_thread": False,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "table_standby_replicas": settings.standby_replicas,
+        "worker_redirect_stdouts": False,
+        "env": {},
+    }
+
+
+def create_app(settings: Settings) -> faust.App:
+    """A Faust app configured from ``settings`` (no topics or agents yet)."""
+    return faust.App(settings.app_id, **faust_config(settings))
+
+
+settings = load_settings()
+app = create_app(settings)
+
+# Registering topics, tables, agents and views needs `app` defined above.
+from streams import agents, web  # noqa: E402,F401,I001

@@ -1,0 +1,144 @@
+"""The one Settings object of segstream.
+
+Every configurable value — Kafka connection, topic names, stores, web server,
+security and the domain thresholds — is read here, from ``SEGSTREAM_*``
+environment variables (or a ``.env`` file), and passed down explicitly.
+Faust's own environment lookups are switched off (see :mod:`streams.app`),
+so this class is the single source of truth.
+
+>>> s = Settings(kafka_bootstrap="127.0.0.1:9092", _env_file=None)
+>>> s.topic_names()["clickstream"]
+'segstream.clickstream'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+StoreKind = Literal["rocksdb", "memory"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+ENV_PREFIX = "SEGSTREAM_"
+
+
+class Settings(BaseSettings):
+    """All of segstream's configuration, read from ``SEGSTREAM_*`` variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- Kafka connection -------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092",
+        description="Comma-separated Kafka bootstrap servers (host:port).",
+    )
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        "PLAIN", description="SASL mechanism when the protocol is SASL_*."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate for SSL (mutual TLS)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="Client private key for SSL (mutual TLS)."
+    )
+
+    # --- Application ------------------------------------------------------
+    app_id: str = Field(
+        "segstream",
+        description="Faust application id: consumer group and prefix of internal topics.",
+    )
+    store: StoreKind = Field(
+        "rocksdb", description="Table store: rocksdb for workers, memory for tests."
+    )
+    data_dir: Path = Field(
+        Path("var/segstream"), description="Directory for RocksDB tables and state."
+    )
+    log_level: LogLevel = Field("info", description="Worker log level.")
+
+    # --- Topics -----------------------------------------------------------
+    topic_prefix: str = Field("segstream.", description="Prefix of every topic name.")
+    input_partitions: int = Field(
+        4, ge=1, description="Partitions of the input topics and of every table."
+    )
+    output_partitions: int = Field(4, ge=1, description="Partitions of output topics.")
+    replication_factor: int = Field(1, ge=1, description="Replication of all topics.")
+    standby_replicas: int = Field(
+        0, ge=0, description="Standby copies of each table partition on other workers."
+    )
+
+    # --- Web server -------------------------------------------------------
+    web_host: str = Field("127.0.0.1", description="Address the web server binds to.")
+    web_port: int = Field(6066, ge=1, le=65535, description="Web server port.")
+    web_advertised_host: str | None = Field(
+        None,
+        description="Host name other workers use to reach this one (table routing); "
+        "defaults to web_host.",
+    )
+    web_token: SecretStr | None = Field(
+        None, description="Bearer token required by the profile and admin endpoints."
+    )
+
+    # --- Local broker -----------------------------------------------------
+    kafka_home: Path = Field(
+        Path("var/kafka"),
+        description="Where `segstream kafka start` keeps the local broker's data.",
+    )
+
+    def topic_names(self) -> dict[str, str]:
+        """Name of every topic segstream reads or writes, by role."""
+        roles = (
+            "clickstream",
+            "purchases",
+            "support",
+            "segment_changes",
+            "triggers",
+            "dead_letters",
+            "erasure_requests",
+        )
+        return {role: self.topic_prefix + role.replace("_", "-") for role in roles}
+
+    def kafka_python_config(self) -> dict[str, Any]:
+        """Connection keyword arguments for kafka-python clients.
+
+        The same security settings reach the Faust app through
+        :func:`streams.app.broker_credentials`.
+        """
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap.split(","),
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            config["sasl_mechanism"] = self.kafka_sasl_mechanism
+            config["sasl_plain_username"] = self.kafka_sasl_username
+            config["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value()
+                if self.kafka_sasl_password
+                else None
+            )
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            config["ssl_cafile"] = _as_str(self.kafka_ssl_cafile)
+            config["ssl_certfile"] = _as_str(self.kafka_ssl_certfile)
+            config["ssl_keyfile"] = _as_str(self.kafka_ssl_keyfile)
+        return config
+
+
+def _as_str(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment, with explicit overrides on top."""
+    return Settings(**overrides)
