@@ -87,4 +87,4 @@ settings = load_settings()
 app = create_app(settings)
 
 # Registering topics, tables, agents and views needs `app` defined above.
-from streams import agents, web  # noqa: E402,F401,I001
+from streams import agents, web  # noqa: E402, F401

@@ -24,7 +24,9 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-kafka_cli = typer.Typer(help="Run a local single-node Kafka broker (no Docker).", no_args_is_help=True)
+kafka_cli = typer.Typer(
+    help="Run a local single-node Kafka broker (no Docker).", no_args_is_help=True
+)
 topics_cli = typer.Typer(help="Manage segstream's Kafka topics.", no_args_is_help=True)
 cli.add_typer(kafka_cli, name="kafka")
 cli.add_typer(topics_cli, name="topics")

@@ -33,7 +33,7 @@ SAMPLE_TYPES = ("session_start", "page_view", "product_view", "add_to_cart", "em
 
 def sample_events(customers: int, seed: int = 7) -> Iterator[dict[str, Any]]:
     """A small deterministic clickstream for the demo's first path."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - sample data, not security
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for index in range(customers * 10):
         customer = f"c{rng.randrange(customers):05d}"

@@ -51,12 +51,12 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.web_port}"
 
     def start(self) -> WorkerProcess:
-        environ = {
-            k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)
-        } | {ENV_PREFIX + k: v for k, v in self.env.items()}
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | {
+            ENV_PREFIX + k: v for k, v in self.env.items()
+        }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker"],
                 env=environ,
                 stdout=out,
@@ -79,9 +79,7 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
-                raise WorkerStartError(
-                    f"worker exited; last log lines:\n{self.tail_log()}"
-                )
+                raise WorkerStartError(f"worker exited; last log lines:\n{self.tail_log()}")
             with contextlib.suppress(OSError):
                 status, _ = self.get("/readyz", timeout_s=2.0)
                 if status == 200:
@@ -99,17 +97,15 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the worker: a crash, with no chance to commit or flush."""
-        if self.alive():
-            assert self.proc is not None
+        if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Graceful stop (SIGTERM); SIGKILL after ``timeout_s``."""
-        if not self.alive():
+        if self.proc is None or self.proc.poll() is not None:
             return
-        assert self.proc is not None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:

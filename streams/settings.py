@@ -124,9 +124,7 @@ class Settings(BaseSettings):
             config["sasl_mechanism"] = self.kafka_sasl_mechanism
             config["sasl_plain_username"] = self.kafka_sasl_username
             config["sasl_plain_password"] = (
-                self.kafka_sasl_password.get_secret_value()
-                if self.kafka_sasl_password
-                else None
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             )
         if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
             config["ssl_cafile"] = _as_str(self.kafka_ssl_cafile)

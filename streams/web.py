@@ -22,9 +22,7 @@ async def healthz(self: web.View, request: web.Request) -> web.Response:
 
 @app.page("/customers/{customer_id}")
 @app.table_route(table=profiles_table, match_info="customer_id")
-async def customer_profile(
-    self: web.View, request: web.Request, customer_id: str
-) -> web.Response:
+async def customer_profile(self: web.View, request: web.Request, customer_id: str) -> web.Response:
     """The customer's profile, or 404 when the customer is unknown."""
     profile: Any = profiles_table.get(customer_id)
     if profile is None:

@@ -1,0 +1,99 @@
+"""Shared fixtures: the real Kafka broker, settings and worker factories.
+
+Integration tests (``tests/integration``) get a session-scoped broker: the
+local KRaft node from ``streams.local_kafka``, or the one named by
+``SEGSTREAM_KAFKA_BOOTSTRAP`` when that is set. Kafka is never mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.local_kafka import LocalKafka, free_port, kafka_version
+from streams.process import WorkerProcess
+from streams.settings import ENV_PREFIX, Settings
+
+EXTERNAL_BOOTSTRAP = os.environ.get(ENV_PREFIX + "KAFKA_BOOTSTRAP")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if EXTERNAL_BOOTSTRAP:
+        return f"kafka: external broker at {EXTERNAL_BOOTSTRAP}"
+    return f"kafka: local Apache Kafka {kafka_version()} (KRaft, started by the test session)"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """Bootstrap servers of a real broker for the whole test session."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if EXTERNAL_BOOTSTRAP:
+        yield EXTERNAL_BOOTSTRAP
+        return
+    broker = LocalKafka(home=tmp_path_factory.mktemp("kafka")).start()
+    if reporter is not None:
+        reporter.write_line(
+            f"\nstarted Apache Kafka {broker.version} (KRaft) at {broker.bootstrap}"
+        )
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings isolated from the environment, with overrides."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"data_dir": tmp_path / "data", "store": "memory"}
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A fresh topic prefix so tests on one broker never share topics."""
+    return f"t{uuid.uuid4().hex[:8]}."
+
+
+@pytest.fixture
+def worker_factory(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real ``segstream worker`` processes; all are stopped at teardown."""
+    started: list[WorkerProcess] = []
+    app_id = f"segstream-test-{uuid.uuid4().hex[:8]}"
+
+    def start(name: str = "w1", **env: str) -> WorkerProcess:
+        values = {
+            "KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "APP_ID": app_id,
+            "TOPIC_PREFIX": topic_prefix,
+            "DATA_DIR": str(tmp_path / name / "data"),
+            "WEB_PORT": str(free_port()),
+            "INPUT_PARTITIONS": "4",
+        }
+        values.update(env)
+        worker = WorkerProcess(env=values, log_path=tmp_path / name / "worker.log").start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
