@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,8 @@ def run_demo(console: Console, customers: int = 20) -> None:
     external = os.environ.get(ENV_PREFIX + "KAFKA_BOOTSTRAP")
     broker: LocalKafka | None = None
     worker: WorkerProcess | None = None
+    # Each demo run uses a fresh consumer group, so old table state must go too.
+    shutil.rmtree(DEMO_DIR / "worker", ignore_errors=True)
     try:
         if external:
             bootstrap = external
@@ -118,14 +121,14 @@ def _await_profiles(
 
 def _print_profiles(console: Console, profiles: dict[str, dict[str, Any]]) -> None:
     table = Table(title="Profiles computed by the worker")
-    for column in ("customer", "events", "by type", "first seen", "last seen"):
+    for column in ("customer", "events", "lifetime by type", "first seen", "last seen"):
         table.add_column(column)
     for customer_id in sorted(profiles):
         profile = profiles[customer_id]
         table.add_row(
             customer_id,
             str(profile["events"]),
-            ", ".join(f"{k}={v}" for k, v in sorted(profile["by_type"].items())),
+            ", ".join(f"{k.split('.')[-1]}={v}" for k, v in profile["lifetime"].items()),
             _fmt_ms(profile["first_seen_ms"]),
             _fmt_ms(profile["last_seen_ms"]),
         )

@@ -19,6 +19,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.profile import ProfileConfig
+from schemas.decode import DecodeLimits
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 StoreKind = Literal["rocksdb", "memory"]
@@ -91,6 +94,33 @@ class Settings(BaseSettings):
         None, description="Bearer token required by the profile and admin endpoints."
     )
 
+    # --- Input contracts --------------------------------------------------
+    max_event_bytes: int = Field(
+        64 * 1024, ge=256, description="Largest accepted input message; larger is a dead letter."
+    )
+    max_amount: float = Field(
+        1_000_000.0, gt=0, description="Largest accepted order or refund amount."
+    )
+    max_future_skew_s: int = Field(
+        86_400, ge=0, description="How far past the wall clock an event time may lie."
+    )
+
+    # --- Profile state ----------------------------------------------------
+    windows_days: tuple[int, ...] = Field(
+        (1, 7, 30, 90), description="Event-time windows of the profile, in days."
+    )
+    allowed_lateness_s: int = Field(
+        6 * 3600,
+        ge=0,
+        description="How late an event may arrive and still count in its daily window.",
+    )
+    dedup_capacity: int = Field(
+        256, ge=1, description="Event ids remembered per customer to drop redeliveries."
+    )
+    anonymous_buffer_events: int = Field(
+        200, ge=0, description="Anonymous events held per anonymous id until an identify."
+    )
+
     # --- Local broker -----------------------------------------------------
     kafka_home: Path = Field(
         Path("var/kafka"),
@@ -109,6 +139,22 @@ class Settings(BaseSettings):
             "erasure_requests",
         )
         return {role: self.topic_prefix + role.replace("_", "-") for role in roles}
+
+    def decode_limits(self) -> DecodeLimits:
+        """Bounds for :func:`schemas.decode.decode_event`."""
+        return DecodeLimits(
+            max_bytes=self.max_event_bytes,
+            max_amount=self.max_amount,
+            max_future_ms=self.max_future_skew_s * 1000,
+        )
+
+    def profile_config(self) -> ProfileConfig:
+        """Settings of :mod:`models.profile`."""
+        return ProfileConfig(
+            windows_days=self.windows_days,
+            allowed_lateness_ms=self.allowed_lateness_s * 1000,
+            dedup_capacity=self.dedup_capacity,
+        )
 
     def kafka_python_config(self) -> dict[str, Any]:
         """Connection keyword arguments for kafka-python clients.

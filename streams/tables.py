@@ -1,8 +1,9 @@
 """Faust tables: per-customer state, partitioned like the input topics.
 
-Keys are the raw ``customer_id`` bytes' string form with the ``raw`` key
-serializer, so a key lands in the same partition as the input message that
-carried it and web requests are routed to the worker that owns it.
+Keys use the ``raw`` key serializer (the app default), so a key's bytes are
+the ``customer_id`` exactly as producers key the input topics: state lands
+in the same partition as the events, and web requests are routed to the
+worker that owns it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,14 @@ from streams.app import app, settings
 
 profiles_table = app.Table(
     "profiles",
+    default=None,
+    partitions=settings.input_partitions,
+    key_type=str,
+)
+
+# anonymous_id -> {"customer_id": str | None, "pending": [event, ...]}
+identities_table = app.Table(
+    "identities",
     default=None,
     partitions=settings.input_partitions,
     key_type=str,

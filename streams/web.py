@@ -9,9 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from faust import web
+from prometheus_client import generate_latest
 
-from streams.app import app
+from models.profile import summary
+from streams import metrics
+from streams.app import app, settings
 from streams.tables import profiles_table
+
+PROFILE_CONFIG = settings.profile_config()
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 
 @app.page("/healthz")
@@ -27,7 +33,14 @@ async def customer_profile(self: web.View, request: web.Request, customer_id: st
     profile: Any = profiles_table.get(customer_id)
     if profile is None:
         return self.json({"error": "unknown customer"}, status=404)
-    return self.json({"customer_id": customer_id, **profile})
+    return self.json({"customer_id": customer_id, **summary(profile, PROFILE_CONFIG)})
+
+
+@app.page("/metrics")
+async def prometheus_metrics(self: web.View, request: web.Request) -> web.Response:
+    """Prometheus exposition of this worker's metrics."""
+    # aiohttp refuses a charset inside content_type; the exposition is UTF-8 anyway.
+    return self.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
 
 
 @app.page("/readyz")

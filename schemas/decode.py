@@ -1,0 +1,212 @@
+"""Edge decoding: raw Kafka bytes → a typed, normalised record, or a reason.
+
+Faust acknowledges a message it cannot deserialize before the agent sees it,
+so segstream reads raw bytes and decodes here. :func:`decode_event` either
+returns a record or raises :class:`DecodeError` carrying a machine-readable
+``kind``; the agent turns that into a dead letter. Nothing here raises
+anything else, whatever the input (a hypothesis test fuzzes it).
+
+JSON is parsed with orjson; validation and normalisation use msgspec Structs
+(``schemas.records``), which check a parsed dict against the contract in
+about a microsecond and also generate the published JSON Schemas.
+
+>>> limits = DecodeLimits()
+>>> event = decode_event(
+...     "purchases", b"c1",
+...     b'{"event_id":"e1","customer_id":"c1","ts":"2026-01-01T00:00:00Z",'
+...     b'"type":"order","order_id":"o1","amount":12.5,"currency":"eur"}',
+...     limits, now_ms=1_767_225_600_000)
+>>> event.currency, event.ts
+('EUR', 1767225600000)
+>>> decode_event("purchases", b"c1", b"[1]", limits, now_ms=0)
+Traceback (most recent call last):
+...
+schemas.decode.DecodeError: not_object: JSON value is a list, not an object
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+import orjson
+
+from schemas.errors import SegstreamError
+from schemas.records import (
+    INPUT_MODELS,
+    SCORE_RANGES,
+    ClickEvent,
+    DeadLetter,
+    InputEvent,
+    PurchaseEvent,
+    SupportEvent,
+)
+
+ErrorKind = Literal[
+    "oversized",
+    "empty",
+    "invalid_utf8",
+    "not_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "unknown_type",
+    "invalid_value",
+    "amount_out_of_range",
+    "time_out_of_range",
+    "missing_key",
+    "key_mismatch",
+    "unsupported_version",
+    "unknown_topic",
+]
+
+# 1990-01-01T00:00:00Z: nothing in a customer history is older.
+MIN_EVENT_TIME_MS = 631_152_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds an input event must respect; all are settings."""
+
+    max_bytes: int = 64 * 1024
+    max_amount: float = 1_000_000.0
+    min_ts_ms: int = MIN_EVENT_TIME_MS
+    max_future_ms: int = 24 * 3600 * 1000
+
+
+class DecodeError(SegstreamError):
+    """An input message that cannot be accepted, and why."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind: ErrorKind = kind
+        self.message = message
+
+
+def decode_event(
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    limits: DecodeLimits,
+    now_ms: int,
+) -> InputEvent:
+    """Decode, validate and normalise one input message.
+
+    Parameters
+    ----------
+    topic
+        The role of the source topic: ``clickstream``, ``purchases`` or ``support``.
+    key, value
+        The raw message key and value.
+    limits
+        Size, amount and time bounds.
+    now_ms
+        Wall-clock time, only to reject events from the future.
+
+    Raises
+    ------
+    DecodeError
+        With ``kind`` naming the first problem found.
+    """
+    model = INPUT_MODELS.get(topic)
+    if model is None:
+        raise DecodeError("unknown_topic", f"no contract for topic role {topic!r}")
+    if not value:
+        raise DecodeError("empty", "message has no value")
+    if len(value) > limits.max_bytes:
+        raise DecodeError("oversized", f"{len(value)} bytes > limit {limits.max_bytes}")
+    try:
+        payload = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        if "UTF-8" in str(exc) or "utf-8" in str(exc):
+            raise DecodeError("invalid_utf8", "value is not valid UTF-8") from exc
+        raise DecodeError("not_json", f"value is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise DecodeError("not_object", f"JSON value is a {type(payload).__name__}, not an object")
+    version = payload.get("schema_version", 1)
+    if version != 1:
+        raise DecodeError("unsupported_version", f"schema_version {version!r} is not supported")
+    try:
+        event: InputEvent = msgspec.convert(payload, model)
+    except msgspec.ValidationError as exc:
+        raise _from_validation(str(exc)) from exc
+    _check_bounds(event, limits, now_ms)
+    _check_key(event, key)
+    return event
+
+
+def _from_validation(message: str) -> DecodeError:
+    kind: ErrorKind
+    if message.startswith("Object missing required field"):
+        kind = "missing_field"
+    elif message.startswith("Invalid enum value") and message.endswith("`$.type`"):
+        kind = "unknown_type"
+    elif message.startswith("Expected `float` >") and "$.amount" in message:
+        kind = "amount_out_of_range"
+    elif message.startswith("Expected `") and "`, got `" in message:
+        kind = "wrong_type"
+    else:
+        kind = "invalid_value"
+    return DecodeError(kind, message)
+
+
+def _check_bounds(event: InputEvent, limits: DecodeLimits, now_ms: int) -> None:
+    ts = int(event.ts)  # normalised to epoch ms by the record
+    if ts < limits.min_ts_ms:
+        raise DecodeError("time_out_of_range", "event time is before 1990")
+    if ts > now_ms + limits.max_future_ms:
+        raise DecodeError("time_out_of_range", "event time is too far in the future")
+    if isinstance(event, PurchaseEvent) and event.amount > limits.max_amount:
+        raise DecodeError(
+            "amount_out_of_range", f"amount {event.amount} exceeds limit {limits.max_amount}"
+        )
+    if isinstance(event, SupportEvent) and event.type in SCORE_RANGES:
+        low, high = SCORE_RANGES[event.type]
+        if event.score is None or not low <= event.score <= high:
+            raise DecodeError(
+                "invalid_value", f"score of {event.type} must be within {low}..{high}"
+            )
+
+
+def _check_key(event: InputEvent, key: bytes | None) -> None:
+    # The key decides the partition, and so which worker holds the state: a
+    # key that is not the customer (or, for anonymous browsing, the
+    # anonymous id) would put the event beside the wrong state.
+    expected = event.customer_id
+    if isinstance(event, ClickEvent) and (expected is None or event.type == "identify"):
+        # Anonymous browsing, and the identify that closes it, are keyed by
+        # the anonymous id (see streams.agents for how they are stitched).
+        expected = event.anonymous_id or expected
+    if expected is None:
+        raise DecodeError("missing_field", "customer_id: required (or anonymous_id)")
+    if key is None:
+        raise DecodeError("missing_key", "message has no key; key it by customer_id")
+    if key != expected.encode():
+        raise DecodeError("key_mismatch", "message key differs from the event's customer_id")
+
+
+def dead_letter(
+    *,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    error: DecodeError,
+    message_timestamp_ms: int | None,
+    failed_at_ms: int,
+) -> DeadLetter:
+    """The dead-letter record for a rejected message: original bytes and the reason."""
+    return DeadLetter(
+        source_topic=source_topic,
+        partition=partition,
+        offset=offset,
+        key_b64=base64.b64encode(key).decode() if key is not None else None,
+        value_b64=base64.b64encode(value).decode() if value is not None else None,
+        error_kind=error.kind,
+        error=error.message,
+        message_timestamp_ms=message_timestamp_ms,
+        failed_at_ms=failed_at_ms,
+    )
