@@ -28,8 +28,10 @@ kafka_cli = typer.Typer(
     help="Run a local single-node Kafka broker (no Docker).", no_args_is_help=True
 )
 topics_cli = typer.Typer(help="Manage segstream's Kafka topics.", no_args_is_help=True)
+schemas_cli = typer.Typer(help="Event contracts (JSON Schema).", no_args_is_help=True)
 cli.add_typer(kafka_cli, name="kafka")
 cli.add_typer(topics_cli, name="topics")
+cli.add_typer(schemas_cli, name="schemas")
 
 
 def _fail(exc: SegstreamError) -> None:
@@ -91,6 +93,15 @@ def topics_create() -> None:
         return
     for name, state in result.items():
         console.print(f"{state:>8}  {name}")
+
+
+@schemas_cli.command("export")
+def schemas_export() -> None:
+    """Write every contract's JSON Schema into schemas/json/."""
+    from schemas.export import export_all
+
+    for path in export_all():
+        console.print(f"wrote {path}")
 
 
 @cli.command()
