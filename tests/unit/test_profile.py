@@ -2,12 +2,103 @@
 
 from __future__ import annotations
 
-from models.profile import apply_event
+import random
+
+from models.profile import DAY_MS, ProfileConfig, apply_event, event, summary, window_counts
+
+CONFIG = ProfileConfig(windows_days=(1, 7, 30, 90), allowed_lateness_ms=3600_000, dedup_capacity=8)
+
+
+def replay(events: list[dict[str, object]], config: ProfileConfig = CONFIG) -> dict[str, object]:
+    state = None
+    for item in events:
+        state, _ = apply_event(state, item, config)
+    assert state is not None
+    return state
 
 
 def test_out_of_order_events_keep_first_and_last_seen_by_event_time() -> None:
-    state = apply_event(None, {"type": "page_view", "ts_ms": 2_000})
-    state = apply_event(state, {"type": "search", "ts_ms": 1_000})
+    state = replay(
+        [event("clickstream", "page_view", 2_000, "a"), event("clickstream", "search", 1_000, "b")]
+    )
     assert state["first_seen_ms"] == 1_000
     assert state["last_seen_ms"] == 2_000
-    assert state["by_type"] == {"page_view": 1, "search": 1}
+    assert state["lifetime"] == {"clickstream.page_view": 1, "clickstream.search": 1}
+
+
+def test_redelivered_event_changes_nothing() -> None:
+    first = event("purchases", "order", 10 * DAY_MS, "e1")
+    state, outcome = apply_event(None, first, CONFIG)
+    before = summary(state, CONFIG)
+    state, outcome = apply_event(state, dict(first), CONFIG)
+    assert outcome == "duplicate"
+    assert summary(state, CONFIG) == before
+
+
+def test_dedup_memory_is_bounded_per_customer() -> None:
+    state = replay([event("clickstream", "page_view", 1000 + i, f"e{i}") for i in range(100)])
+    assert len(state["recent_ids"]) == CONFIG.dedup_capacity
+    assert state["recent_ids"][-1] == "e99"
+
+
+def test_late_event_counts_in_lifetime_but_not_in_a_closed_window() -> None:
+    day10 = 10 * DAY_MS
+    state = replay(
+        [
+            event("purchases", "order", day10 + 1000, "a"),
+            event("purchases", "order", day10 + 2 * DAY_MS, "b"),  # watermark: day 12
+        ]
+    )
+    # day 10 closed at day 11 + 1 h lateness; the watermark is past that.
+    state, outcome = apply_event(state, event("purchases", "order", day10 + 5000, "late"), CONFIG)
+    assert outcome == "late"
+    assert state["lifetime"]["purchases.order"] == 3
+    assert window_counts(state, 7)["purchases.order"] == 2
+    assert state["late_events"] == 1
+
+
+def test_event_within_allowed_lateness_still_counts_in_its_window() -> None:
+    day10 = 10 * DAY_MS
+    state = replay(
+        [event("purchases", "order", day10 + DAY_MS + 10 * 60_000, "b")]
+    )  # day 11, 00:10
+    state, outcome = apply_event(state, event("purchases", "order", day10 + 5000, "a"), CONFIG)
+    assert outcome == "applied"
+    assert window_counts(state, 7)["purchases.order"] == 2
+
+
+def test_windows_count_only_their_days() -> None:
+    events = [event("clickstream", "page_view", d * DAY_MS + 1, f"e{d}") for d in range(100, 200)]
+    state = replay(events)
+    assert window_counts(state, 1) == {"clickstream.page_view": 1}
+    assert window_counts(state, 7) == {"clickstream.page_view": 7}
+    assert window_counts(state, 90) == {"clickstream.page_view": 90}
+    assert state["lifetime"] == {"clickstream.page_view": 100}
+
+
+def test_state_stays_bounded_as_event_time_passes() -> None:
+    config = ProfileConfig(windows_days=(1, 7, 30, 90), allowed_lateness_ms=0, dedup_capacity=8)
+    events = [event("clickstream", "page_view", d * DAY_MS, f"e{d}") for d in range(0, 3650)]
+    state = replay(events, config)
+    assert len(state["buckets"]) <= 90
+    assert len(state["recent_ids"]) <= 8
+
+
+def test_replaying_history_in_order_gives_the_same_profile_as_live() -> None:
+    rng = random.Random(3)
+    events = sorted(
+        (
+            event(
+                "clickstream",
+                rng.choice(["page_view", "search"]),
+                rng.randrange(0, 60 * DAY_MS),
+                f"e{i}",
+            )
+            for i in range(500)
+        ),
+        key=lambda item: (item["ts"], item["event_id"]),
+    )
+    live = replay(events)
+    # A second run over the same history (as `segstream evaluate` does) agrees.
+    again = replay([dict(item) for item in events])
+    assert summary(live, CONFIG) == summary(again, CONFIG)
