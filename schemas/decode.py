@@ -27,8 +27,9 @@ schemas.decode.DecodeError: not_object: JSON value is a list, not an object
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import orjson
@@ -170,15 +171,38 @@ def _check_bounds(event: InputEvent, limits: DecodeLimits, now_ms: int) -> None:
             )
 
 
+def expected_key(customer_id: str | None, anonymous_id: str | None, type_: str) -> str | None:
+    """The message key an event must carry: whose state it updates.
+
+    The customer id; for logged-out browsing, and the ``identify`` that ends
+    it, the anonymous id (``streams.agents`` stitches those to the customer).
+    The key decides the partition and so which worker holds the state.
+    """
+    if anonymous_id is not None and (customer_id is None or type_ == "identify"):
+        return anonymous_id
+    return customer_id
+
+
+def partition_key(event: Mapping[str, Any]) -> str | None:
+    """:func:`expected_key` of an event mapping; producers key messages with it.
+
+    >>> partition_key({"customer_id": "c000001", "type": "page_view"})
+    'c000001'
+    >>> partition_key({"anonymous_id": "a1", "customer_id": "c000001", "type": "identify"})
+    'a1'
+    """
+    customer_id = event.get("customer_id")
+    anonymous_id = event.get("anonymous_id")
+    return expected_key(
+        None if customer_id is None else str(customer_id),
+        None if anonymous_id is None else str(anonymous_id),
+        str(event.get("type", "")),
+    )
+
+
 def _check_key(event: InputEvent, key: bytes | None) -> None:
-    # The key decides the partition, and so which worker holds the state: a
-    # key that is not the customer (or, for anonymous browsing, the
-    # anonymous id) would put the event beside the wrong state.
-    expected = event.customer_id
-    if isinstance(event, ClickEvent) and (expected is None or event.type == "identify"):
-        # Anonymous browsing, and the identify that closes it, are keyed by
-        # the anonymous id (see streams.agents for how they are stitched).
-        expected = event.anonymous_id or expected
+    anonymous_id = event.anonymous_id if isinstance(event, ClickEvent) else None
+    expected = expected_key(event.customer_id, anonymous_id, event.type)
     if expected is None:
         raise DecodeError("missing_field", "customer_id: required (or anonymous_id)")
     if key is None:

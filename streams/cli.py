@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -113,6 +114,95 @@ def worker() -> None:
 
     logging.basicConfig(level=settings.log_level.upper())
     Worker(app, loglevel=settings.log_level, redirect_stdouts=False).execute_from_commandline()
+
+
+def _send_with_progress(events: list[dict[str, object]], speed: float) -> None:
+    from rich.progress import Progress
+
+    from streams.producer import send_events
+
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task("sending", total=len(events))
+        for sent in send_events(load_settings(), events, speed=speed):
+            if sent % 1000 == 0 or sent == len(events):
+                progress.update(task, completed=sent)
+
+
+@cli.command()
+def simulate(
+    customers: Annotated[int, typer.Option(help="Number of simulated customers.")] = 1000,
+    days: Annotated[int, typer.Option(help="Event-time span in days.")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same output.")] = 42,
+    start: Annotated[str, typer.Option(help="Start of the span, ISO-8601 date.")] = "2026-01-01",
+    malformed_rate: Annotated[
+        float, typer.Option(help="Share of good events followed by a malformed record.")
+    ] = 0.0,
+    out: Annotated[
+        Path | None, typer.Option(help="Write DIR/events.jsonl and DIR/truth.jsonl.")
+    ] = None,
+    to_kafka: Annotated[bool, typer.Option(help="Stream the events to the input topics.")] = False,
+    speed: Annotated[
+        float, typer.Option(help="With --to-kafka: 0 = as fast as possible, k = k× real time.")
+    ] = 0.0,
+) -> None:
+    """Simulate customers from planted personas, with known ground truth."""
+    from datetime import UTC, datetime
+
+    from models.simulator import SimConfig, write_outputs
+    from models.simulator import simulate as run_simulation
+
+    if out is None and not to_kafka:
+        console.print("[red]error:[/red] give --out DIR, --to-kafka, or both")
+        raise typer.Exit(2)
+    config = SimConfig(
+        customers=customers,
+        days=days,
+        seed=seed,
+        start=datetime.fromisoformat(start).replace(tzinfo=UTC),
+        malformed_rate=malformed_rate,
+    )
+    if out is not None:
+        n_events, n_customers = write_outputs(config, out)
+        console.print(f"wrote {n_events} events for {n_customers} customers to {out}")
+    if to_kafka:
+        events, _ = run_simulation(config)
+        _send_with_progress(events, speed)
+
+
+@cli.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="events.jsonl, or a transactions .csv")],
+    speed: Annotated[float, typer.Option(help="0 = as fast as possible, k = k× real time.")] = 0.0,
+    customer_col: Annotated[str, typer.Option(help="CSV: customer id column.")] = "customer_id",
+    date_col: Annotated[str, typer.Option(help="CSV: order date column.")] = "date",
+    amount_col: Annotated[str, typer.Option(help="CSV: order amount column.")] = "amount",
+    order_col: Annotated[str | None, typer.Option(help="CSV: order id column.")] = None,
+    qty_col: Annotated[str | None, typer.Option(help="CSV: quantity column.")] = None,
+    currency: Annotated[str, typer.Option(help="CSV: currency of the amounts.")] = "EUR",
+) -> None:
+    """Send a history file to the input topics in event-time order (backfill)."""
+    from schemas.event_time import parse_event_time
+    from schemas.transactions_csv import CsvColumns, csv_orders
+    from streams.producer import read_jsonl
+
+    try:
+        if file.suffix.lower() == ".csv":
+            columns = CsvColumns(customer_col, date_col, amount_col, order_col, qty_col, currency)
+            with open(file, newline="") as handle:
+                events: list[dict[str, object]] = list(csv_orders(handle, columns))
+        else:
+            events = list(read_jsonl(file))
+    except SegstreamError as exc:
+        _fail(exc)
+        return
+    # Malformed records have no event time: they travel with the event before them.
+    order_keys, last_ts = [], 0
+    for event in events:
+        last_ts = last_ts if "malformed" in event else parse_event_time(event["ts"])
+        order_keys.append(last_ts)
+    events = [e for _, e in sorted(zip(order_keys, events, strict=True), key=lambda p: p[0])]
+    _send_with_progress(events, speed)
+    console.print(f"sent {len(events)} events from {file}")
 
 
 @cli.command()

@@ -7,12 +7,17 @@ the customer's state.
 
 from __future__ import annotations
 
+import base64
+import time
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
 from kafka import KafkaProducer
 
+from schemas.decode import partition_key
+from schemas.event_time import parse_event_time
 from streams.settings import Settings
 
 INPUT_ROLES = ("clickstream", "purchases", "support", "erasure_requests")
@@ -32,26 +37,54 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
 
 
 def encode_event(event: Mapping[str, Any]) -> tuple[str, bytes | None, bytes]:
-    """Split an event line (with its ``"topic"`` role) into ``(role, key, value)``."""
+    """Split an event line (with its ``"topic"`` role) into ``(role, key, value)``.
+
+    A deliberately malformed record from the simulator (``"malformed"`` set)
+    carries its exact bytes in ``raw`` (or ``raw_b64`` when read from a file)
+    and its key in ``key``; it is sent as is.
+    """
+    if "malformed" in event:
+        raw = event.get("raw")
+        if raw is None:
+            raw = base64.b64decode(event["raw_b64"])
+        elif isinstance(raw, str):
+            raw = raw.encode()
+        key = event.get("key")
+        return str(event["topic"]), key.encode() if isinstance(key, str) else key, raw
     body = {k: v for k, v in event.items() if k != "topic"}
     role = str(event.get("topic", "clickstream"))
-    customer_id = body.get("customer_id")
-    key = str(customer_id).encode() if customer_id is not None else None
-    return role, key, orjson.dumps(body)
+    key = partition_key(body)
+    return role, None if key is None else key.encode(), orjson.dumps(body)
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Events from a JSONL file in the simulator's format, in file order."""
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield orjson.loads(line)
 
 
 def send_events(
     settings: Settings,
     events: Iterable[Mapping[str, Any]],
     producer: KafkaProducer | None = None,
+    speed: float = 0.0,
 ) -> Iterator[int]:
-    """Send events in order; yields the running count (for progress bars)."""
+    """Send events in order; yields the running count (for progress bars).
+
+    ``speed`` 0 sends as fast as possible; ``k`` > 0 paces sending at k times
+    real time, by the events' own event times.
+    """
     names = settings.topic_names()
     own = producer is None
     client = make_producer(settings) if producer is None else producer
     try:
         count = 0
+        pace = _Pacer(speed) if speed > 0 else None
         for event in events:
+            if pace is not None and "ts" in event:
+                pace.wait_for(parse_event_time(event["ts"]))
             role, key, value = encode_event(event)
             client.send(names[role], key=key, value=value)
             count += 1
@@ -60,3 +93,20 @@ def send_events(
     finally:
         if own:
             client.close()
+
+
+class _Pacer:
+    """Sleeps so that event time advances ``speed`` times faster than wall time."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.first_ts: int | None = None
+        self.started = time.monotonic()
+
+    def wait_for(self, ts_ms: int) -> None:
+        if self.first_ts is None:
+            self.first_ts = ts_ms
+        due = self.started + (ts_ms - self.first_ts) / 1000 / self.speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
