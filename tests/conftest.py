@@ -8,6 +8,7 @@ local KRaft node from ``streams.local_kafka``, or the one named by
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,3 +98,28 @@ def worker_factory(
     yield start
     for worker in started:
         worker.stop()
+
+
+def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 60.0) -> list[Any]:
+    """Every record of ``topic`` from the beginning, once ``expected`` are there."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+        **settings.kafka_python_config(),
+    )
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            records.extend(consumer)
+            if len(records) >= expected:
+                # Keep reading briefly: more than expected is a failure too.
+                records.extend(consumer)
+                break
+    finally:
+        consumer.close()
+    return records

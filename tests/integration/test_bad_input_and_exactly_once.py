@@ -1,0 +1,106 @@
+"""Issue 3's acceptance on the real broker: simulator output mixed with every
+bad-input kind; each bad record lands in the dead-letter topic with its reason,
+and every good event reaches the profile table exactly once — redeliveries
+included."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from models.simulator import MALFORMED_KINDS, SimConfig, simulate
+from streams.admin import create_topics
+from streams.process import WorkerProcess
+from streams.producer import send_events
+from streams.settings import Settings
+from tests.conftest import read_topic
+
+DECODER_KIND = {
+    "negative_amount": "amount_out_of_range",
+    "absurd_amount": "amount_out_of_range",
+    "future_time": "time_out_of_range",
+    "ancient_time": "time_out_of_range",
+}
+
+
+def expected_lifetime(events: list[dict[str, Any]]) -> dict[str, Counter[str]]:
+    """Independent recomputation of lifetime counts per customer from raw events."""
+    alias = {
+        e["anonymous_id"]: e["customer_id"]
+        for e in events
+        if e.get("type") == "identify" and "malformed" not in e
+    }
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for e in events:
+        if "malformed" in e or e["type"] == "identify":
+            continue
+        customer = e.get("customer_id") or alias.get(e.get("anonymous_id", ""))
+        if customer is not None:
+            counts[customer][f"{e['topic']}.{e['type']}"] += 1
+    return counts
+
+
+def test_bad_records_reach_dead_letters_and_good_ones_count_exactly_once(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    settings = settings_factory(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
+    create_topics(settings)
+    config = SimConfig(
+        customers=120,
+        days=30,
+        seed=1234,
+        start=datetime(2026, 1, 1, tzinfo=UTC),
+        malformed_rate=0.02,
+    )
+    events, _ = simulate(config)
+    bad = [e for e in events if "malformed" in e]
+    good = [e for e in events if "malformed" not in e]
+    assert {e["malformed"] for e in bad} == set(MALFORMED_KINDS)
+
+    worker = worker_factory()
+    worker.wait_ready()
+    # Every good event of the first 40 customers' first week is delivered twice.
+    redelivered = [e for e in good if e.get("customer_id", "") < "c000040"][:300]
+    for _ in send_events(settings, events + redelivered):
+        pass
+
+    letters = read_topic(settings, settings.topic_names()["dead_letters"], expected=len(bad))
+    assert len(letters) == len(bad), worker.tail_log()
+    got = Counter(
+        (orjson.loads(m.value)["error_kind"], base64.b64decode(orjson.loads(m.value)["value_b64"]))
+        for m in letters
+    )
+    want = Counter((DECODER_KIND.get(e["malformed"], e["malformed"]), e["raw"]) for e in bad)
+    assert got == want
+    letter = orjson.loads(letters[0].value)
+    assert letter["source_topic"].startswith(topic_prefix)
+    assert letter["error"] and letter["failed_at_ms"] > 0 and letter["offset"] >= 0
+
+    expected = expected_lifetime(events)
+    deadline = time.monotonic() + 90
+    mismatched: dict[str, Any] = dict(expected)
+    while mismatched and time.monotonic() < deadline:
+        for customer_id in list(mismatched):
+            status, body = worker.get(f"/customers/{customer_id}")
+            if status == 200 and orjson.loads(body)["lifetime"] == dict(expected[customer_id]):
+                del mismatched[customer_id]
+        time.sleep(1)
+    assert not mismatched, f"{len(mismatched)} profiles differ from the ground truth"
+    _, metrics_text = worker.get("/metrics")
+    duplicates = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.decode().splitlines()
+        if line.startswith("segstream_duplicate_events_total{")
+    )
+    assert duplicates == sum(1 for e in redelivered if e["type"] != "identify")
+    assert b"segstream_dead_letters_total" in metrics_text
+    assert worker.alive(), "a bad record must never stop the worker"
