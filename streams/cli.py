@@ -181,9 +181,8 @@ def replay(
     currency: Annotated[str, typer.Option(help="CSV: currency of the amounts.")] = "EUR",
 ) -> None:
     """Send a history file to the input topics in event-time order (backfill)."""
-    from schemas.event_time import parse_event_time
     from schemas.transactions_csv import CsvColumns, csv_orders
-    from streams.producer import read_jsonl
+    from streams.producer import in_event_time_order, read_jsonl
 
     try:
         if file.suffix.lower() == ".csv":
@@ -195,12 +194,7 @@ def replay(
     except SegstreamError as exc:
         _fail(exc)
         return
-    # Malformed records have no event time: they travel with the event before them.
-    order_keys, last_ts = [], 0
-    for event in events:
-        last_ts = last_ts if "malformed" in event else parse_event_time(event["ts"])
-        order_keys.append(last_ts)
-    events = [e for _, e in sorted(zip(order_keys, events, strict=True), key=lambda p: p[0])]
+    events = in_event_time_order(events)
     _send_with_progress(events, speed)
     console.print(f"sent {len(events)} events from {file}")
 

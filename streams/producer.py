@@ -65,6 +65,19 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(line)
 
 
+def in_event_time_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events sorted by event time, stably; malformed records (no event time)
+    travel with the event before them."""
+    keys: list[int] = []
+    last_ts = 0
+    for event in events:
+        if "malformed" not in event:
+            last_ts = parse_event_time(event["ts"])
+        keys.append(last_ts)
+    order = sorted(range(len(events)), key=keys.__getitem__)
+    return [events[i] for i in order]
+
+
 def send_events(
     settings: Settings,
     events: Iterable[Mapping[str, Any]],
