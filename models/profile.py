@@ -2,35 +2,63 @@
 
 Shaped like a stateful map, ``apply_event(state, event, config) -> (state,
 outcome)``; the worker and the offline ``evaluate`` path call exactly this
-function. State is plain JSON-able data so it can live in a Faust table.
+function, and :mod:`models.profile_summary` turns the state into the metrics
+users read. State is plain JSON-able data so it can live in a Faust table.
 
 Time is event time only:
 
-* **Windows** are per-customer daily buckets of counts (UTC days). A bucket
-  *closes* once the customer's watermark — the latest event time seen for
-  that customer — passes the bucket's end plus ``allowed_lateness_ms``. An
-  event for a closed bucket still counts in lifetime totals, not in windows.
-  Buckets older than the longest window are dropped, so state is bounded.
+* **Watermark**: the latest event time seen for the customer, on any topic.
+* **Windows** are per-customer daily buckets (UTC days) of additive counters.
+  A day *closes* once the watermark passes its end plus
+  ``allowed_lateness_ms``; an event for a closed day still counts in lifetime
+  totals, not in windows. Buckets older than the longest window are dropped,
+  so state is bounded however long a worker runs.
+* **Derived episodes** — sessions and carts — are finalised only once the
+  watermark passes their end plus the lateness, so an order that arrives a
+  little after the clicks (another topic, another batch) still converts them,
+  whatever the arrival order.
 * **Duplicates**: the ids of the last ``dedup_capacity`` events are kept; a
   redelivered event with one of them changes nothing.
 
 >>> cfg = ProfileConfig()
 >>> day = 86_400_000
->>> state, outcome = apply_event(None, event("purchases", "order", 10 * day, "e1"), cfg)
->>> state, outcome = apply_event(state, event("purchases", "order", 10 * day, "e1"), cfg)
+>>> order = event("purchases", "order", 10 * day, "e1", amount=10.0)
+>>> state, outcome = apply_event(None, order, cfg)
+>>> state, outcome = apply_event(state, dict(order), cfg)
 >>> outcome, state["lifetime"]["purchases.order"]
 ('duplicate', 1)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Profile = dict[str, Any]
 Outcome = Literal["applied", "duplicate", "late"]
 DAY_MS = 86_400_000
+MINUTE_MS = 60_000
+
+# Seconds allowed for first response and resolution, per ticket priority.
+DEFAULT_SLA_FIRST_RESPONSE_S = {
+    "urgent": 3600,
+    "high": 4 * 3600,
+    "normal": 24 * 3600,
+    "low": 72 * 3600,
+}
+DEFAULT_SLA_RESOLUTION_S = {
+    "urgent": 8 * 3600,
+    "high": 24 * 3600,
+    "normal": 72 * 3600,
+    "low": 7 * 24 * 3600,
+}
+PAGE_TYPES = frozenset({"page_view", "product_view"})
+BROWSE_TYPES = frozenset({"page_view", "product_view", "search", "add_to_cart", "checkout_start"})
+MAX_OPEN_TICKETS = 50
+MAX_OPEN_SESSIONS = 8
+MAX_RECENT_ORDERS = 8
+MAX_CATEGORIES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +67,20 @@ class ProfileConfig:
 
     windows_days: tuple[int, ...] = (1, 7, 30, 90)
     allowed_lateness_ms: int = 6 * 3600 * 1000
-    dedup_capacity: int = 256
+    dedup_capacity: int = 128
+    session_timeout_ms: int = 30 * MINUTE_MS
+    cart_timeout_ms: int = 60 * MINUTE_MS
+    sla_first_response_s: Mapping[str, int] = field(
+        default_factory=lambda: dict(DEFAULT_SLA_FIRST_RESPONSE_S)
+    )
+    sla_resolution_s: Mapping[str, int] = field(
+        default_factory=lambda: dict(DEFAULT_SLA_RESOLUTION_S)
+    )
 
 
-def event(topic: str, type_: str, ts: int, event_id: str) -> dict[str, Any]:
+def event(topic: str, type_: str, ts: int, event_id: str, **fields: Any) -> dict[str, Any]:
     """A minimal event mapping (for examples and tests)."""
-    return {"topic": topic, "type": type_, "ts": ts, "event_id": event_id}
+    return {"topic": topic, "type": type_, "ts": ts, "event_id": event_id, **fields}
 
 
 def new_profile() -> Profile:
@@ -52,17 +88,36 @@ def new_profile() -> Profile:
     return {
         "first_seen_ms": None,
         "last_seen_ms": None,
-        "lifetime": {},
-        "buckets": {},
         "recent_ids": [],
         "late_events": 0,
+        "lifetime": {},
+        "totals": {},
+        "buckets": {},
+        "channels": {},
+        "categories": {},
+        "purchase_categories": {},
+        "sessions": [],
+        "cart_ms": None,
+        "first_order_ms": None,
+        "last_order_ms": None,
+        "recent_orders_ms": [],
+        "open_tickets": {},
+        "csat_last": None,
+        "nps_last": None,
+        "nps_ms": None,
+        "ces_last": None,
+        "sentiment_last": None,
+        "anonymous_ids": [],
     }
 
 
 def apply_event(
-    state: Profile | None, event: Mapping[str, Any], config: ProfileConfig
+    state: Profile | None,
+    event: Mapping[str, Any],
+    config: ProfileConfig,
+    sentiment: Callable[[str], float] | None = None,
 ) -> tuple[Profile, Outcome]:
-    """Count one event into a customer's profile.
+    """Fold one decoded event into a customer's profile.
 
     Parameters
     ----------
@@ -70,14 +125,17 @@ def apply_event(
         The customer's profile, or ``None`` for a new customer.
     event
         A decoded event as a mapping with ``topic``, ``type``, ``ts`` (epoch
-        ms) and ``event_id``.
+        ms), ``event_id`` and the contract's other fields.
     config
-        Window, lateness and dedup settings.
+        Window, lateness, dedup, session, cart and SLA settings.
+    sentiment
+        Text → compound sentiment in [-1, 1] for support texts; ``None``
+        skips sentiment.
 
     Returns
     -------
     The updated profile and what happened: ``applied``, ``duplicate`` (no
-    change) or ``late`` (lifetime only; its window had closed).
+    change) or ``late`` (lifetime only; its day's window had closed).
     """
     profile = new_profile() if state is None else state
     event_id = event["event_id"]
@@ -89,26 +147,219 @@ def apply_event(
         del recent[: len(recent) - config.dedup_capacity]
 
     ts = int(event["ts"])
-    name = f"{event['topic']}.{event['type']}"
-    lifetime = profile["lifetime"]
-    lifetime[name] = lifetime.get(name, 0) + 1
-
+    topic = event["topic"]
+    name = f"{topic}.{event['type']}"
+    profile["lifetime"][name] = profile["lifetime"].get(name, 0) + 1
     watermark = profile["last_seen_ms"]
     first = profile["first_seen_ms"]
     profile["first_seen_ms"] = ts if first is None else min(first, ts)
     day = ts // DAY_MS
     closed = watermark is not None and (day + 1) * DAY_MS + config.allowed_lateness_ms <= watermark
-    outcome: Outcome = "applied"
     if closed:
         profile["late_events"] += 1
-        outcome = "late"
-    else:
-        bucket = profile["buckets"].setdefault(str(day), {})
-        bucket[name] = bucket.get(name, 0) + 1
+
+    add = _Adder(profile, day, closed)
+    add(name)
+    if topic == "clickstream":
+        _apply_click(profile, event, ts, add, config)
+    elif topic == "purchases":
+        _apply_purchase(profile, event, ts, add)
+    elif topic == "support":
+        _apply_support(profile, event, ts, add, config, sentiment)
+
     if watermark is None or ts > watermark:
         profile["last_seen_ms"] = ts
-        _expire_buckets(profile, ts // DAY_MS, max(config.windows_days))
-    return profile, outcome
+        if watermark is None or day > watermark // DAY_MS:
+            _expire_buckets(profile, day, max(config.windows_days))
+    _finalise_episodes(profile, config)
+    return profile, "late" if closed else "applied"
+
+
+class _Adder:
+    """Adds to a counter in lifetime totals and, unless closed, in the day's bucket."""
+
+    __slots__ = ("bucket", "totals")
+
+    def __init__(self, profile: Profile, day: int, closed: bool) -> None:
+        self.totals: dict[str, float] = profile["totals"]
+        self.bucket: dict[str, float] | None = (
+            None if closed else profile["buckets"].setdefault(str(day), {})
+        )
+
+    def __call__(self, name: str, value: float = 1) -> None:
+        self.totals[name] = self.totals.get(name, 0) + value
+        if self.bucket is not None:
+            self.bucket[name] = self.bucket.get(name, 0) + value
+
+
+def _bump(counts: dict[str, int], key: str, by: int = 1) -> None:
+    counts[key] = counts.get(key, 0) + by
+    if len(counts) > MAX_CATEGORIES:
+        # Keep the map bounded: forget the rarest key.
+        del counts[min(counts, key=counts.__getitem__)]
+
+
+def _apply_click(
+    profile: Profile, event: Mapping[str, Any], ts: int, add: _Adder, config: ProfileConfig
+) -> None:
+    type_ = event["type"]
+    anonymous_id = event.get("anonymous_id")
+    if anonymous_id and anonymous_id not in profile["anonymous_ids"]:
+        # Remembered so that erasing the customer also erases the alias.
+        profile["anonymous_ids"] = [*profile["anonymous_ids"], anonymous_id][-10:]
+    channel = event.get("channel") or "web"
+    _bump(profile["channels"], channel)
+    add(f"channel.{channel}")
+    category = event.get("category")
+    if category and type_ in ("product_view", "add_to_cart"):
+        _bump(profile["categories"], category)
+        add(f"category.{category}")
+    if type_ == "add_to_cart" and profile["cart_ms"] is None:
+        profile["cart_ms"] = ts
+        add("carts_started")
+    if type_ in ("email_open", "email_click", "app_open", "push_open", "identify"):
+        return  # not browsing: no session
+    session_id = event.get("session_id") or f"~{ts // config.session_timeout_ms}"
+    session = _session_for(profile, session_id, ts, config)
+    session["start_ms"] = min(session["start_ms"], ts)
+    session["last_ms"] = max(session["last_ms"], ts)
+    if type_ in PAGE_TYPES:
+        session["pages"] += 1
+        session["dwell_ms"] += int(event.get("duration_ms") or 0)
+
+
+def _session_for(
+    profile: Profile, session_id: str, ts: int, config: ProfileConfig
+) -> dict[str, Any]:
+    sessions: list[dict[str, Any]] = profile["sessions"]
+    for session in sessions:
+        if session["id"] == session_id:
+            return session
+    session = {"id": session_id, "start_ms": ts, "last_ms": ts, "pages": 0, "dwell_ms": 0}
+    sessions.append(session)
+    if len(sessions) > MAX_OPEN_SESSIONS:
+        _finalise_session(profile, sessions.pop(0), config)
+    return session
+
+
+def _apply_purchase(profile: Profile, event: Mapping[str, Any], ts: int, add: _Adder) -> None:
+    amount = float(event["amount"])
+    if event["type"] == "refund":
+        add("refunds")
+        add("refund_amount", amount)
+        return
+    add("orders")
+    add("revenue", amount)
+    if float(event.get("discount") or 0) > 0:
+        add("discounted_orders")
+    channel = event.get("channel") or "web"
+    add(f"order_channel.{channel}")
+    for item in event.get("items") or ():
+        category = item.get("category")
+        if category:
+            _bump(profile["purchase_categories"], category, int(item.get("qty") or 1))
+    first, last = profile["first_order_ms"], profile["last_order_ms"]
+    profile["first_order_ms"] = ts if first is None else min(first, ts)
+    profile["last_order_ms"] = ts if last is None else max(last, ts)
+    orders: list[int] = profile["recent_orders_ms"]
+    orders.append(ts)
+    orders.sort()
+    del orders[:-MAX_RECENT_ORDERS]
+    cart = profile["cart_ms"]
+    if cart is not None and ts >= cart:
+        profile["cart_ms"] = None
+        add("carts_converted")
+
+
+def _apply_support(
+    profile: Profile,
+    event: Mapping[str, Any],
+    ts: int,
+    add: _Adder,
+    config: ProfileConfig,
+    sentiment: Callable[[str], float] | None,
+) -> None:
+    type_ = event["type"]
+    ticket_id = event.get("ticket_id")
+    tickets: dict[str, list[Any]] = profile["open_tickets"]
+    if type_ == "ticket_opened" and ticket_id:
+        tickets[ticket_id] = [ts, event.get("priority") or "normal"]
+        if len(tickets) > MAX_OPEN_TICKETS:
+            del tickets[min(tickets, key=lambda t: tickets[t][0])]
+    elif type_ == "ticket_resolved":
+        opened = tickets.pop(ticket_id, None) if ticket_id else None
+        priority = event.get("priority") or (opened[1] if opened else "normal")
+        breached = False
+        first_response = event.get("first_response_s")
+        if first_response is not None:
+            add("first_response_s", float(first_response))
+            add("first_responses")
+            breached |= first_response > config.sla_first_response_s.get(priority, 86400)
+        resolution = event.get("resolution_s")
+        if resolution is None and opened is not None:
+            resolution = (ts - opened[0]) / 1000
+        if resolution is not None:
+            add("resolution_s", float(resolution))
+            add("resolutions")
+            breached |= resolution > config.sla_resolution_s.get(priority, 259200)
+        if breached:
+            add("sla_breaches")
+    elif type_ == "csat_response":
+        add("csat_sum", float(event["score"]))
+        profile["csat_last"] = event["score"]
+    elif type_ == "nps_response":
+        if profile["nps_ms"] is None or ts >= profile["nps_ms"]:
+            profile["nps_last"], profile["nps_ms"] = event["score"], ts
+    elif type_ == "ces_response":
+        add("ces_sum", float(event["score"]))
+        profile["ces_last"] = event["score"]
+    text = event.get("text")
+    if text and sentiment is not None:
+        score = sentiment(text)
+        add("sentiment_sum", score)
+        add("sentiment_texts")
+        if score <= -0.5:
+            add("negative_texts")
+        profile["sentiment_last"] = round(score, 4)
+
+
+def _finalise_episodes(profile: Profile, config: ProfileConfig) -> None:
+    watermark = profile["last_seen_ms"]
+    horizon = watermark - config.allowed_lateness_ms
+    sessions: list[dict[str, Any]] = profile["sessions"]
+    for session in [s for s in sessions if s["last_ms"] + config.session_timeout_ms <= horizon]:
+        sessions.remove(session)
+        _finalise_session(profile, session, config)
+    cart = profile["cart_ms"]
+    if cart is not None and cart + config.cart_timeout_ms <= horizon:
+        profile["cart_ms"] = None
+        _add_to_day(profile, cart // DAY_MS, "carts_abandoned", 1, max(config.windows_days))
+
+
+def session_converted(profile: Profile, session: Mapping[str, Any], config: ProfileConfig) -> bool:
+    """Whether an order fell inside the session (or its timeout after the last click)."""
+    end = session["last_ms"] + config.session_timeout_ms
+    return any(session["start_ms"] <= ts <= end for ts in profile["recent_orders_ms"])
+
+
+def _finalise_session(profile: Profile, session: Mapping[str, Any], config: ProfileConfig) -> None:
+    day = session["start_ms"] // DAY_MS
+    keep = max(config.windows_days)
+    _add_to_day(profile, day, "sessions", 1, keep)
+    _add_to_day(profile, day, "session_ms", session["last_ms"] - session["start_ms"], keep)
+    _add_to_day(profile, day, "session_pages", session["pages"], keep)
+    if session_converted(profile, session, config):
+        _add_to_day(profile, day, "sessions_converted", 1, keep)
+
+
+def _add_to_day(profile: Profile, day: int, name: str, value: float, keep_days: int) -> None:
+    # Derived episodes are not late data: they go into their day's bucket
+    # whenever that day is still inside the longest window.
+    totals = profile["totals"]
+    totals[name] = totals.get(name, 0) + value
+    if profile["last_seen_ms"] // DAY_MS - day < keep_days:
+        bucket = profile["buckets"].setdefault(str(day), {})
+        bucket[name] = bucket.get(name, 0) + value
 
 
 def _expire_buckets(profile: Profile, today: int, keep_days: int) -> None:
@@ -118,32 +369,18 @@ def _expire_buckets(profile: Profile, today: int, keep_days: int) -> None:
         del buckets[key]
 
 
-def window_counts(profile: Profile, days: int, as_of_ms: int | None = None) -> dict[str, int]:
-    """Event counts by ``topic.type`` over the last ``days`` UTC days.
+def window_totals(profile: Profile, days: int, as_of_ms: int | None = None) -> dict[str, float]:
+    """Counters summed over the last ``days`` UTC days up to ``as_of_ms``.
 
-    The window ends at ``as_of_ms`` (default: the customer's last event).
+    The window ends at ``as_of_ms`` (default: the customer's watermark).
     """
     end = profile["last_seen_ms"] if as_of_ms is None else as_of_ms
     if end is None:
         return {}
     today = end // DAY_MS
-    totals: dict[str, int] = {}
+    totals: dict[str, float] = {}
     for key, bucket in profile["buckets"].items():
         if today - days < int(key) <= today:
-            for name, count in bucket.items():
-                totals[name] = totals.get(name, 0) + count
+            for name, value in bucket.items():
+                totals[name] = totals.get(name, 0) + value
     return totals
-
-
-def summary(profile: Profile, config: ProfileConfig) -> dict[str, Any]:
-    """The profile as served by the API and written by ``evaluate``."""
-    return {
-        "first_seen_ms": profile["first_seen_ms"],
-        "last_seen_ms": profile["last_seen_ms"],
-        "events": sum(profile["lifetime"].values()),
-        "lifetime": dict(sorted(profile["lifetime"].items())),
-        "windows": {
-            f"{days}d": window_counts(profile, days) for days in config.windows_days
-        },
-        "late_events": profile["late_events"],
-    }

@@ -208,6 +208,34 @@ class Trigger(Struct, frozen=True, kw_only=True):
     schema_version: Literal[1] = SCHEMA_VERSION
 
 
+class ErasureRequest(Struct, frozen=True, kw_only=True):
+    """A right-to-be-forgotten request (topic ``erasure-requests``).
+
+    Keyed by ``customer_id``; segstream itself also sends requests keyed by
+    an ``anonymous_id`` linked to an erased customer.
+    """
+
+    request_id: Id
+    customer_id: Id | None = None
+    anonymous_id: Id | None = None
+    requested_at_ms: int | None = None
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class ErasureAudit(Struct, frozen=True, kw_only=True):
+    """Proof that an erasure ran, without personal data.
+
+    ``subject_hash`` is a keyed hash (HMAC-SHA256) of the erased id, so an
+    auditor holding the id and the key can match it; nobody else can.
+    """
+
+    request_id: str
+    subject_hash: str
+    erased: list[str]
+    erased_at_ms: int
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
 CONTRACTS: dict[str, type[Struct]] = {
     "clickstream": ClickEvent,
     "purchases": PurchaseEvent,
@@ -215,6 +243,8 @@ CONTRACTS: dict[str, type[Struct]] = {
     "dead_letter": DeadLetter,
     "segment_change": SegmentChange,
     "trigger": Trigger,
+    "erasure_request": ErasureRequest,
+    "erasure_audit": ErasureAudit,
 }
 
 

@@ -47,6 +47,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec("segment_changes", names["segment_changes"], outputs),
         TopicSpec("triggers", names["triggers"], outputs),
         TopicSpec("dead_letters", names["dead_letters"], outputs),
+        TopicSpec("erasure_audit", names["erasure_audit"], outputs),
     ]
 
 

@@ -1,31 +1,52 @@
 """Faust agents: decode, call the pure logic in ``models``, write state, send.
 
-Agents stay thin; every rule lives in ``models`` and ``schemas``. Each input
-topic has one agent, and all three share :func:`_process`:
+Agents stay thin; every rule lives in ``models`` and ``schemas``.
+
+``update_profiles`` reads the three touchpoint topics as one stream, in
+batches (``stream.take_events``):
 
     raw bytes ─ decode_event ─┬─ DecodeError ──► dead-letters topic (+ metric)
                               ├─ anonymous / identify ──► identities_table,
                               │                           re-issued to clickstream
-                              └─ record ──► apply_event ──► profiles_table
+                              └─ record ──► grouped by customer, in event time
+                                   ──► update_customer (profile + population)
+                                   ──► one profiles_table write per customer
+
+Writing each touched customer once per batch, instead of once per event,
+coalesces changelog records; the batch's offsets are acknowledged only after
+its writes are sent, and Faust flushes the producer before it commits
+offsets, so a crash replays at most unacknowledged events — which the
+per-customer deduplication makes harmless.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import time
+from collections import defaultdict
 from typing import Any
 
 import msgspec
 import orjson
 
 from models.identity import apply_anonymous
-from models.profile import apply_event
+from models.pipeline import erase_customer, new_population, update_customer
+from models.sentiment import compound
 from schemas.decode import DecodeError, dead_letter, decode_event
-from schemas.records import ClickEvent, InputEvent
+from schemas.records import ClickEvent, ErasureAudit, ErasureRequest
 from streams import metrics
 from streams.app import app, settings
-from streams.tables import identities_table, profiles_table
-from streams.topics import clickstream_topic, dead_letters_topic, purchases_topic, support_topic
+from streams.tables import identities_table, population_key, population_table, profiles_table
+from streams.topics import (
+    ROLE_BY_TOPIC,
+    clickstream_topic,
+    dead_letters_topic,
+    erasure_audit_topic,
+    erasure_requests_topic,
+    touchpoints_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +54,25 @@ LIMITS = settings.decode_limits()
 PROFILE_CONFIG = settings.profile_config()
 
 
-def _now_ms() -> int:
-    # Wall clock only to reject events from the future; all state uses event time.
+def now_ms() -> int:
+    """Wall clock, only to reject events from the future and stamp audit records."""
     return time.time_ns() // 1_000_000
 
 
-async def _process(role: str, stream: Any) -> None:
-    async for event in stream.events():
+@app.agent(touchpoints_topic)
+async def update_profiles(stream: Any) -> None:
+    """Clickstream, purchases and support → profiles and partition populations."""
+    async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_wait_s):
+        await _process_batch(stream, batch)
+
+
+async def _process_batch(stream: Any, batch: list[Any]) -> None:
+    by_customer: dict[str, list[tuple[dict[str, Any], Any]]] = defaultdict(list)
+    for event in batch:
         message = event.message
+        role = ROLE_BY_TOPIC[message.topic]
         try:
-            record = decode_event(role, message.key, message.value, LIMITS, _now_ms())
+            record = decode_event(role, message.key, message.value, LIMITS, now_ms())
         except DecodeError as exc:
             await _send_dead_letter(role, message, exc)
             continue
@@ -50,9 +80,48 @@ async def _process(role: str, stream: Any) -> None:
         if isinstance(record, ClickEvent) and (
             record.customer_id is None or record.type == "identify"
         ):
-            await _stitch_identity(record)
+            await _stitch_identity(stream, event, record)
             continue
-        _update_profile(role, record)
+        fields = msgspec.to_builtins(record)
+        fields["topic"] = role
+        by_customer[str(record.customer_id)].append((fields, event))
+    # by_customer: {customer_id: [(event fields, faust event), ...]} in arrival order
+
+    populations: dict[int, dict[str, Any]] = {}
+    last_event_of: dict[int, Any] = {}
+    for customer_id, items in by_customer.items():
+        items.sort(key=lambda item: (item[0]["ts"], item[0]["event_id"]))
+        source = items[-1][1]
+        partition = source.message.partition
+        population = populations.get(partition)
+        if population is None:
+            population = population_table.get(population_key(partition)) or new_population()
+            populations[partition] = population
+        profile, outcomes = update_customer(
+            profiles_table.get(customer_id),
+            [fields for fields, _ in items],
+            population,
+            PROFILE_CONFIG,
+            compound,
+        )
+        population["watermark_ms"] = max(population.get("watermark_ms", 0), items[-1][0]["ts"])
+        for (fields, _), outcome in zip(items, outcomes, strict=True):
+            if outcome == "duplicate":
+                metrics.duplicate_events.labels(fields["topic"]).inc()
+            elif outcome == "late":
+                metrics.late_events.labels(fields["topic"]).inc()
+        if any(outcome != "duplicate" for outcome in outcomes):
+            _write(stream, source, profiles_table, customer_id, profile)
+            last_event_of[partition] = source
+    for partition, source in last_event_of.items():
+        _write(stream, source, population_table, population_key(partition), populations[partition])
+
+
+def _write(stream: Any, source: Any, table: Any, key: str, value: Any) -> None:
+    # Faust sends a table change to the changelog partition of the *current*
+    # event; in a batch that must be an event of the key's own partition.
+    stream._set_current_event(source)
+    table[key] = value
 
 
 async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:
@@ -64,7 +133,7 @@ async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:
         value=message.value,
         error=exc,
         message_timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
-        failed_at_ms=_now_ms(),
+        failed_at_ms=now_ms(),
     )
     await dead_letters_topic.send(key=message.key, value=msgspec.json.encode(record))
     metrics.decode_failures.labels(role, exc.kind).inc()
@@ -78,47 +147,71 @@ async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:
     )
 
 
-def _update_profile(role: str, record: InputEvent) -> None:
-    customer_id = str(record.customer_id)
-    event = {"topic": role, "type": record.type, "ts": record.ts, "event_id": record.event_id}
-    state, outcome = apply_event(profiles_table.get(customer_id), event, PROFILE_CONFIG)
-    if outcome == "duplicate":
-        metrics.duplicate_events.labels(role).inc()
-        return
-    if outcome == "late":
-        metrics.late_events.labels(role).inc()
-    profiles_table[customer_id] = state
-
-
-async def _stitch_identity(record: ClickEvent) -> None:
+async def _stitch_identity(stream: Any, event: Any, record: ClickEvent) -> None:
     anonymous_id = str(record.anonymous_id)
     state, released, outcome = apply_anonymous(
         identities_table.get(anonymous_id),
         msgspec.to_builtins(record),
         settings.anonymous_buffer_events,
     )
-    identities_table[anonymous_id] = state
+    _write(stream, event, identities_table, anonymous_id, state)
     metrics.anonymous_events.labels(outcome).inc()
-    for event in released:
+    for fields in released:
         # Re-keyed by customer_id, so it lands beside the customer's state.
         await clickstream_topic.send(
-            key=str(event["customer_id"]).encode(), value=orjson.dumps(event)
+            key=str(fields["customer_id"]).encode(), value=orjson.dumps(fields)
         )
 
 
-@app.agent(clickstream_topic)
-async def update_profiles_from_clickstream(stream: Any) -> None:
-    """Clickstream → profiles (anonymous browsing via identity stitching)."""
-    await _process("clickstream", stream)
+def subject_hash(subject: str) -> str:
+    """Keyed hash of an erased id for the audit trail (no personal data)."""
+    key = settings.audit_hash_key.get_secret_value().encode()
+    return hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()
 
 
-@app.agent(purchases_topic)
-async def update_profiles_from_purchases(stream: Any) -> None:
-    """Orders and refunds → profiles."""
-    await _process("purchases", stream)
-
-
-@app.agent(support_topic)
-async def update_profiles_from_support(stream: Any) -> None:
-    """Tickets, surveys and complaints → profiles."""
-    await _process("support", stream)
+@app.agent(erasure_requests_topic)
+async def erase_customers(stream: Any) -> None:
+    """Right to be forgotten: remove every trace of a customer, then audit it."""
+    async for event in stream.events():
+        message = event.message
+        try:
+            request = msgspec.json.decode(message.value or b"", type=ErasureRequest)
+        except msgspec.DecodeError as exc:
+            error = DecodeError("wrong_type", f"not an erasure request: {exc}")
+            await _send_dead_letter("erasure_requests", message, error)
+            continue
+        subject = request.customer_id or request.anonymous_id
+        if subject is None or message.key != subject.encode():
+            error = DecodeError("key_mismatch", "erasure request must be keyed by its subject id")
+            await _send_dead_letter("erasure_requests", message, error)
+            continue
+        erased: list[str] = []
+        if request.customer_id is not None:
+            profile = profiles_table.get(request.customer_id)
+            if profile is not None:
+                partition = message.partition
+                population = population_table.get(population_key(partition)) or new_population()
+                erase_customer(profile, population)
+                population_table[population_key(partition)] = population
+                del profiles_table[request.customer_id]
+                erased.append("profile")
+                for anonymous_id in profile.get("anonymous_ids", []):
+                    # The alias lives in the anonymous id's own partition.
+                    alias = ErasureRequest(request_id=request.request_id, anonymous_id=anonymous_id)
+                    await erasure_requests_topic.send(
+                        key=anonymous_id.encode(), value=msgspec.json.encode(alias)
+                    )
+                    erased.append("alias")
+        else:
+            if identities_table.get(str(request.anonymous_id)) is not None:
+                del identities_table[str(request.anonymous_id)]
+                erased.append("identity")
+        audit = ErasureAudit(
+            request_id=request.request_id,
+            subject_hash=subject_hash(subject),
+            erased=erased,
+            erased_at_ms=now_ms(),
+        )
+        await erasure_audit_topic.send(key=None, value=msgspec.json.encode(audit))
+        metrics.erasures.labels("customer" if request.customer_id else "alias").inc()
+        log.info("erasure done request=%s erased=%s", request.request_id, ",".join(erased))

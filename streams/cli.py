@@ -200,6 +200,34 @@ def replay(
 
 
 @cli.command()
+def evaluate(
+    input_file: Annotated[Path, typer.Option("--input", help="History as events.jsonl.")],
+    out: Annotated[Path, typer.Option(help="Write one JSON profile per customer here.")],
+    cutoff: Annotated[
+        str | None, typer.Option(help="Profiles as of this event time (ISO-8601 or epoch ms).")
+    ] = None,
+) -> None:
+    """Run the worker's logic over a history file without a broker; write profiles."""
+    import orjson
+
+    from schemas.event_time import parse_event_time
+    from streams.offline import evaluate as run_offline
+    from streams.producer import read_jsonl
+
+    cutoff_ms = (
+        parse_event_time(int(cutoff) if cutoff and cutoff.isdigit() else cutoff) if cutoff else None
+    )
+    run = run_offline(read_jsonl(input_file), load_settings(), cutoff_ms)
+    count = 0
+    with open(out, "wb") as handle:
+        for profile in run.summaries(cutoff_ms):
+            handle.write(orjson.dumps(profile) + b"\n")
+            count += 1
+    rejected = sum(run.rejected.values())
+    console.print(f"wrote {count} profiles to {out} ({rejected} events rejected: {run.rejected})")
+
+
+@cli.command()
 def demo(
     customers: Annotated[int, typer.Option(help="Customers in the sample stream.")] = 20,
 ) -> None:

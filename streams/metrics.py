@@ -46,3 +46,9 @@ anonymous_events = Counter(
     ["outcome"],
     registry=registry,
 )
+erasures = Counter(
+    "segstream_erasures",
+    "Erasure requests carried out, by subject kind.",
+    ["subject"],
+    registry=registry,
+)

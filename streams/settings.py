@@ -19,7 +19,12 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.profile import ProfileConfig
+from models.profile import (
+    DEFAULT_SLA_FIRST_RESPONSE_S,
+    DEFAULT_SLA_RESOLUTION_S,
+    ProfileConfig,
+)
+from models.profile_summary import ValueConfig
 from schemas.decode import DecodeLimits
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -115,7 +120,37 @@ class Settings(BaseSettings):
         description="How late an event may arrive and still count in its daily window.",
     )
     dedup_capacity: int = Field(
-        256, ge=1, description="Event ids remembered per customer to drop redeliveries."
+        128, ge=1, description="Event ids remembered per customer to drop redeliveries."
+    )
+    session_timeout_s: int = Field(
+        1800, ge=60, description="Inactivity that ends a session (event time)."
+    )
+    cart_timeout_s: int = Field(
+        3600, ge=60, description="A cart with no order this long after it started is abandoned."
+    )
+    sla_first_response_s: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_SLA_FIRST_RESPONSE_S),
+        description="First-response SLA per ticket priority, seconds (JSON object).",
+    )
+    sla_resolution_s: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_SLA_RESOLUTION_S),
+        description="Resolution SLA per ticket priority, seconds (JSON object).",
+    )
+    expected_lifespan_days: float = Field(
+        3 * 365.0, gt=0, description="Expected customer lifespan of the simple CLV."
+    )
+    clv_horizon_days: float = Field(
+        90.0, gt=0, description="Horizon of the model-based expected purchases and CLV."
+    )
+    batch_max_events: int = Field(
+        1000, ge=1, description="Events a worker folds into state per batch (write coalescing)."
+    )
+    batch_max_wait_s: float = Field(
+        0.05, gt=0, description="Longest a partial batch waits before it is processed."
+    )
+    audit_hash_key: SecretStr = Field(
+        SecretStr("change-me"),
+        description="Key of the HMAC that pseudonymises ids in erasure audit events.",
     )
     anonymous_buffer_events: int = Field(
         200, ge=0, description="Anonymous events held per anonymous id until an identify."
@@ -137,6 +172,7 @@ class Settings(BaseSettings):
             "triggers",
             "dead_letters",
             "erasure_requests",
+            "erasure_audit",
         )
         return {role: self.topic_prefix + role.replace("_", "-") for role in roles}
 
@@ -154,6 +190,17 @@ class Settings(BaseSettings):
             windows_days=self.windows_days,
             allowed_lateness_ms=self.allowed_lateness_s * 1000,
             dedup_capacity=self.dedup_capacity,
+            session_timeout_ms=self.session_timeout_s * 1000,
+            cart_timeout_ms=self.cart_timeout_s * 1000,
+            sla_first_response_s=dict(self.sla_first_response_s),
+            sla_resolution_s=dict(self.sla_resolution_s),
+        )
+
+    def value_config(self) -> ValueConfig:
+        """Settings of the value metrics."""
+        return ValueConfig(
+            expected_lifespan_days=self.expected_lifespan_days,
+            clv_horizon_days=self.clv_horizon_days,
         )
 
     def kafka_python_config(self) -> dict[str, Any]:

@@ -3,24 +3,33 @@
 Keys use the ``raw`` key serializer (the app default), so a key's bytes are
 the ``customer_id`` exactly as producers key the input topics: state lands
 in the same partition as the events, and web requests are routed to the
-worker that owns it.
+worker that owns it. Faust's windowed tables are not used: their
+``.current()`` follows broker time and their expiry the wall clock, so
+windows are event-time day buckets inside each profile instead
+(:mod:`models.profile`).
 """
 
 from __future__ import annotations
 
 from streams.app import app, settings
 
+# customer_id -> profile state (models.profile)
 profiles_table = app.Table(
-    "profiles",
-    default=None,
-    partitions=settings.input_partitions,
-    key_type=str,
+    "profiles", default=None, partitions=settings.input_partitions, key_type=str
 )
 
 # anonymous_id -> {"customer_id": str | None, "pending": [event, ...]}
 identities_table = app.Table(
-    "identities",
-    default=None,
-    partitions=settings.input_partitions,
-    key_type=str,
+    "identities", default=None, partitions=settings.input_partitions, key_type=str
 )
+
+# "p<partition>" -> population of that input partition (models.pipeline):
+# RFM sketches and BG/NBD parameters, moved and recovered with the partition.
+population_table = app.Table(
+    "population", default=None, partitions=settings.input_partitions, key_type=str
+)
+
+
+def population_key(partition: int) -> str:
+    """The population table key of an input partition."""
+    return f"p{partition}"

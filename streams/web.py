@@ -1,4 +1,4 @@
-"""Web views on every worker: health and the customer profile.
+"""Web views on every worker: health, readiness, metrics, profiles, erasure.
 
 A profile request is forwarded by Faust's table routing to the worker that
 owns the customer's partition.
@@ -6,17 +6,25 @@ owns the customer's partition.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+import msgspec
 from faust import web
 from prometheus_client import generate_latest
 
-from models.profile import summary
+from models.pipeline import combined_rfm
+from models.profile_summary import Population, summarise
+from schemas.records import ErasureRequest
 from streams import metrics
+from streams.agents import now_ms
 from streams.app import app, settings
-from streams.tables import profiles_table
+from streams.partitioning import partition_for_key
+from streams.tables import population_key, population_table, profiles_table
+from streams.topics import erasure_requests_topic
 
 PROFILE_CONFIG = settings.profile_config()
+VALUE_CONFIG = settings.value_config()
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 
 
@@ -24,23 +32,6 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 async def healthz(self: web.View, request: web.Request) -> web.Response:
     """Liveness: the web server answers."""
     return self.json({"status": "ok"})
-
-
-@app.page("/customers/{customer_id}")
-@app.table_route(table=profiles_table, match_info="customer_id")
-async def customer_profile(self: web.View, request: web.Request, customer_id: str) -> web.Response:
-    """The customer's profile, or 404 when the customer is unknown."""
-    profile: Any = profiles_table.get(customer_id)
-    if profile is None:
-        return self.json({"error": "unknown customer"}, status=404)
-    return self.json({"customer_id": customer_id, **summary(profile, PROFILE_CONFIG)})
-
-
-@app.page("/metrics")
-async def prometheus_metrics(self: web.View, request: web.Request) -> web.Response:
-    """Prometheus exposition of this worker's metrics."""
-    # aiohttp refuses a charset inside content_type; the exposition is UTF-8 anyway.
-    return self.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
 
 
 @app.page("/readyz")
@@ -51,3 +42,47 @@ async def readyz(self: web.View, request: web.Request) -> web.Response:
     ready = recovered and assigned and not app.rebalancing and not app.in_recovery
     body = {"ready": ready, "recovered": recovered, "assigned": assigned}
     return self.json(body, status=200 if ready else 503)
+
+
+@app.page("/metrics")
+async def prometheus_metrics(self: web.View, request: web.Request) -> web.Response:
+    """Prometheus exposition of this worker's metrics."""
+    # aiohttp refuses a charset inside content_type; the exposition is UTF-8 anyway.
+    return self.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
+
+
+def customer_summary(customer_id: str, profile: Any) -> dict[str, Any]:
+    """A profile as served: metrics as of this worker's watermark."""
+    local = [value for _, value in population_table.items() if value is not None]
+    own = population_table.get(
+        population_key(partition_for_key(customer_id, settings.input_partitions))
+    )
+    watermark = max((p.get("watermark_ms", 0) for p in local), default=None)
+    population = Population(
+        rfm=combined_rfm(local), bgnbd=own["bgnbd"] if own is not None else None
+    )
+    summary = summarise(profile, PROFILE_CONFIG, watermark, population, VALUE_CONFIG)
+    return {"customer_id": customer_id, **summary}
+
+
+@app.page("/customers/{customer_id}")
+class CustomerView(web.View):
+    """``GET``: the profile (404 when unknown); ``DELETE``: erase the customer."""
+
+    @app.table_route(table=profiles_table, match_info="customer_id")
+    async def get(self, request: web.Request, customer_id: str) -> web.Response:
+        profile: Any = profiles_table.get(customer_id)
+        if profile is None:
+            return self.json({"error": "unknown customer"}, status=404)
+        return self.json(customer_summary(customer_id, profile))
+
+    async def delete(self, request: web.Request, customer_id: str) -> web.Response:
+        # Any worker may queue it: the erasure agent runs on the key's owner.
+        request_id = uuid.uuid4().hex
+        erasure = ErasureRequest(
+            request_id=request_id, customer_id=customer_id, requested_at_ms=now_ms()
+        )
+        await erasure_requests_topic.send(
+            key=customer_id.encode(), value=msgspec.json.encode(erasure)
+        )
+        return self.json({"request_id": request_id, "status": "queued"}, status=202)

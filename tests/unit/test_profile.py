@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from models.profile import DAY_MS, ProfileConfig, apply_event, event, summary, window_counts
+from models.profile import DAY_MS, ProfileConfig, apply_event, event, window_totals
+from models.profile_summary import summarise
 
 CONFIG = ProfileConfig(windows_days=(1, 7, 30, 90), allowed_lateness_ms=3600_000, dedup_capacity=8)
 
@@ -27,12 +28,12 @@ def test_out_of_order_events_keep_first_and_last_seen_by_event_time() -> None:
 
 
 def test_redelivered_event_changes_nothing() -> None:
-    first = event("purchases", "order", 10 * DAY_MS, "e1")
+    first = event("purchases", "order", 10 * DAY_MS, "e1", amount=10.0)
     state, outcome = apply_event(None, first, CONFIG)
-    before = summary(state, CONFIG)
+    before = summarise(state, CONFIG)
     state, outcome = apply_event(state, dict(first), CONFIG)
     assert outcome == "duplicate"
-    assert summary(state, CONFIG) == before
+    assert summarise(state, CONFIG) == before
 
 
 def test_dedup_memory_is_bounded_per_customer() -> None:
@@ -45,34 +46,38 @@ def test_late_event_counts_in_lifetime_but_not_in_a_closed_window() -> None:
     day10 = 10 * DAY_MS
     state = replay(
         [
-            event("purchases", "order", day10 + 1000, "a"),
-            event("purchases", "order", day10 + 2 * DAY_MS, "b"),  # watermark: day 12
+            event("purchases", "order", day10 + 1000, "a", amount=10.0),
+            event("purchases", "order", day10 + 2 * DAY_MS, "b", amount=10.0),  # watermark: day 12
         ]
     )
     # day 10 closed at day 11 + 1 h lateness; the watermark is past that.
-    state, outcome = apply_event(state, event("purchases", "order", day10 + 5000, "late"), CONFIG)
+    state, outcome = apply_event(
+        state, event("purchases", "order", day10 + 5000, "late", amount=10.0), CONFIG
+    )
     assert outcome == "late"
     assert state["lifetime"]["purchases.order"] == 3
-    assert window_counts(state, 7)["purchases.order"] == 2
+    assert window_totals(state, 7)["purchases.order"] == 2
     assert state["late_events"] == 1
 
 
 def test_event_within_allowed_lateness_still_counts_in_its_window() -> None:
     day10 = 10 * DAY_MS
     state = replay(
-        [event("purchases", "order", day10 + DAY_MS + 10 * 60_000, "b")]
+        [event("purchases", "order", day10 + DAY_MS + 10 * 60_000, "b", amount=10.0)]
     )  # day 11, 00:10
-    state, outcome = apply_event(state, event("purchases", "order", day10 + 5000, "a"), CONFIG)
+    state, outcome = apply_event(
+        state, event("purchases", "order", day10 + 5000, "a", amount=10.0), CONFIG
+    )
     assert outcome == "applied"
-    assert window_counts(state, 7)["purchases.order"] == 2
+    assert window_totals(state, 7)["purchases.order"] == 2
 
 
 def test_windows_count_only_their_days() -> None:
     events = [event("clickstream", "page_view", d * DAY_MS + 1, f"e{d}") for d in range(100, 200)]
     state = replay(events)
-    assert window_counts(state, 1) == {"clickstream.page_view": 1}
-    assert window_counts(state, 7) == {"clickstream.page_view": 7}
-    assert window_counts(state, 90) == {"clickstream.page_view": 90}
+    assert window_totals(state, 1)["clickstream.page_view"] == 1
+    assert window_totals(state, 7)["clickstream.page_view"] == 7
+    assert window_totals(state, 90)["clickstream.page_view"] == 90
     assert state["lifetime"] == {"clickstream.page_view": 100}
 
 
@@ -101,4 +106,4 @@ def test_replaying_history_in_order_gives_the_same_profile_as_live() -> None:
     live = replay(events)
     # A second run over the same history (as `segstream evaluate` does) agrees.
     again = replay([dict(item) for item in events])
-    assert summary(live, CONFIG) == summary(again, CONFIG)
+    assert summarise(live, CONFIG) == summarise(again, CONFIG)

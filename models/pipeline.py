@@ -1,0 +1,92 @@
+"""One customer's events through state and population updates — shared by the
+worker (per batch) and ``segstream evaluate`` (per event).
+
+The *population* is what the engine knows about the customer base of one
+input partition: RFM sketches (for quintile scores across the base) and the
+BG/NBD parameters (for expected purchases). It lives beside the partition's
+profiles, so it moves with the partition on a rebalance and is rebuilt from
+the same changelog after a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from models.clv import bgnbd_learn, new_bgnbd
+from models.profile import DAY_MS, Outcome, Profile, ProfileConfig, apply_event
+from models.quantiles import RfmValues, merge_sketches, new_rfm_population, rfm_update
+
+PopulationState = dict[str, Any]
+
+
+def new_population() -> PopulationState:
+    """An empty population: RFM sketches and starting BG/NBD parameters."""
+    return {"rfm": new_rfm_population(), "bgnbd": new_bgnbd()}
+
+
+def rfm_values(profile: Profile | None) -> RfmValues | None:
+    """The customer's RFM inputs, or ``None`` before a first order."""
+    if profile is None or profile["last_order_ms"] is None:
+        return None
+    return RfmValues(
+        last_order_day=profile["last_order_ms"] // DAY_MS,
+        orders=int(profile["totals"].get("orders", 0)),
+        revenue=float(profile["totals"].get("revenue", 0.0)),
+    )
+
+
+def update_customer(
+    profile: Profile | None,
+    events: Iterable[Mapping[str, Any]],
+    population: PopulationState,
+    config: ProfileConfig,
+    sentiment: Callable[[str], float] | None = None,
+) -> tuple[Profile | None, list[Outcome]]:
+    """Fold a customer's events (in the given order) into profile and population.
+
+    Each new order first teaches the BG/NBD model what the customer's history
+    looked like just before it (repeat purchases ``x``, ``t_x``, and ``T`` up
+    to the order), then updates the profile; the RFM sketches are updated
+    once, from the customer's values before and after all the events.
+    """
+    before = rfm_values(profile)
+    outcomes: list[Outcome] = []
+    for event in events:
+        if (
+            profile is not None
+            and event["topic"] == "purchases"
+            and event["type"] == "order"
+            and profile["first_order_ms"] is not None
+            and event["event_id"] not in profile["recent_ids"]
+            and int(event["ts"]) >= profile["last_order_ms"]
+        ):
+            first, last = profile["first_order_ms"], profile["last_order_ms"]
+            x = int(profile["totals"].get("orders", 0)) - 1
+            bgnbd_learn(
+                population["bgnbd"],
+                x,
+                (last - first) / DAY_MS,
+                (int(event["ts"]) - first) / DAY_MS,
+            )
+        profile, outcome = apply_event(profile, event, config, sentiment)
+        outcomes.append(outcome)
+    after = rfm_values(profile)
+    if before != after:
+        rfm_update(population["rfm"], before, after)
+    return profile, outcomes
+
+
+def erase_customer(profile: Profile | None, population: PopulationState) -> None:
+    """Take an erased customer's values out of the population sketches."""
+    values = rfm_values(profile)
+    if values is not None:
+        rfm_update(population["rfm"], values, None)
+
+
+def combined_rfm(populations: Iterable[PopulationState]) -> dict[str, Any]:
+    """RFM sketches of several partitions merged: the base a worker can see."""
+    parts = list(populations)
+    if not parts:
+        return new_rfm_population()
+    return {dim: merge_sketches(p["rfm"][dim] for p in parts) for dim in ("r", "f", "m")}
