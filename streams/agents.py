@@ -25,11 +25,13 @@ import hashlib
 import hmac
 import logging
 import time
+import weakref
 from collections import defaultdict
 from typing import Any
 
 import msgspec
 import orjson
+from faust.streams import _current_event
 
 from models.identity import apply_anonymous
 from models.pipeline import erase_customer, new_population, update_customer
@@ -93,6 +95,9 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         items.sort(key=lambda item: (item[0]["ts"], item[0]["event_id"]))
         source = items[-1][1]
         partition = source.message.partition
+        # Faust's RocksDB store reads and writes the partition of the *current*
+        # event; in a batch, make that an event of this customer's partition.
+        _use_partition_of(source)
         population = populations.get(partition)
         if population is None:
             population = population_table.get(population_key(partition)) or new_population()
@@ -111,17 +116,19 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             elif outcome == "late":
                 metrics.late_events.labels(fields["topic"]).inc()
         if any(outcome != "duplicate" for outcome in outcomes):
-            _write(stream, source, profiles_table, customer_id, profile)
+            profiles_table[customer_id] = profile
             last_event_of[partition] = source
     for partition, source in last_event_of.items():
-        _write(stream, source, population_table, population_key(partition), populations[partition])
+        _use_partition_of(source)
+        population_table[population_key(partition)] = populations[partition]
 
 
-def _write(stream: Any, source: Any, table: Any, key: str, value: Any) -> None:
-    # Faust sends a table change to the changelog partition of the *current*
-    # event; in a batch that must be an event of the key's own partition.
-    stream._set_current_event(source)
-    table[key] = value
+def _use_partition_of(event: Any) -> None:
+    # Faust's tables read and write the partition of the *current event*, a
+    # context variable. In a batch, point it at an event of the key's own
+    # partition. Only the context variable: the stream's ``current_event``
+    # attribute belongs to the take buffer filling in the background.
+    _current_event.set(weakref.ref(event))
 
 
 async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:
@@ -149,12 +156,14 @@ async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:
 
 async def _stitch_identity(stream: Any, event: Any, record: ClickEvent) -> None:
     anonymous_id = str(record.anonymous_id)
+    _use_partition_of(event)
     state, released, outcome = apply_anonymous(
         identities_table.get(anonymous_id),
         msgspec.to_builtins(record),
         settings.anonymous_buffer_events,
     )
-    _write(stream, event, identities_table, anonymous_id, state)
+    _use_partition_of(event)
+    identities_table[anonymous_id] = state
     metrics.anonymous_events.labels(outcome).inc()
     for fields in released:
         # Re-keyed by customer_id, so it lands beside the customer's state.
