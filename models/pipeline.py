@@ -45,32 +45,18 @@ def update_customer(
 ) -> tuple[Profile | None, list[Outcome]]:
     """Fold a customer's events (in the given order) into profile and population.
 
-    Each new order first teaches the BG/NBD model what the customer's history
-    looked like just before it (repeat purchases ``x``, ``t_x``, and ``T`` up
-    to the order), then updates the profile; the RFM sketches are updated
-    once, from the customer's values before and after all the events.
+    The RFM sketches are updated once, from the customer's values before and
+    after all the events; the BG/NBD parameters learn from the customer's
+    purchase history at most once per event-time day (see
+    :func:`_learn_purchase_process`).
     """
     before = rfm_values(profile)
     outcomes: list[Outcome] = []
     for event in events:
-        if (
-            profile is not None
-            and event["topic"] == "purchases"
-            and event["type"] == "order"
-            and profile["first_order_ms"] is not None
-            and event["event_id"] not in profile["recent_ids"]
-            and int(event["ts"]) >= profile["last_order_ms"]
-        ):
-            first, last = profile["first_order_ms"], profile["last_order_ms"]
-            x = int(profile["totals"].get("orders", 0)) - 1
-            bgnbd_learn(
-                population["bgnbd"],
-                x,
-                (last - first) / DAY_MS,
-                (int(event["ts"]) - first) / DAY_MS,
-            )
         profile, outcome = apply_event(profile, event, config, sentiment)
         outcomes.append(outcome)
+    if profile is not None and outcomes and any(o != "duplicate" for o in outcomes):
+        _learn_purchase_process(profile, population)
     after = rfm_values(profile)
     if before != after:
         rfm_update(population["rfm"], before, after)
@@ -90,3 +76,26 @@ def combined_rfm(populations: Iterable[PopulationState]) -> dict[str, Any]:
     if not parts:
         return new_rfm_population()
     return {dim: merge_sketches(p["rfm"][dim] for p in parts) for dim in ("r", "f", "m")}
+
+
+def _learn_purchase_process(profile: Profile, population: PopulationState) -> None:
+    """One BG/NBD learning step from this customer, at most once per day.
+
+    The sample is the customer's purchase history observed up to their latest
+    event of any kind (``T`` = that event − first order). Learning only at
+    orders would observe customers exactly when they buy and never in their
+    silence, which teaches the model that nobody drops out; learning on any
+    activity, once per day, sees silences too. Customers who stop all
+    activity stop contributing — a remaining bias towards the active, which
+    the README states.
+    """
+    first, last = profile["first_order_ms"], profile["last_order_ms"]
+    if first is None or last is None:
+        return
+    day = profile["last_seen_ms"] // DAY_MS
+    if profile.get("bgnbd_learned_day") == day:
+        return
+    profile["bgnbd_learned_day"] = day
+    x = int(profile["totals"].get("orders", 0)) - 1
+    t_x = (last - first) / DAY_MS
+    bgnbd_learn(population["bgnbd"], x, t_x, max((profile["last_seen_ms"] - first) / DAY_MS, t_x))

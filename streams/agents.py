@@ -10,13 +10,13 @@ batches (``stream.take_events``):
                               │                           re-issued to clickstream
                               └─ record ──► grouped by customer, in event time
                                    ──► update_customer (profile + population)
-                                   ──► one profiles_table write per customer
+                                   ──► write-back cache ──(on commit)──► tables
 
-Writing each touched customer once per batch, instead of once per event,
-coalesces changelog records; the batch's offsets are acknowledged only after
-its writes are sent, and Faust flushes the producer before it commits
-offsets, so a crash replays at most unacknowledged events — which the
-per-customer deduplication makes harmless.
+State is written to the tables once per customer per offset commit, not
+once per event (:mod:`streams.state_cache`): Faust writes the caches back
+when a commit begins and commits only offsets whose state is written, so a
+crash replays exactly the events whose effect was lost — and per-customer
+deduplication drops any whose effect was not.
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ import hashlib
 import hmac
 import logging
 import time
-import weakref
 from collections import defaultdict
 from typing import Any
 
 import msgspec
 import orjson
-from faust.streams import _current_event
 
 from models.identity import apply_anonymous
 from models.pipeline import erase_customer, new_population, update_customer
@@ -40,6 +38,7 @@ from schemas.decode import DecodeError, dead_letter, decode_event
 from schemas.records import ClickEvent, ErasureAudit, ErasureRequest
 from streams import metrics
 from streams.app import app, settings
+from streams.state_cache import FlushOnCommit, WriteBackCache, partition_of
 from streams.tables import identities_table, population_key, population_table, profiles_table
 from streams.topics import (
     ROLE_BY_TOPIC,
@@ -54,6 +53,10 @@ log = logging.getLogger(__name__)
 
 LIMITS = settings.decode_limits()
 PROFILE_CONFIG = settings.profile_config()
+
+profile_cache = WriteBackCache(profiles_table, max_clean=settings.profile_cache_size)
+population_cache = WriteBackCache(population_table, max_clean=settings.input_partitions * 2)
+app.sensors.add(FlushOnCommit([profile_cache, population_cache]))
 
 
 def now_ms() -> int:
@@ -89,21 +92,14 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         by_customer[str(record.customer_id)].append((fields, event))
     # by_customer: {customer_id: [(event fields, faust event), ...]} in arrival order
 
-    populations: dict[int, dict[str, Any]] = {}
-    last_event_of: dict[int, Any] = {}
     for customer_id, items in by_customer.items():
         items.sort(key=lambda item: (item[0]["ts"], item[0]["event_id"]))
         source = items[-1][1]
         partition = source.message.partition
-        # Faust's RocksDB store reads and writes the partition of the *current*
-        # event; in a batch, make that an event of this customer's partition.
-        _use_partition_of(source)
-        population = populations.get(partition)
-        if population is None:
-            population = population_table.get(population_key(partition)) or new_population()
-            populations[partition] = population
+        pop_key = population_key(partition)
+        population = population_cache.get(pop_key, source) or new_population()
         profile, outcomes = update_customer(
-            profiles_table.get(customer_id),
+            profile_cache.get(customer_id, source),
             [fields for fields, _ in items],
             population,
             PROFILE_CONFIG,
@@ -116,19 +112,17 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             elif outcome == "late":
                 metrics.late_events.labels(fields["topic"]).inc()
         if any(outcome != "duplicate" for outcome in outcomes):
-            profiles_table[customer_id] = profile
-            last_event_of[partition] = source
-    for partition, source in last_event_of.items():
-        _use_partition_of(source)
-        population_table[population_key(partition)] = populations[partition]
+            profile_cache.put(customer_id, profile, source)
+            population_cache.put(pop_key, population, source)
 
 
-def _use_partition_of(event: Any) -> None:
-    # Faust's tables read and write the partition of the *current event*, a
-    # context variable. In a batch, point it at an event of the key's own
-    # partition. Only the context variable: the stream's ``current_event``
-    # attribute belongs to the take buffer filling in the background.
-    _current_event.set(weakref.ref(event))
+@app.on_partitions_revoked.connect
+async def _forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
+    # Unwritten state of revoked partitions belongs to uncommitted offsets:
+    # the new owner rebuilds it by consuming them again.
+    partitions = {tp.partition for tp in revoked if tp.topic in ROLE_BY_TOPIC}
+    profile_cache.discard_partitions(partitions)
+    population_cache.discard_partitions(partitions)
 
 
 async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:
@@ -156,14 +150,13 @@ async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:
 
 async def _stitch_identity(stream: Any, event: Any, record: ClickEvent) -> None:
     anonymous_id = str(record.anonymous_id)
-    _use_partition_of(event)
-    state, released, outcome = apply_anonymous(
-        identities_table.get(anonymous_id),
-        msgspec.to_builtins(record),
-        settings.anonymous_buffer_events,
-    )
-    _use_partition_of(event)
-    identities_table[anonymous_id] = state
+    with partition_of(event):
+        state, released, outcome = apply_anonymous(
+            identities_table.get(anonymous_id),
+            msgspec.to_builtins(record),
+            settings.anonymous_buffer_events,
+        )
+        identities_table[anonymous_id] = state
     metrics.anonymous_events.labels(outcome).inc()
     for fields in released:
         # Re-keyed by customer_id, so it lands beside the customer's state.
@@ -196,13 +189,13 @@ async def erase_customers(stream: Any) -> None:
             continue
         erased: list[str] = []
         if request.customer_id is not None:
-            profile = profiles_table.get(request.customer_id)
+            profile = profile_cache.get(request.customer_id, event)
             if profile is not None:
-                partition = message.partition
-                population = population_table.get(population_key(partition)) or new_population()
+                pop_key = population_key(message.partition)
+                population = population_cache.get(pop_key, event) or new_population()
                 erase_customer(profile, population)
-                population_table[population_key(partition)] = population
-                del profiles_table[request.customer_id]
+                population_cache.put(pop_key, population, event)
+                profile_cache.delete(request.customer_id, event)
                 erased.append("profile")
                 for anonymous_id in profile.get("anonymous_ids", []):
                     # The alias lives in the anonymous id's own partition.

@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     batch_max_wait_s: float = Field(
         0.05, gt=0, description="Longest a partial batch waits before it is processed."
     )
+    profile_cache_size: int = Field(
+        20_000,
+        ge=0,
+        description="Profiles a worker keeps decoded in memory (LRU) besides unwritten ones.",
+    )
     audit_hash_key: SecretStr = Field(
         SecretStr("change-me"),
         description="Key of the HMAC that pseudonymises ids in erasure audit events.",

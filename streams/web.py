@@ -17,7 +17,7 @@ from models.pipeline import combined_rfm
 from models.profile_summary import Population, summarise
 from schemas.records import ErasureRequest
 from streams import metrics
-from streams.agents import now_ms
+from streams.agents import now_ms, population_cache, profile_cache
 from streams.app import app, settings
 from streams.partitioning import partition_for_key
 from streams.tables import population_key, population_table, profiles_table
@@ -51,10 +51,27 @@ async def prometheus_metrics(self: web.View, request: web.Request) -> web.Respon
     return self.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
 
 
+def local_populations() -> dict[str, Any]:
+    """The populations of this worker's partitions, newest first from the cache."""
+    local = {key: value for key, value in population_table.items() if value is not None}
+    for partition in range(settings.input_partitions):
+        cached = population_cache.peek(population_key(partition))
+        if cached is not None:
+            local[population_key(partition)] = cached
+    return local
+
+
+def current_profile(customer_id: str) -> Any:
+    """The customer's profile, including changes not yet written to the table."""
+    cached = profile_cache.peek(customer_id)
+    return cached if cached is not None else profiles_table.get(customer_id)
+
+
 def customer_summary(customer_id: str, profile: Any) -> dict[str, Any]:
     """A profile as served: metrics as of this worker's watermark."""
-    local = [value for _, value in population_table.items() if value is not None]
-    own = population_table.get(
+    populations = local_populations()
+    local = list(populations.values())
+    own = populations.get(
         population_key(partition_for_key(customer_id, settings.input_partitions))
     )
     watermark = max((p.get("watermark_ms", 0) for p in local), default=None)
@@ -71,7 +88,7 @@ class CustomerView(web.View):
 
     @app.table_route(table=profiles_table, match_info="customer_id")
     async def get(self, request: web.Request, customer_id: str) -> web.Response:
-        profile: Any = profiles_table.get(customer_id)
+        profile = current_profile(customer_id)
         if profile is None:
             return self.json({"error": "unknown customer"}, status=404)
         return self.json(customer_summary(customer_id, profile))

@@ -1,0 +1,198 @@
+"""Worker throughput, per-event cost, store size and RSS on the real broker.
+
+    .venv/bin/python -m bench.pipeline_bench [--customers 5000] [--days 60]
+        [--modes naive,batched] [--out bench/results/pipeline.json]
+
+One run, side by side on one pre-produced simulator workload (all three
+topics, realistic mix), on a local Kafka broker this script starts:
+
+* ``naive``   — ``SEGSTREAM_BATCH_MAX_EVENTS=1``: one table write, hence one
+                changelog record, per event (Faust's usual pattern);
+* ``batched`` — the default: events folded per customer per batch of up to
+                1,000, one write per touched customer.
+
+Each mode gets a fresh worker (fresh consumer group and state) reading the
+same topics from the beginning. Throughput is events accepted (consumed +
+dead-lettered, from the worker's own metrics) divided by the time from the
+worker being ready until the last event is processed. Also reported: the
+worker's peak RSS (VmHWM), the RocksDB store size, and the pure state-update
+cost per event measured offline (``update_customer`` alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+
+from bench.machine import describe
+from models.pipeline import new_population, update_customer
+from models.sentiment import compound
+from models.simulator import SimConfig, simulate
+from schemas.decode import DecodeLimits, decode_event
+from streams.admin import create_topics
+from streams.local_kafka import LocalKafka, free_port
+from streams.process import WorkerProcess
+from streams.producer import encode_event, make_producer, send_events
+from streams.settings import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def metric_sum(text: str, name: str) -> float:
+    """Sum of every sample of a counter family in a Prometheus exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size of a process, MiB (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def dir_size_mb(path: Path) -> float:
+    """Disk usage of a directory, MiB."""
+    out = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, check=False)  # noqa: S603, S607
+    return int(out.stdout.split()[0]) / 1024 if out.stdout else 0.0
+
+
+def state_update_cost_us(events: list[dict[str, Any]], settings: Settings) -> float:
+    """Pure ``update_customer`` cost per good event, µs (no Kafka, no Faust)."""
+    limits = DecodeLimits()
+    config = settings.profile_config()
+    now = time.time_ns() // 1_000_000
+    decoded = []
+    for event in events:
+        if "malformed" in event or "customer_id" not in event or event["type"] == "identify":
+            continue
+        role, key, value = encode_event(event)
+        record = decode_event(role, key, value, limits, now)
+        fields = msgspec.to_builtins(record)
+        fields["topic"] = role
+        decoded.append(fields)
+    profiles: dict[str, Any] = {}
+    population = new_population()
+    start = time.perf_counter()
+    for fields in decoded:
+        customer = fields["customer_id"]
+        profiles[customer], _ = update_customer(
+            profiles.get(customer), [fields], population, config, compound
+        )
+    return (time.perf_counter() - start) / len(decoded) * 1e6
+
+
+def run_mode(
+    mode: str, bootstrap: str, prefix: str, expected: int, workdir: Path
+) -> dict[str, Any]:
+    env = {
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "APP_ID": f"bench-{mode}-{uuid.uuid4().hex[:6]}",
+        "TOPIC_PREFIX": prefix,
+        "DATA_DIR": str(workdir / mode),
+        "WEB_PORT": str(free_port()),
+        "LOG_LEVEL": "warning",
+    }
+    if mode == "naive":
+        env["BATCH_MAX_EVENTS"] = "1"
+    worker = WorkerProcess(env=env, log_path=workdir / f"{mode}.log").start()
+    try:
+        worker.wait_ready(180)
+        started = time.monotonic()
+        done = 0.0
+        while time.monotonic() - started < 1800:
+            _, body = worker.get("/metrics", timeout_s=10)
+            text = body.decode()
+            done = metric_sum(text, "segstream_events_consumed_total") + metric_sum(
+                text, "segstream_dead_letters_total"
+            )
+            if done >= expected:
+                break
+            time.sleep(0.25)
+        elapsed = time.monotonic() - started
+        assert worker.proc is not None  # noqa: S101 - started above
+        rss = peak_rss_mb(worker.proc.pid)
+    finally:
+        worker.stop()
+    return {
+        "events": int(done),
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(done / elapsed, 1),
+        "peak_rss_mb": round(rss, 1),
+        "store_mb": round(dir_size_mb(workdir / mode), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=5000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--modes", default="naive,batched")
+    parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
+    args = parser.parse_args()
+
+    events, _ = simulate(
+        SimConfig(
+            customers=args.customers,
+            days=args.days,
+            seed=99,
+            start=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="segstream-bench-"))
+    broker = LocalKafka(home=workdir / "kafka", heap="1g").start()
+    try:
+        prefix = f"bench{uuid.uuid4().hex[:6]}."
+        settings = Settings(_env_file=None, kafka_bootstrap=broker.bootstrap, topic_prefix=prefix)
+        create_topics(settings)
+        producer = make_producer(settings, linger_ms=20)
+        produced_at = time.monotonic()
+        for _ in send_events(settings, events, producer=producer):
+            pass
+        producer.close()
+        produce_s = time.monotonic() - produced_at
+        results: dict[str, Any] = {
+            "benchmark": "pipeline",
+            "machine": describe(),
+            "kafka": broker.version,
+            "workload": {
+                "customers": args.customers,
+                "days": args.days,
+                "events": len(events),
+                "produce_s": round(produce_s, 1),
+            },
+            "state_update_us_per_event": round(state_update_cost_us(events, settings), 2),
+            "modes": {},
+        }
+        for mode in args.modes.split(","):
+            results["modes"][mode] = run_mode(mode, broker.bootstrap, prefix, len(events), workdir)
+            print(mode, results["modes"][mode], flush=True)
+        modes = results["modes"]
+        if "naive" in modes and "batched" in modes:
+            results["batched_over_naive"] = round(
+                modes["batched"]["events_per_s"] / modes["naive"]["events_per_s"], 2
+            )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+        print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    finally:
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""A write-back cache in front of Faust tables: one changelog record per
+customer per commit, not per event.
+
+Faust's usual pattern writes the table — a RocksDB put and a changelog
+record — for every event. Here agents read and write profiles in this cache;
+dirty entries are written to the table when Faust starts an offset commit
+(:class:`FlushOnCommit`, a Faust sensor). Faust then flushes its producer and
+commits offsets, so every committed offset has its state in the changelog:
+
+* crash (kill -9): unflushed entries are lost *and* their offsets were never
+  committed, so the events are consumed again — their effect is rebuilt, and
+  any part that had reached the changelog is dropped by event-id dedup;
+* rebalance: dirty entries of revoked partitions are discarded; the new
+  owner restores the table from the changelog and re-consumes from the
+  committed offset, which matches it.
+
+Clean entries stay as a bounded LRU read cache, so a busy customer is not
+decoded from RocksDB on every batch.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from faust.sensors.base import Sensor
+from faust.streams import _current_event
+
+
+class WriteBackCache:
+    """Per-key values of one Faust table, written back on commit.
+
+    Parameters
+    ----------
+    table
+        The Faust table behind the cache.
+    max_clean
+        Clean (already written) entries kept for reads; dirty ones are never
+        evicted before they are written.
+    """
+
+    def __init__(self, table: Any, max_clean: int) -> None:
+        self.table = table
+        self.max_clean = max_clean
+        self._values: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._dirty: dict[int, set[str]] = {}
+        self._anchor: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def dirty_count(self) -> int:
+        """Entries waiting to be written."""
+        return sum(len(keys) for keys in self._dirty.values())
+
+    def get(self, key: str, event: Any) -> Any:
+        """The value of ``key``; ``event`` is a message of the key's partition."""
+        cached = self._values.get(key)
+        if cached is not None:
+            self._values.move_to_end(key)
+            return cached[1]
+        with partition_of(event):
+            value = self.table.get(key)
+        if value is not None:
+            self._values[key] = (event.message.partition, value)
+        return value
+
+    def peek(self, key: str) -> Any:
+        """The cached value of ``key`` without touching the table, or ``None``."""
+        cached = self._values.get(key)
+        return None if cached is None else cached[1]
+
+    def put(self, key: str, value: Any, event: Any) -> None:
+        """Set ``key``; it is written to the table at the next commit."""
+        partition = event.message.partition
+        self._values[key] = (partition, value)
+        self._values.move_to_end(key)
+        self._dirty.setdefault(partition, set()).add(key)
+        # Any event of the partition will do for the write; keep the latest.
+        self._anchor[partition] = event
+
+    def delete(self, key: str, event: Any) -> None:
+        """Remove ``key`` from cache and table now (erasure must not wait)."""
+        partition = event.message.partition
+        self._values.pop(key, None)
+        self._dirty.get(partition, set()).discard(key)
+        with partition_of(event):
+            if self.table.get(key) is not None:
+                del self.table[key]
+
+    def flush(self) -> int:
+        """Write every dirty entry to the table; returns how many were written."""
+        written = 0
+        for partition, keys in self._dirty.items():
+            if not keys:
+                continue
+            with partition_of(self._anchor[partition]):
+                for key in keys:
+                    self.table[key] = self._values[key][1]
+                    written += 1
+            keys.clear()
+        self._anchor.clear()
+        self._evict()
+        return written
+
+    def discard_partitions(self, partitions: Iterable[int]) -> None:
+        """Forget everything of partitions this worker no longer owns."""
+        gone = set(partitions)
+        for partition in gone:
+            self._dirty.pop(partition, None)
+            self._anchor.pop(partition, None)
+        for key in [k for k, (p, _) in self._values.items() if p in gone]:
+            del self._values[key]
+
+    def _evict(self) -> None:
+        dirty = set().union(*self._dirty.values()) if self._dirty else set()
+        excess = len(self._values) - self.max_clean - len(dirty)
+        if excess <= 0:
+            return
+        for key in list(self._values):
+            if excess <= 0:
+                break
+            if key not in dirty:
+                del self._values[key]
+                excess -= 1
+
+
+@contextmanager
+def partition_of(event: Any) -> Iterator[None]:
+    """Point Faust's current-event context variable at ``event`` for a while.
+
+    Faust's tables read and write the partition of the *current event*; in a
+    batch that must be an event of the key's own partition. Only the context
+    variable is set: a stream's ``current_event`` attribute belongs to the
+    take buffer filling it in the background.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class FlushOnCommit(Sensor):
+    """Writes the caches back when Faust begins an offset commit.
+
+    ``on_commit_initiated`` runs synchronously before Faust reads which
+    offsets are acknowledged, so every offset it then commits has its state
+    written, and Faust flushes the producer before committing.
+    """
+
+    def __init__(self, caches: list[WriteBackCache], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.caches = caches
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        for cache in self.caches:
+            cache.flush()
+        return None
