@@ -42,8 +42,12 @@ def update_customer(
     population: PopulationState,
     config: ProfileConfig,
     sentiment: Callable[[str], float] | None = None,
+    input_watermark_ms: int | None = None,
 ) -> tuple[Profile | None, list[Outcome]]:
     """Fold a customer's events (in the given order) into profile and population.
+
+    ``input_watermark_ms`` is the partition's input watermark (see
+    :func:`models.profile.apply_event`).
 
     The RFM sketches are updated once, from the customer's values before and
     after all the events; the BG/NBD parameters learn from the customer's
@@ -53,10 +57,10 @@ def update_customer(
     before = rfm_values(profile)
     outcomes: list[Outcome] = []
     for event in events:
-        profile, outcome = apply_event(profile, event, config, sentiment)
+        if profile is not None and event["event_id"] not in profile["recent_ids"]:
+            _learn_purchase_process(profile, population, int(event["ts"]))
+        profile, outcome = apply_event(profile, event, config, sentiment, input_watermark_ms)
         outcomes.append(outcome)
-    if profile is not None and outcomes and any(o != "duplicate" for o in outcomes):
-        _learn_purchase_process(profile, population)
     after = rfm_values(profile)
     if before != after:
         rfm_update(population["rfm"], before, after)
@@ -78,24 +82,45 @@ def combined_rfm(populations: Iterable[PopulationState]) -> dict[str, Any]:
     return {dim: merge_sketches(p["rfm"][dim] for p in parts) for dim in ("r", "f", "m")}
 
 
-def _learn_purchase_process(profile: Profile, population: PopulationState) -> None:
+def _learn_purchase_process(profile: Profile, population: PopulationState, now_ms: int) -> None:
     """One BG/NBD learning step from this customer, at most once per day.
 
-    The sample is the customer's purchase history observed up to their latest
-    event of any kind (``T`` = that event − first order). Learning only at
-    orders would observe customers exactly when they buy and never in their
-    silence, which teaches the model that nobody drops out; learning on any
-    activity, once per day, sees silences too. Customers who stop all
-    activity stop contributing — a remaining bias towards the active, which
-    the README states.
+    Run before the customer's first event of each new event-time day, the
+    sample is the purchase history observed up to that moment (``T`` = now −
+    first order). Learning only at orders would observe customers exactly
+    when they buy and never in their silence, which teaches the model that
+    nobody drops out; sampling on any activity sees silences too. Customers
+    who stop all activity stop contributing — a remaining bias towards the
+    active, which the README states. Because the step depends only on the
+    customer's own event order, batch boundaries do not change which samples
+    are learned.
     """
     first, last = profile["first_order_ms"], profile["last_order_ms"]
-    if first is None or last is None:
-        return
-    day = profile["last_seen_ms"] // DAY_MS
-    if profile.get("bgnbd_learned_day") == day:
+    day = now_ms // DAY_MS
+    if first is None or last is None or profile.get("bgnbd_learned_day", -1) >= day:
         return
     profile["bgnbd_learned_day"] = day
     x = int(profile["totals"].get("orders", 0)) - 1
     t_x = (last - first) / DAY_MS
-    bgnbd_learn(population["bgnbd"], x, t_x, max((profile["last_seen_ms"] - first) / DAY_MS, t_x))
+    bgnbd_learn(population["bgnbd"], x, t_x, max((now_ms - first) / DAY_MS, t_x))
+
+
+def combined_bgnbd(populations: Iterable[PopulationState]) -> dict[str, Any]:
+    """BG/NBD parameters of several partitions pooled into one estimate.
+
+    Each partition learns from its own customers; the log-parameters are
+    averaged, weighted by the learning steps behind them, so scores do not
+    depend on which partition a customer hashes to and partition noise
+    averages out.
+    """
+    states = [p["bgnbd"] for p in populations]
+    if not states:
+        return new_bgnbd()
+    weights = [int(state["steps"]) + 1 for state in states]
+    total = sum(weights)
+    pooled = [
+        sum(w * float(state["log_params"][i]) for w, state in zip(weights, states, strict=True))
+        / total
+        for i in range(4)
+    ]
+    return {"log_params": pooled, "steps": sum(int(state["steps"]) for state in states)}

@@ -31,6 +31,7 @@ Time is event time only:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -56,8 +57,10 @@ DEFAULT_SLA_RESOLUTION_S = {
 PAGE_TYPES = frozenset({"page_view", "product_view"})
 BROWSE_TYPES = frozenset({"page_view", "product_view", "search", "add_to_cart", "checkout_start"})
 MAX_OPEN_TICKETS = 50
-MAX_OPEN_SESSIONS = 8
-MAX_RECENT_ORDERS = 8
+MAX_OPEN_SESSIONS = 32
+MAX_CLOSED_SESSIONS = 16
+MAX_RECENT_ORDERS = 16
+MAX_PENDING_CART_ADDS = 64
 MAX_CATEGORIES = 50
 
 
@@ -97,16 +100,20 @@ def new_profile() -> Profile:
         "categories": {},
         "purchase_categories": {},
         "sessions": [],
-        "cart_ms": None,
+        "closed_sessions": [],
+        "cart_adds": [],
         "first_order_ms": None,
         "last_order_ms": None,
         "recent_orders_ms": [],
         "open_tickets": {},
         "csat_last": None,
+        "csat_ms": None,
         "nps_last": None,
         "nps_ms": None,
         "ces_last": None,
+        "ces_ms": None,
         "sentiment_last": None,
+        "sentiment_ms": None,
         "anonymous_ids": [],
     }
 
@@ -116,6 +123,7 @@ def apply_event(
     event: Mapping[str, Any],
     config: ProfileConfig,
     sentiment: Callable[[str], float] | None = None,
+    input_watermark_ms: int | None = None,
 ) -> tuple[Profile, Outcome]:
     """Fold one decoded event into a customer's profile.
 
@@ -131,6 +139,12 @@ def apply_event(
     sentiment
         Text → compound sentiment in [-1, 1] for support texts; ``None``
         skips sentiment.
+    input_watermark_ms
+        Event time up to which *every* input topic of the customer's
+        partition has been read (see ``streams.agents``); days close and
+        sessions and carts are finalised against it, so an order read after
+        the clicks around it (another topic, consumed later) still counts.
+        ``None`` uses the customer's own latest event time.
 
     Returns
     -------
@@ -151,10 +165,11 @@ def apply_event(
     name = f"{topic}.{event['type']}"
     profile["lifetime"][name] = profile["lifetime"].get(name, 0) + 1
     watermark = profile["last_seen_ms"]
+    horizon = watermark if input_watermark_ms is None else input_watermark_ms
     first = profile["first_seen_ms"]
     profile["first_seen_ms"] = ts if first is None else min(first, ts)
     day = ts // DAY_MS
-    closed = watermark is not None and (day + 1) * DAY_MS + config.allowed_lateness_ms <= watermark
+    closed = horizon is not None and (day + 1) * DAY_MS + config.allowed_lateness_ms <= horizon
     if closed:
         profile["late_events"] += 1
 
@@ -163,7 +178,7 @@ def apply_event(
     if topic == "clickstream":
         _apply_click(profile, event, ts, add, config)
     elif topic == "purchases":
-        _apply_purchase(profile, event, ts, add)
+        _apply_purchase(profile, event, ts, add, config)
     elif topic == "support":
         _apply_support(profile, event, ts, add, config, sentiment)
 
@@ -171,7 +186,7 @@ def apply_event(
         profile["last_seen_ms"] = ts
         if watermark is None or day > watermark // DAY_MS:
             _expire_buckets(profile, day, max(config.windows_days))
-    _finalise_episodes(profile, config)
+    _finalise_episodes(profile, config, horizon if horizon is not None else ts)
     return profile, "late" if closed else "applied"
 
 
@@ -214,17 +229,26 @@ def _apply_click(
     if category and type_ in ("product_view", "add_to_cart"):
         _bump(profile["categories"], category)
         add(f"category.{category}")
-    if type_ == "add_to_cart" and profile["cart_ms"] is None:
-        profile["cart_ms"] = ts
-        add("carts_started")
+    if type_ == "add_to_cart":
+        # Carts are worked out from adds and orders by event time when they
+        # are finalised, whatever order the topics were read in.
+        bisect.insort(profile["cart_adds"], ts)
+        del profile["cart_adds"][:-MAX_PENDING_CART_ADDS]
     if type_ in ("email_open", "email_click", "app_open", "push_open", "identify"):
         return  # not browsing: no session
     session_id = event.get("session_id") or f"~{ts // config.session_timeout_ms}"
+    pages = 1 if type_ in PAGE_TYPES else 0
+    closed = next((c for c in profile["closed_sessions"] if c["id"] == session_id), None)
+    if closed is not None:
+        # A session already counted gets a late event (say, browsing stitched
+        # in after a login): amend its counts instead of starting another.
+        _amend_closed_session(profile, closed, ts, pages, config)
+        return
     session = _session_for(profile, session_id, ts, config)
     session["start_ms"] = min(session["start_ms"], ts)
     session["last_ms"] = max(session["last_ms"], ts)
-    if type_ in PAGE_TYPES:
-        session["pages"] += 1
+    session["pages"] += pages
+    if pages:
         session["dwell_ms"] += int(event.get("duration_ms") or 0)
 
 
@@ -238,11 +262,34 @@ def _session_for(
     session = {"id": session_id, "start_ms": ts, "last_ms": ts, "pages": 0, "dwell_ms": 0}
     sessions.append(session)
     if len(sessions) > MAX_OPEN_SESSIONS:
-        _finalise_session(profile, sessions.pop(0), config)
+        oldest = min(sessions, key=lambda s: s["last_ms"])
+        sessions.remove(oldest)
+        _finalise_session(profile, oldest, config)
     return session
 
 
-def _apply_purchase(profile: Profile, event: Mapping[str, Any], ts: int, add: _Adder) -> None:
+def _amend_closed_session(
+    profile: Profile, closed: dict[str, Any], ts: int, pages: int, config: ProfileConfig
+) -> None:
+    keep = max(config.windows_days)
+    before_ms = closed["last_ms"] - closed["start_ms"]
+    closed["start_ms"] = min(closed["start_ms"], ts)
+    closed["last_ms"] = max(closed["last_ms"], ts)
+    closed["pages"] += pages
+    converted = session_converted(profile, closed, config)
+    day = closed["day"]
+    _add_to_day(
+        profile, day, "session_ms", closed["last_ms"] - closed["start_ms"] - before_ms, keep
+    )
+    _add_to_day(profile, day, "session_pages", pages, keep)
+    if converted and not closed["converted"]:
+        _add_to_day(profile, day, "sessions_converted", 1, keep)
+    closed["converted"] = converted
+
+
+def _apply_purchase(
+    profile: Profile, event: Mapping[str, Any], ts: int, add: _Adder, config: ProfileConfig
+) -> None:
     amount = float(event["amount"])
     if event["type"] == "refund":
         add("refunds")
@@ -262,13 +309,8 @@ def _apply_purchase(profile: Profile, event: Mapping[str, Any], ts: int, add: _A
     profile["first_order_ms"] = ts if first is None else min(first, ts)
     profile["last_order_ms"] = ts if last is None else max(last, ts)
     orders: list[int] = profile["recent_orders_ms"]
-    orders.append(ts)
-    orders.sort()
+    bisect.insort(orders, ts)
     del orders[:-MAX_RECENT_ORDERS]
-    cart = profile["cart_ms"]
-    if cart is not None and ts >= cart:
-        profile["cart_ms"] = None
-        add("carts_converted")
 
 
 def _apply_support(
@@ -306,13 +348,12 @@ def _apply_support(
             add("sla_breaches")
     elif type_ == "csat_response":
         add("csat_sum", float(event["score"]))
-        profile["csat_last"] = event["score"]
+        _set_latest(profile, "csat", event["score"], ts)
     elif type_ == "nps_response":
-        if profile["nps_ms"] is None or ts >= profile["nps_ms"]:
-            profile["nps_last"], profile["nps_ms"] = event["score"], ts
+        _set_latest(profile, "nps", event["score"], ts)
     elif type_ == "ces_response":
         add("ces_sum", float(event["score"]))
-        profile["ces_last"] = event["score"]
+        _set_latest(profile, "ces", event["score"], ts)
     text = event.get("text")
     if text and sentiment is not None:
         score = sentiment(text)
@@ -320,20 +361,61 @@ def _apply_support(
         add("sentiment_texts")
         if score <= -0.5:
             add("negative_texts")
-        profile["sentiment_last"] = round(score, 4)
+        _set_latest(profile, "sentiment", round(score, 4), ts)
 
 
-def _finalise_episodes(profile: Profile, config: ProfileConfig) -> None:
-    watermark = profile["last_seen_ms"]
+def _set_latest(profile: Profile, name: str, value: Any, ts: int) -> None:
+    # "Last" means latest by event time, not last read.
+    if profile[f"{name}_ms"] is None or ts >= profile[f"{name}_ms"]:
+        profile[f"{name}_last"], profile[f"{name}_ms"] = value, ts
+
+
+def _finalise_episodes(profile: Profile, config: ProfileConfig, watermark: int) -> None:
     horizon = watermark - config.allowed_lateness_ms
     sessions: list[dict[str, Any]] = profile["sessions"]
     for session in [s for s in sessions if s["last_ms"] + config.session_timeout_ms <= horizon]:
         sessions.remove(session)
         _finalise_session(profile, session, config)
-    cart = profile["cart_ms"]
-    if cart is not None and cart + config.cart_timeout_ms <= horizon:
-        profile["cart_ms"] = None
-        _add_to_day(profile, cart // DAY_MS, "carts_abandoned", 1, max(config.windows_days))
+    episodes, pending = cart_episodes(
+        profile["cart_adds"], profile["recent_orders_ms"], config.cart_timeout_ms, horizon
+    )
+    if episodes:
+        profile["cart_adds"] = pending
+        keep = max(config.windows_days)
+        for start, converted in episodes:
+            day = start // DAY_MS
+            _add_to_day(profile, day, "carts_started", 1, keep)
+            _add_to_day(
+                profile, day, "carts_converted" if converted else "carts_abandoned", 1, keep
+            )
+
+
+def cart_episodes(
+    adds: list[int], orders: list[int], timeout_ms: int, until_ms: float
+) -> tuple[list[tuple[int, bool]], list[int]]:
+    """Carts decided by ``until_ms``, as ``(start, converted)``, and the adds still open.
+
+    A cart starts at an add-to-cart when none is open; later adds join it
+    until it ends — at the first order within ``timeout_ms`` of its start
+    (converted) or when the timeout passes (abandoned). A cart is decided
+    once its start plus the timeout is at or before ``until_ms``: by then
+    every add and order that could change it has been read.
+
+    >>> cart_episodes([0, 10, 500, 990], [20], timeout_ms=100, until_ms=1000)
+    ([(0, True), (500, False)], [990])
+    """
+    episodes: list[tuple[int, bool]] = []
+    i = 0
+    while i < len(adds):
+        start = adds[i]
+        conversion = next((o for o in orders if start <= o <= start + timeout_ms), None)
+        if start + timeout_ms > until_ms:
+            break
+        end = conversion if conversion is not None else start + timeout_ms
+        while i < len(adds) and adds[i] <= end:
+            i += 1
+        episodes.append((start, conversion is not None))
+    return episodes, adds[i:]
 
 
 def session_converted(profile: Profile, session: Mapping[str, Any], config: ProfileConfig) -> bool:
@@ -345,11 +427,24 @@ def session_converted(profile: Profile, session: Mapping[str, Any], config: Prof
 def _finalise_session(profile: Profile, session: Mapping[str, Any], config: ProfileConfig) -> None:
     day = session["start_ms"] // DAY_MS
     keep = max(config.windows_days)
+    converted = session_converted(profile, session, config)
     _add_to_day(profile, day, "sessions", 1, keep)
     _add_to_day(profile, day, "session_ms", session["last_ms"] - session["start_ms"], keep)
     _add_to_day(profile, day, "session_pages", session["pages"], keep)
-    if session_converted(profile, session, config):
+    if converted:
         _add_to_day(profile, day, "sessions_converted", 1, keep)
+    closed: list[dict[str, Any]] = profile["closed_sessions"]
+    closed.append(
+        {
+            "id": session["id"],
+            "start_ms": session["start_ms"],
+            "last_ms": session["last_ms"],
+            "pages": session["pages"],
+            "converted": converted,
+            "day": day,
+        }
+    )
+    del closed[:-MAX_CLOSED_SESSIONS]
 
 
 def _add_to_day(profile: Profile, day: int, name: str, value: float, keep_days: int) -> None:

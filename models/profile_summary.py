@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.clv import expected_purchases, p_alive, simple_clv
-from models.profile import DAY_MS, Profile, ProfileConfig, session_converted, window_totals
+from models.profile import (
+    DAY_MS,
+    Profile,
+    ProfileConfig,
+    cart_episodes,
+    session_converted,
+    window_totals,
+)
 from models.quantiles import RfmValues, rfm_scores
 
 ENGAGEMENT_COUNTERS = {
@@ -89,10 +96,18 @@ def _with_open_episodes(
         merged["session_pages"] = merged.get("session_pages", 0) + session["pages"]
         if session_converted(profile, session, config):
             merged["sessions_converted"] = merged.get("sessions_converted", 0) + 1
-    cart = profile["cart_ms"]
-    if cart is not None and cart + config.cart_timeout_ms <= as_of:
-        if days is None or today - days < cart // DAY_MS <= today:
-            merged["carts_abandoned"] = merged.get("carts_abandoned", 0) + 1
+    decided, still_open = cart_episodes(
+        profile["cart_adds"], profile["recent_orders_ms"], config.cart_timeout_ms, as_of
+    )
+    carts: list[tuple[int, str | None]] = [
+        (start, "carts_converted" if ok else "carts_abandoned") for start, ok in decided
+    ]
+    carts += [(start, None) for start in still_open[:1]]  # one open cart at most
+    for start, outcome in carts:
+        if days is None or today - days < start // DAY_MS <= today:
+            merged["carts_started"] = merged.get("carts_started", 0) + 1
+            if outcome is not None:
+                merged[outcome] = merged.get(outcome, 0) + 1
     return merged
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 import orjson
+from faust.types import TP
 
 from models.identity import apply_anonymous
 from models.pipeline import erase_customer, new_population, update_customer
@@ -71,7 +72,74 @@ async def update_profiles(stream: Any) -> None:
         await _process_batch(stream, batch)
 
 
+class InputWatermarks:
+    """Per partition, the event time up to which every input topic has been read.
+
+    A worker reads the three touchpoint topics at their own pace: in a
+    backfill, clicks can run hours of event time ahead of orders. Each topic
+    partition's frontier is the latest event time read from it; the
+    partition's watermark is the smallest frontier. A topic partition that
+    has had nothing new to read for ``idle_s`` seconds of wall-clock time
+    (a quiet support topic, say) stops holding the others back — the only
+    use of wall-clock time here, as in Flink's idleness.
+    """
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.frontier: dict[tuple[str, int], int] = {}
+        self.caught_up_since: dict[tuple[str, int], float | None] = {}
+
+    def observe(self, message: Any, ts: int) -> None:
+        key = (message.topic, message.partition)
+        self.frontier[key] = max(self.frontier.get(key, ts), ts)
+        highwater = app.consumer.highwater(message.tp) if app.consumer else None
+        caught_up = highwater is not None and message.offset + 1 >= highwater
+        if not caught_up:
+            self.caught_up_since[key] = None
+        elif self.caught_up_since.get(key) is None:
+            self.caught_up_since[key] = time.monotonic()
+
+    async def watermark(self, partition: int) -> int:
+        """The partition's input watermark; 0 while an input may still bring older data."""
+        now = time.monotonic()
+        frontiers: list[int] = []
+        holding: list[int] = []
+        for topic in ROLE_BY_TOPIC:
+            key = (topic, partition)
+            since = self.caught_up_since.get(key)
+            idle = since is not None and now - since >= self.idle_s
+            if key in self.frontier:
+                frontiers.append(self.frontier[key])
+                if not idle:
+                    holding.append(self.frontier[key])
+            elif not idle:
+                # Never read from in this process: unread data, or an empty
+                # partition whose idleness clock starts now.
+                await self._start_idle_clock_if_empty(key)
+                return 0
+        if not frontiers:
+            return 0
+        return min(holding) if holding else max(frontiers)
+
+    async def _start_idle_clock_if_empty(self, key: tuple[str, int]) -> None:
+        if self.caught_up_since.get(key) is not None or app.consumer is None:
+            return
+        tp = TP(*key)
+        highwater = app.consumer.highwater(tp)
+        position = await app.consumer.position(tp)
+        if highwater is not None and position is not None and position >= highwater:
+            self.caught_up_since[key] = time.monotonic()
+
+
+input_watermarks = InputWatermarks(settings.input_idle_s)
+
+
 async def _process_batch(stream: Any, batch: list[Any]) -> None:
+    # The watermark is what was read *before* this batch: every event of a
+    # customer up to it has been applied already.
+    watermark_before = {
+        p: await input_watermarks.watermark(p) for p in {e.message.partition for e in batch}
+    }
     by_customer: dict[str, list[tuple[dict[str, Any], Any]]] = defaultdict(list)
     for event in batch:
         message = event.message
@@ -82,6 +150,7 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             await _send_dead_letter(role, message, exc)
             continue
         metrics.events_consumed.labels(role, record.type).inc()
+        input_watermarks.observe(message, int(record.ts))
         if isinstance(record, ClickEvent) and (
             record.customer_id is None or record.type == "identify"
         ):
@@ -104,6 +173,7 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             population,
             PROFILE_CONFIG,
             compound,
+            watermark_before[partition],
         )
         population["watermark_ms"] = max(population.get("watermark_ms", 0), items[-1][0]["ts"])
         for (fields, _), outcome in zip(items, outcomes, strict=True):

@@ -74,6 +74,9 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "producer_acks": -1,
         "table_standby_replicas": settings.standby_replicas,
         "worker_redirect_stdouts": False,
+        "stream_buffer_maxsize": settings.stream_buffer_maxsize,
+        "broker_max_poll_records": settings.max_poll_records,
+        "consumer_max_fetch_size": settings.max_fetch_bytes,
         "env": {},
     }
 

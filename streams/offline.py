@@ -17,7 +17,13 @@ from typing import Any
 import msgspec
 
 from models.identity import apply_anonymous
-from models.pipeline import PopulationState, combined_rfm, new_population, update_customer
+from models.pipeline import (
+    PopulationState,
+    combined_bgnbd,
+    combined_rfm,
+    new_population,
+    update_customer,
+)
 from models.profile import Profile
 from models.profile_summary import Population, summarise
 from models.sentiment import compound
@@ -39,6 +45,7 @@ class OfflineRun:
     populations: dict[int, PopulationState] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
     watermark_ms: int = 0
+    input_watermark_ms: int | None = None
 
     def __post_init__(self) -> None:
         self._limits = self.settings.decode_limits()
@@ -74,25 +81,29 @@ class OfflineRun:
         population = self.populations.get(partition)
         if population is None:
             population = self.populations[partition] = new_population()
+        # A file is one ordered input: everything before this line has been read.
         profile, _ = update_customer(
             self.profiles.get(customer_id),
             [fields],
             population,
             self._profile_config,
             compound,
+            self.input_watermark_ms,
         )
         assert profile is not None  # noqa: S101 - update_customer returns one for any event
         self.profiles[customer_id] = profile
         population["watermark_ms"] = max(population.get("watermark_ms", 0), int(record.ts))
         self.watermark_ms = max(self.watermark_ms, int(record.ts))
+        self.input_watermark_ms = max(self.input_watermark_ms or 0, int(record.ts))
 
     def summaries(self, as_of_ms: int | None = None) -> Iterator[dict[str, Any]]:
         """Every customer's profile as of ``as_of_ms`` (default: the last event)."""
         as_of = self.watermark_ms if as_of_ms is None else as_of_ms
-        rfm = combined_rfm(self.populations.values())
+        population = Population(
+            rfm=combined_rfm(self.populations.values()),
+            bgnbd=combined_bgnbd(self.populations.values()),
+        )
         for customer_id in sorted(self.profiles):
-            partition = partition_for_key(customer_id, self.settings.input_partitions)
-            population = Population(rfm=rfm, bgnbd=self.populations[partition]["bgnbd"])
             yield {
                 "customer_id": customer_id,
                 **summarise(

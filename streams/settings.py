@@ -148,6 +148,17 @@ class Settings(BaseSettings):
     batch_max_wait_s: float = Field(
         0.05, gt=0, description="Longest a partial batch waits before it is processed."
     )
+    stream_buffer_maxsize: int = Field(
+        32768, ge=1024, description="Messages Faust buffers per partition before pausing fetches."
+    )
+    max_poll_records: int = Field(5000, ge=100, description="Records one consumer poll may return.")
+    max_fetch_bytes: int = Field(
+        4 * 1024 * 1024, ge=65536, description="Bytes fetched per partition per request."
+    )
+    changelog_topic_configs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra Kafka configs of the tables' changelog topics (JSON object).",
+    )
     profile_cache_size: int = Field(
         20_000,
         ge=0,
@@ -156,6 +167,12 @@ class Settings(BaseSettings):
     audit_hash_key: SecretStr = Field(
         SecretStr("change-me"),
         description="Key of the HMAC that pseudonymises ids in erasure audit events.",
+    )
+    input_idle_s: float = Field(
+        10.0,
+        gt=0,
+        description="Wall-clock seconds after which a caught-up input topic partition "
+        "stops holding back the partition's event-time watermark.",
     )
     anonymous_buffer_events: int = Field(
         200, ge=0, description="Anonymous events held per anonymous id until an identify."

@@ -14,20 +14,21 @@ from __future__ import annotations
 from streams.app import app, settings
 
 # customer_id -> profile state (models.profile)
-profiles_table = app.Table(
-    "profiles", default=None, partitions=settings.input_partitions, key_type=str
-)
+_options = {
+    "default": None,
+    "partitions": settings.input_partitions,
+    "key_type": str,
+    "extra_topic_configs": dict(settings.changelog_topic_configs),
+}
+
+profiles_table = app.Table("profiles", **_options)
 
 # anonymous_id -> {"customer_id": str | None, "pending": [event, ...]}
-identities_table = app.Table(
-    "identities", default=None, partitions=settings.input_partitions, key_type=str
-)
+identities_table = app.Table("identities", **_options)
 
 # "p<partition>" -> population of that input partition (models.pipeline):
 # RFM sketches and BG/NBD parameters, moved and recovered with the partition.
-population_table = app.Table(
-    "population", default=None, partitions=settings.input_partitions, key_type=str
-)
+population_table = app.Table("population", **_options)
 
 
 def population_key(partition: int) -> str:

@@ -13,13 +13,12 @@ import msgspec
 from faust import web
 from prometheus_client import generate_latest
 
-from models.pipeline import combined_rfm
+from models.pipeline import combined_bgnbd, combined_rfm
 from models.profile_summary import Population, summarise
 from schemas.records import ErasureRequest
 from streams import metrics
 from streams.agents import now_ms, population_cache, profile_cache
 from streams.app import app, settings
-from streams.partitioning import partition_for_key
 from streams.tables import population_key, population_table, profiles_table
 from streams.topics import erasure_requests_topic
 
@@ -69,15 +68,9 @@ def current_profile(customer_id: str) -> Any:
 
 def customer_summary(customer_id: str, profile: Any) -> dict[str, Any]:
     """A profile as served: metrics as of this worker's watermark."""
-    populations = local_populations()
-    local = list(populations.values())
-    own = populations.get(
-        population_key(partition_for_key(customer_id, settings.input_partitions))
-    )
+    local = list(local_populations().values())
     watermark = max((p.get("watermark_ms", 0) for p in local), default=None)
-    population = Population(
-        rfm=combined_rfm(local), bgnbd=own["bgnbd"] if own is not None else None
-    )
+    population = Population(rfm=combined_rfm(local), bgnbd=combined_bgnbd(local))
     summary = summarise(profile, PROFILE_CONFIG, watermark, population, VALUE_CONFIG)
     return {"customer_id": customer_id, **summary}
 

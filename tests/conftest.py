@@ -123,3 +123,33 @@ def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float =
     finally:
         consumer.close()
     return records
+
+
+def fetch_profile(worker: WorkerProcess, customer_id: str) -> dict[str, Any] | None:
+    """A worker's profile of a customer, or ``None`` when it answers 404."""
+    import orjson
+
+    status, body = worker.get(f"/customers/{customer_id}")
+    return orjson.loads(body) if status == 200 else None
+
+
+def await_event_counts(
+    worker: WorkerProcess, expected: dict[str, Any], timeout_s: float = 120.0
+) -> dict[str, dict[str, Any]]:
+    """Poll until every customer's ``event_counts`` equals ``expected``; return profiles.
+
+    Fails with the number of customers still differing (and the worker log).
+    """
+    pending = dict(expected)
+    profiles: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        for customer_id in list(pending):
+            profile = fetch_profile(worker, customer_id)
+            if profile is not None and profile["event_counts"] == dict(expected[customer_id]):
+                profiles[customer_id] = profile
+                del pending[customer_id]
+        if pending:
+            time.sleep(0.5)
+    assert not pending, f"{len(pending)} profiles differ:\n{worker.tail_log(20)}"
+    return profiles

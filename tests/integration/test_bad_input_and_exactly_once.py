@@ -20,6 +20,7 @@ from streams.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import Settings
 from tests.conftest import read_topic
+from tests.integration.helpers import expected_counts
 
 DECODER_KIND = {
     "negative_amount": "amount_out_of_range",
@@ -27,23 +28,6 @@ DECODER_KIND = {
     "future_time": "time_out_of_range",
     "ancient_time": "time_out_of_range",
 }
-
-
-def expected_lifetime(events: list[dict[str, Any]]) -> dict[str, Counter[str]]:
-    """Independent recomputation of lifetime counts per customer from raw events."""
-    alias = {
-        e["anonymous_id"]: e["customer_id"]
-        for e in events
-        if e.get("type") == "identify" and "malformed" not in e
-    }
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for e in events:
-        if "malformed" in e or e["type"] == "identify":
-            continue
-        customer = e.get("customer_id") or alias.get(e.get("anonymous_id", ""))
-        if customer is not None:
-            counts[customer][f"{e['topic']}.{e['type']}"] += 1
-    return counts
 
 
 def test_bad_records_reach_dead_letters_and_good_ones_count_exactly_once(
@@ -89,7 +73,7 @@ def test_bad_records_reach_dead_letters_and_good_ones_count_exactly_once(
     assert letter["source_topic"].startswith(topic_prefix)
     assert letter["error"] and letter["failed_at_ms"] > 0 and letter["offset"] >= 0
 
-    expected = expected_lifetime(events)
+    expected = expected_counts(events)
     deadline = time.monotonic() + 90
     mismatched: dict[str, Any] = dict(expected)
     while mismatched and time.monotonic() < deadline:

@@ -150,13 +150,28 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
 )
 field_names = st.sampled_from(
-    ["event_id", "customer_id", "ts", "type", "order_id", "amount", "currency", "items",
-     "discount", "channel", "score", "anonymous_id", "duration_ms", "schema_version"]
+    [
+        "event_id",
+        "customer_id",
+        "ts",
+        "type",
+        "order_id",
+        "amount",
+        "currency",
+        "items",
+        "discount",
+        "channel",
+        "score",
+        "anonymous_id",
+        "duration_ms",
+        "schema_version",
+    ]
 )
 
 
