@@ -18,7 +18,7 @@ Policy (documented in the README):
 >>> state, out, outcome = apply_anonymous(
 ...     state, {"event_id": "i1", "anonymous_id": "x", "customer_id": "c9", "type": "identify"}, 10)
 >>> outcome, out
-('identified', [{'event_id': 'a1', 'anonymous_id': 'x', 'customer_id': 'c9'}])
+('identified', [{'event_id': 'a1', 'anonymous_id': 'x', 'customer_id': 'c9', 'stitched': True}])
 """
 
 from __future__ import annotations
@@ -42,11 +42,17 @@ def apply_anonymous(
     if event.get("type") == "identify" and event.get("customer_id"):
         customer_id = str(event["customer_id"])
         current["customer_id"] = customer_id
-        released = [dict(pending, customer_id=customer_id) for pending in current["pending"]]
+        released = [
+            dict(pending, customer_id=customer_id, stitched=True) for pending in current["pending"]
+        ]
         current["pending"] = []
         return current, released, "identified"
     if current["customer_id"] is not None:
-        return current, [dict(event, customer_id=current["customer_id"])], "forwarded"
+        return (
+            current,
+            [dict(event, customer_id=current["customer_id"], stitched=True)],
+            "forwarded",
+        )
     pending: list[dict[str, Any]] = current["pending"]
     pending.append(dict(event))
     if len(pending) > capacity:

@@ -169,7 +169,13 @@ def apply_event(
     first = profile["first_seen_ms"]
     profile["first_seen_ms"] = ts if first is None else min(first, ts)
     day = ts // DAY_MS
-    closed = horizon is not None and (day + 1) * DAY_MS + config.allowed_lateness_ms <= horizon
+    # Stitched browsing is history re-keyed at login, not late data: when it
+    # is read depends on the login, so it always counts in its day's window.
+    closed = (
+        not event.get("stitched")
+        and horizon is not None
+        and (day + 1) * DAY_MS + config.allowed_lateness_ms <= horizon
+    )
     if closed:
         profile["late_events"] += 1
 

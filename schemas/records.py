@@ -67,6 +67,8 @@ class ClickEvent(Struct, frozen=True, kw_only=True):
     ``customer_id`` may be absent only for anonymous browsing, which then
     carries ``anonymous_id``; ``identify`` carries both. ``ts`` accepts
     ISO-8601 with an offset or epoch ms and is stored as UTC epoch ms.
+    ``stitched`` marks anonymous browsing that segstream re-issued under the
+    customer's id after an ``identify``.
     """
 
     event_id: Id
@@ -83,6 +85,7 @@ class ClickEvent(Struct, frozen=True, kw_only=True):
     duration_ms: Annotated[int, Meta(ge=0, le=86_400_000)] | None = None
     campaign: Id | None = None
     query: Text | None = None
+    stitched: bool = False
 
     def __post_init__(self) -> None:
         _normalise_ts(self)

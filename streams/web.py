@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from faust import web
 from prometheus_client import generate_latest
+from yarl import URL
 
 from models.pipeline import combined_bgnbd, combined_rfm
 from models.profile_summary import Population, summarise
@@ -19,6 +20,7 @@ from schemas.records import ErasureRequest
 from streams import metrics
 from streams.agents import now_ms, population_cache, profile_cache
 from streams.app import app, settings
+from streams.partitioning import partition_for_key
 from streams.tables import population_key, population_table, profiles_table
 from streams.topics import erasure_requests_topic
 
@@ -75,12 +77,44 @@ def customer_summary(customer_id: str, profile: Any) -> dict[str, Any]:
     return {"customer_id": customer_id, **summary}
 
 
+def owner_url(customer_id: str) -> URL | None:
+    """Web address of the worker that holds the customer's partition, if known.
+
+    Faust's own ``table_route`` hashes the key with its producer's topic
+    metadata, which a worker may not have for a changelog it has not written
+    yet (a request then fails after a rebalance); the partition is computed
+    the way producers compute it instead.
+    """
+    partition = partition_for_key(customer_id, settings.input_partitions)
+    for host, topics in app.router.table_metadata(profiles_table.name).items():
+        if any(partition in partitions for partitions in topics.values()):
+            return URL(host)
+    return None
+
+
+def _is_me(url: URL) -> bool:
+    mine = URL(str(app.conf.canonical_url))
+    return (url.host, url.port) == (mine.host, mine.port)
+
+
+async def _forward(view: web.View, request: web.Request, owner: URL) -> web.Response:
+    target = request.url.with_host(owner.host or "127.0.0.1").with_port(owner.port)
+    async with app.http_client.request(
+        method=request.method, headers=request.headers, url=target
+    ) as response:
+        return view.text(
+            await response.text(), content_type=response.content_type, status=response.status
+        )
+
+
 @app.page("/customers/{customer_id}")
 class CustomerView(web.View):
     """``GET``: the profile (404 when unknown); ``DELETE``: erase the customer."""
 
-    @app.table_route(table=profiles_table, match_info="customer_id")
     async def get(self, request: web.Request, customer_id: str) -> web.Response:
+        owner = owner_url(customer_id)
+        if owner is not None and not _is_me(owner):
+            return await _forward(self, request, owner)
         profile = current_profile(customer_id)
         if profile is None:
             return self.json({"error": "unknown customer"}, status=404)

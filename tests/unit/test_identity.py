@@ -34,7 +34,7 @@ def test_events_after_identify_are_forwarded_at_once() -> None:
     state, _, _ = apply_anonymous(None, identify(), capacity=10)
     state, released, outcome = apply_anonymous(state, anon("later"), capacity=10)
     assert outcome == "forwarded"
-    assert released == [dict(anon("later"), customer_id="c1")]
+    assert released == [dict(anon("later"), customer_id="c1", stitched=True)]
 
 
 def test_pending_anonymous_events_are_bounded_dropping_the_oldest() -> None:
