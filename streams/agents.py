@@ -94,10 +94,9 @@ class InputWatermarks:
         self.frontier[key] = max(self.frontier.get(key, ts), ts)
         highwater = app.consumer.highwater(message.tp) if app.consumer else None
         caught_up = highwater is not None and message.offset + 1 >= highwater
-        if not caught_up:
-            self.caught_up_since[key] = None
-        elif self.caught_up_since.get(key) is None:
-            self.caught_up_since[key] = time.monotonic()
+        # Idle means caught up with nothing new for idle_s: every message
+        # restarts the clock.
+        self.caught_up_since[key] = time.monotonic() if caught_up else None
 
     async def watermark(self, partition: int) -> int:
         """The partition's input watermark; 0 while an input may still bring older data."""

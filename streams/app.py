@@ -75,6 +75,8 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "table_standby_replicas": settings.standby_replicas,
         "worker_redirect_stdouts": False,
         "stream_buffer_maxsize": settings.stream_buffer_maxsize,
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": min(3.0, settings.session_timeout_s / 3),
         "broker_max_poll_records": settings.max_poll_records,
         "consumer_max_fetch_size": settings.max_fetch_bytes,
         "env": {},
