@@ -8,8 +8,11 @@ topics, realistic mix), on a local Kafka broker this script starts:
 
 * ``naive``   — ``SEGSTREAM_BATCH_MAX_EVENTS=1``: one table write, hence one
                 changelog record, per event (Faust's usual pattern);
-* ``batched`` — the default: events folded per customer per batch of up to
-                1,000, one write per touched customer.
+* ``batched`` — the default: batches of up to 1,000 events, state in a
+                write-back cache written once per customer per offset commit;
+* ``faust_floor`` — a bare Faust agent on the same topics that decodes and
+                discards (``bench/apps/faust_floor.py``, same consumer tuning):
+                the most any Faust app can do here.
 
 Each mode gets a fresh worker (fresh consumer group and state) reading the
 same topics from the beginning. Throughput is events accepted (consumed +
@@ -22,10 +25,13 @@ cost per event measured offline (``update_customer`` alone).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +58,7 @@ def metric_sum(text: str, name: str) -> float:
     """Sum of every sample of a counter family in a Prometheus exposition."""
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith((name + "{", name + " ")):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -137,11 +143,61 @@ def run_mode(
     }
 
 
+def run_faust_floor(
+    bootstrap: str, settings: Settings, expected: int, workdir: Path
+) -> dict[str, Any]:
+    """Faust's own floor on the same topics: a bare agent that decodes and discards."""
+    names = settings.topic_names()
+    port = free_port()
+    env = dict(
+        os.environ,
+        FLOOR_BROKER=bootstrap,
+        FLOOR_TOPICS=",".join(names[r] for r in ("clickstream", "purchases", "support")),
+        FLOOR_APP_ID=f"floor-{uuid.uuid4().hex[:6]}",
+        FLOOR_WEB_PORT=str(port),
+        FLOOR_TUNED="1",
+    )
+    with open(workdir / "floor.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "bench.apps.faust_floor", "worker", "-l", "warn"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=2) as response:  # noqa: S310
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.3)
+        started = time.monotonic()
+        consumed = 0
+        while time.monotonic() - started < 1800 and consumed < expected:
+            with urllib.request.urlopen(url + "/count", timeout=5) as response:  # noqa: S310
+                consumed = orjson.loads(response.read())["consumed"]
+            time.sleep(0.25)
+        elapsed = time.monotonic() - started
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {
+        "events": consumed,
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(consumed / elapsed, 1),
+        "peak_rss_mb": round(rss, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=5000)
     parser.add_argument("--days", type=int, default=60)
-    parser.add_argument("--modes", default="naive,batched")
+    parser.add_argument("--modes", default="faust_floor,naive,batched")
     parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
     args = parser.parse_args()
 
@@ -179,12 +235,23 @@ def main() -> None:
             "modes": {},
         }
         for mode in args.modes.split(","):
-            results["modes"][mode] = run_mode(mode, broker.bootstrap, prefix, len(events), workdir)
+            if mode == "faust_floor":
+                results["modes"][mode] = run_faust_floor(
+                    broker.bootstrap, settings, len(events), workdir
+                )
+            else:
+                results["modes"][mode] = run_mode(
+                    mode, broker.bootstrap, prefix, len(events), workdir
+                )
             print(mode, results["modes"][mode], flush=True)
         modes = results["modes"]
         if "naive" in modes and "batched" in modes:
             results["batched_over_naive"] = round(
                 modes["batched"]["events_per_s"] / modes["naive"]["events_per_s"], 2
+            )
+        if "faust_floor" in modes and "batched" in modes:
+            results["batched_over_faust_floor"] = round(
+                modes["batched"]["events_per_s"] / modes["faust_floor"]["events_per_s"], 2
             )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")

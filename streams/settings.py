@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     batch_max_wait_s: float = Field(
         0.05, gt=0, description="Longest a partial batch waits before it is processed."
     )
-    session_timeout_s: float = Field(
+    group_session_timeout_s: float = Field(
         30.0,
         ge=6,
         description="Consumer group session timeout: how soon a crashed worker's "

@@ -90,7 +90,7 @@ def worker_factory(
             "WEB_PORT": str(free_port()),
             "INPUT_PARTITIONS": "4",
             # A killed worker's partitions move after this; Kafka's minimum.
-            "SESSION_TIMEOUT_S": "6",
+            "GROUP_SESSION_TIMEOUT_S": "6",
         }
         values.update(env)
         worker = WorkerProcess(env=values, log_path=tmp_path / name / "worker.log").start()

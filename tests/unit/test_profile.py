@@ -83,7 +83,7 @@ def test_windows_count_only_their_days() -> None:
 
 def test_state_stays_bounded_as_event_time_passes() -> None:
     config = ProfileConfig(windows_days=(1, 7, 30, 90), allowed_lateness_ms=0, dedup_capacity=8)
-    events = [event("clickstream", "page_view", d * DAY_MS, f"e{d}") for d in range(0, 3650)]
+    events = [event("clickstream", "page_view", d * DAY_MS, f"e{d}") for d in range(3650)]
     state = replay(events, config)
     assert len(state["buckets"]) <= 90
     assert len(state["recent_ids"]) <= 8

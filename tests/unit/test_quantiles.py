@@ -190,7 +190,7 @@ def test_scores_are_monotone_in_each_input() -> None:
     ]
     orders = [
         rfm_scores(population, RfmValues(base.last_order_day, o, base.revenue))[1]
-        for o in range(0, 40)
+        for o in range(40)
     ]
     revenue = [
         rfm_scores(population, RfmValues(base.last_order_day, base.orders, m))[2]
