@@ -187,11 +187,15 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
 
 @app.on_partitions_revoked.connect
 async def _forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
-    # Unwritten state of revoked partitions belongs to uncommitted offsets:
-    # the new owner rebuilds it by consuming them again.
+    # Written when the rebalance started; a batch that finished since is
+    # written now, then the revoked partitions' entries are forgotten.
     partitions = {tp.partition for tp in revoked if tp.topic in ROLE_BY_TOPIC}
-    profile_cache.discard_partitions(partitions)
-    population_cache.discard_partitions(partitions)
+    for cache in (profile_cache, population_cache):
+        try:
+            cache.flush()
+        except Exception:  # a store already closed for revoked partitions
+            log.exception("flush on revoke failed; those events will be consumed again")
+        cache.discard_partitions(partitions)
 
 
 async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:

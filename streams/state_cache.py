@@ -10,9 +10,9 @@ commits offsets, so every committed offset has its state in the changelog:
 * crash (kill -9): unflushed entries are lost *and* their offsets were never
   committed, so the events are consumed again — their effect is rebuilt, and
   any part that had reached the changelog is dropped by event-id dedup;
-* rebalance: dirty entries of revoked partitions are discarded; the new
-  owner restores the table from the changelog and re-consumes from the
-  committed offset, which matches it.
+* rebalance: the caches are written when the rebalance starts, before
+  Faust revokes partitions; the new owner restores the table from the
+  changelog, and anything it consumes again is dropped by dedup.
 
 Clean entries stay as a bounded LRU read cache, so a busy customer is not
 decoded from RocksDB on every batch.
@@ -158,6 +158,13 @@ class FlushOnCommit(Sensor):
         self.caches = caches
 
     def on_commit_initiated(self, consumer: Any) -> Any:
+        for cache in self.caches:
+            cache.flush()
+        return None
+
+    def on_rebalance_start(self, app: Any) -> Any:
+        # Before Faust revokes partitions: what was processed is written, so
+        # whoever owns a partition next restores it from the changelog.
         for cache in self.caches:
             cache.flush()
         return None
