@@ -6,8 +6,9 @@
 One run, side by side on one pre-produced simulator workload (all three
 topics, realistic mix), on a local Kafka broker this script starts:
 
-* ``naive``   — ``SEGSTREAM_BATCH_MAX_EVENTS=1``: one table write, hence one
-                changelog record, per event (Faust's usual pattern);
+* ``naive``   — ``SEGSTREAM_BATCH_MAX_EVENTS=1``, ``SEGSTREAM_WRITE_BACK=false``:
+                one table write, hence one changelog record, per event
+                (Faust's usual pattern), same code otherwise;
 * ``batched`` — the default: batches of up to 1,000 events, state in a
                 write-back cache written once per customer per offset commit;
 * ``faust_floor`` — a bare Faust agent on the same topics that decodes and
@@ -115,6 +116,7 @@ def run_mode(
     }
     if mode == "naive":
         env["BATCH_MAX_EVENTS"] = "1"
+        env["WRITE_BACK"] = "false"
     worker = WorkerProcess(env=env, log_path=workdir / f"{mode}.log").start()
     try:
         worker.wait_ready(180)

@@ -183,6 +183,9 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         if any(outcome != "duplicate" for outcome in outcomes):
             profile_cache.put(customer_id, profile, source)
             population_cache.put(pop_key, population, source)
+    if not settings.write_back:
+        profile_cache.flush()
+        population_cache.flush()
 
 
 @app.on_partitions_revoked.connect

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Extra Kafka configs of the tables' changelog topics (JSON object).",
     )
+    write_back: bool = Field(
+        True,
+        description="Write state once per customer per offset commit; false writes after "
+        "every batch (with BATCH_MAX_EVENTS=1: Faust's one-write-per-event pattern).",
+    )
     profile_cache_size: int = Field(
         20_000,
         ge=0,
