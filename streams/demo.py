@@ -121,15 +121,16 @@ def _await_profiles(
 
 def _print_profiles(console: Console, profiles: dict[str, dict[str, Any]]) -> None:
     table = Table(title="Profiles computed by the worker")
-    for column in ("customer", "events", "lifetime by type", "first seen", "last seen"):
+    for column in ("customer", "events", "by type", "sessions", "channel", "last seen"):
         table.add_column(column)
     for customer_id in sorted(profiles):
         profile = profiles[customer_id]
         table.add_row(
             customer_id,
             str(profile["events"]),
-            ", ".join(f"{k.split('.')[-1]}={v}" for k, v in profile["lifetime"].items()),
-            _fmt_ms(profile["first_seen_ms"]),
+            ", ".join(f"{k.split('.')[-1]}={v}" for k, v in profile["event_counts"].items()),
+            str(profile["lifetime"]["sessions"]),
+            str(profile["preferred_channel"]),
             _fmt_ms(profile["last_seen_ms"]),
         )
     console.print(table)
