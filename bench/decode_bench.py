@@ -29,6 +29,7 @@ from bench.machine import describe
 from models.simulator import SimConfig, simulate
 from schemas.decode import DecodeLimits, decode_event
 from schemas.event_time import parse_event_time
+from schemas.records import ClickChannel, ClickType
 from streams.producer import encode_event
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decode.json"
@@ -40,27 +41,12 @@ class PydanticClick(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     event_id: str = Field(min_length=1, max_length=128)
     ts: int
-    type: Literal[
-        "session_start",
-        "session_end",
-        "page_view",
-        "product_view",
-        "search",
-        "add_to_cart",
-        "remove_from_cart",
-        "checkout_start",
-        "email_open",
-        "email_click",
-        "app_open",
-        "push_open",
-        "social_interaction",
-        "identify",
-    ]
+    type: ClickType
     schema_version: Literal[1] = 1
     customer_id: str | None = None
     anonymous_id: str | None = None
     session_id: str | None = None
-    channel: Literal["web", "app", "email", "social", "store"] = "web"
+    channel: ClickChannel = "web"
     page: str | None = None
     product_id: str | None = None
     category: str | None = None

@@ -20,8 +20,6 @@ from schemas.decode import partition_key
 from schemas.event_time import parse_event_time
 from streams.settings import Settings
 
-INPUT_ROLES = ("clickstream", "purchases", "support", "erasure_requests")
-
 
 def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     """A kafka-python producer with segstream's connection and security settings."""

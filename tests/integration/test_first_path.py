@@ -6,18 +6,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import orjson
-
 from streams.admin import create_topics
 from streams.demo import sample_events
 from streams.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import Settings
-
-
-def _profile(worker: WorkerProcess, customer_id: str) -> dict[str, object] | None:
-    status, body = worker.get(f"/customers/{customer_id}")
-    return orjson.loads(body) if status == 200 else None
+from tests.conftest import fetch_profile
 
 
 def test_clickstream_events_are_counted_per_customer_by_a_worker(
@@ -42,11 +36,11 @@ def test_clickstream_events_are_counted_per_customer_by_a_worker(
     seen: dict[str, object] = {}
     while time.monotonic() < deadline and len(seen) < len(expected):
         for customer_id, count in expected.items():
-            profile = _profile(worker, customer_id)
+            profile = fetch_profile(worker, customer_id)
             if profile is not None and profile["events"] == count:
                 seen[customer_id] = profile
         time.sleep(0.5)
     assert set(seen) == set(expected), worker.tail_log()
-    assert _profile(worker, "nobody") is None
+    assert fetch_profile(worker, "nobody") is None
     status, _ = worker.get("/customers/nobody")
     assert status == 404

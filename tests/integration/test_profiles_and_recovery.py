@@ -235,6 +235,22 @@ def test_erasure_removes_the_customer_and_is_audited_without_personal_data(
     audit = next(a for a in audits if a["request_id"] == request_id)
     assert "profile" in audit["erased"]
     assert victim not in orjson.dumps(audit).decode()
+    # A malformed erasure request is a dead letter with its reason, not a crash.
+    from streams.producer import make_producer
+
+    producer = make_producer(settings)
+    erasures = settings.topic_names()["erasure_requests"]
+    producer.send(erasures, key=b"c1", value=b"{not json")
+    producer.send(erasures, key=b"someone-else", value=b'{"request_id": "r9", "customer_id": "c1"}')
+    producer.flush()
+    producer.close()
+    letters = [
+        orjson.loads(r.value)
+        for r in read_topic(settings, settings.topic_names()["dead_letters"], expected=2)
+    ]
+    assert sorted(letter["error_kind"] for letter in letters) == ["key_mismatch", "wrong_type"]
+    assert all(letter["source_topic"] == erasures for letter in letters)
+    assert worker.alive()
     # Others are untouched, and the erased customer stays gone after a restart.
     other = sorted(expected)[1]
     assert fetch_profile(worker, other) is not None
