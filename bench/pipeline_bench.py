@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,8 @@ def run_mode(
         "DATA_DIR": str(workdir / mode),
         "WEB_PORT": str(free_port()),
         "LOG_LEVEL": "warning",
+        # Only the open /readyz and /metrics are read, but a worker needs a token.
+        "WEB_TOKEN": secrets.token_urlsafe(32),
     }
     if mode == "naive":
         env["BATCH_MAX_EVENTS"] = "1"

@@ -14,8 +14,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from models.clv import bgnbd_learn, new_bgnbd
+from models.deadlines import DeadlineIndex
+from models.features import feature_vector
+from models.moments import Moments
 from models.profile import DAY_MS, Outcome, Profile, ProfileConfig, apply_event
+from models.profile_summary import Population, ValueConfig, summarise
 from models.quantiles import RfmValues, merge_sketches, new_rfm_population, rfm_update
+from models.training import ModelBundle
 
 PopulationState = dict[str, Any]
 
@@ -43,6 +48,8 @@ def update_customer(
     config: ProfileConfig,
     sentiment: Callable[[str], float] | None = None,
     input_watermark_ms: int | None = None,
+    customer_id: str = "",
+    moments: Moments | None = None,
 ) -> tuple[Profile | None, list[Outcome]]:
     """Fold a customer's events (in the given order) into profile and population.
 
@@ -52,13 +59,17 @@ def update_customer(
     The RFM sketches are updated once, from the customer's values before and
     after all the events; the BG/NBD parameters learn from the customer's
     purchase history at most once per event-time day (see
-    :func:`_learn_purchase_process`).
+    :func:`_learn_purchase_process`). With ``moments``, the customer's
+    model moments (scoring, churn labels, training examples; see
+    :mod:`models.moments`) are taken before each new event and collected there.
     """
     before = rfm_values(profile)
     outcomes: list[Outcome] = []
     for event in events:
         if profile is not None and event["event_id"] not in profile["recent_ids"]:
             _learn_purchase_process(profile, population, int(event["ts"]))
+            if moments is not None:
+                moments.before_event(customer_id, profile, event)
         profile, outcome = apply_event(profile, event, config, sentiment, input_watermark_ms)
         outcomes.append(outcome)
     after = rfm_values(profile)
@@ -124,3 +135,59 @@ def combined_bgnbd(populations: Iterable[PopulationState]) -> dict[str, Any]:
         for i in range(4)
     ]
     return {"log_params": pooled, "steps": sum(int(state["steps"]) for state in states)}
+
+
+def refile_deadline(
+    index: DeadlineIndex, customer_id: str, profile: Profile | None, moments: Moments
+) -> None:
+    """File the customer's next deadline in the index if it changed."""
+    if profile is None:
+        return
+    due = moments.next_deadline(profile)
+    if due is not None and due != profile.get("deadline_ms"):
+        index.schedule(customer_id, due)
+    profile["deadline_ms"] = due
+
+
+def fire_deadlines(
+    index: DeadlineIndex,
+    watermark_ms: int,
+    load: Callable[[str], Profile | None],
+    moments: Moments,
+) -> list[tuple[str, Profile]]:
+    """Act on every deadline the partition's watermark has passed.
+
+    Returns the customers whose profiles changed (the caller stores them).
+    Entries that no longer match the customer's filed deadline — they acted
+    since, or were erased — are dropped.
+    """
+    changed: list[tuple[str, Profile]] = []
+    for due, customer_id in index.pop_due(watermark_ms):
+        profile = load(customer_id)
+        if profile is None or profile.get("deadline_ms") != due:
+            continue
+        moments.on_deadline(customer_id, profile, watermark_ms)
+        profile["deadline_ms"] = None
+        refile_deadline(index, customer_id, profile, moments)
+        changed.append((customer_id, profile))
+    return changed
+
+
+def customer_view(
+    customer_id: str,
+    profile: Profile,
+    config: ProfileConfig,
+    as_of_ms: int | None,
+    population: Population,
+    value: ValueConfig,
+    models: ModelBundle,
+) -> dict[str, Any]:
+    """A customer as served and exported: metrics, model features and scores."""
+    summary = summarise(profile, config, as_of_ms, population, value)
+    features = feature_vector(profile, config, summary["as_of_ms"])
+    return {
+        "customer_id": customer_id,
+        **summary,
+        "features": features,
+        "scores": models.score(features),
+    }

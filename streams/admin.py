@@ -48,6 +48,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec("triggers", names["triggers"], outputs),
         TopicSpec("dead_letters", names["dead_letters"], outputs),
         TopicSpec("erasure_audit", names["erasure_audit"], outputs),
+        # One partition: one trainer sees every example, in one order.
+        TopicSpec("training_examples", names["training_examples"], 1),
+        # Compacted, one key: the newest model snapshot survives forever.
+        TopicSpec("model_snapshots", names["model_snapshots"], 1, dict(COMPACTED)),
     ]
 
 

@@ -32,15 +32,31 @@ import msgspec
 import orjson
 from faust.types import TP
 
+from models.deadlines import DeadlineIndex
 from models.identity import apply_anonymous
-from models.pipeline import erase_customer, new_population, update_customer
+from models.moments import Moments
+from models.pipeline import (
+    erase_customer,
+    fire_deadlines,
+    new_population,
+    refile_deadline,
+    update_customer,
+)
+from models.profile import DAY_MS
 from models.sentiment import compound
 from schemas.decode import DecodeError, dead_letter, decode_event
 from schemas.records import ClickEvent, ErasureAudit, ErasureRequest
 from streams import metrics
 from streams.app import app, settings
+from streams.model_sync import holder
 from streams.state_cache import FlushOnCommit, WriteBackCache, partition_of
-from streams.tables import identities_table, population_key, population_table, profiles_table
+from streams.tables import (
+    deadlines_table,
+    identities_table,
+    population_key,
+    population_table,
+    profiles_table,
+)
 from streams.topics import (
     ROLE_BY_TOPIC,
     clickstream_topic,
@@ -48,16 +64,54 @@ from streams.topics import (
     erasure_audit_topic,
     erasure_requests_topic,
     touchpoints_topic,
+    training_examples_topic,
 )
 
 log = logging.getLogger(__name__)
 
 LIMITS = settings.decode_limits()
 PROFILE_CONFIG = settings.profile_config()
+HORIZON_MS = int(settings.churn_horizon_days * DAY_MS)
+DEADLINE_BUCKET_MS = settings.deadline_bucket_s * 1000
+EXAMPLE_ID_KEY = settings.model_snapshot_key.get_secret_value().encode()
 
 profile_cache = WriteBackCache(profiles_table, max_clean=settings.profile_cache_size)
 population_cache = WriteBackCache(population_table, max_clean=settings.input_partitions * 2)
-app.sensors.add(FlushOnCommit([profile_cache, population_cache]))
+deadline_cache = WriteBackCache(deadlines_table, max_clean=settings.input_partitions * 64)
+CACHES = (profile_cache, population_cache, deadline_cache)
+app.sensors.add(FlushOnCommit(list(CACHES)))
+
+
+class CachedStore:
+    """A :class:`models.deadlines.Store` over a write-back cache, in one partition."""
+
+    def __init__(self, cache: WriteBackCache, anchor: Any) -> None:
+        self.cache = cache
+        self.anchor = anchor  # an event of the partition: where writes land
+
+    def get(self, key: str) -> Any:
+        return self.cache.get(key, self.anchor)
+
+    def put(self, key: str, value: Any) -> None:
+        self.cache.put(key, value, self.anchor)
+
+    def delete(self, key: str) -> None:
+        self.cache.delete(key, self.anchor)
+
+
+def deadline_index(partition: int, anchor: Any) -> DeadlineIndex:
+    """The deadline index of an input partition, read and written through the cache."""
+    return DeadlineIndex(CachedStore(deadline_cache, anchor), partition, DEADLINE_BUCKET_MS)
+
+
+def new_moments() -> Moments:
+    """Collects a batch's model moments, scored with the newest model snapshot."""
+    return Moments(
+        scorer=holder.bundle,
+        horizon_ms=HORIZON_MS,
+        profile_config=PROFILE_CONFIG,
+        id_key=EXAMPLE_ID_KEY,
+    )
 
 
 def now_ms() -> int:
@@ -160,6 +214,8 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         by_customer[str(record.customer_id)].append((fields, event))
     # by_customer: {customer_id: [(event fields, faust event), ...]} in arrival order
 
+    moments = new_moments()
+    anchors: dict[int, Any] = {}
     for customer_id, items in by_customer.items():
         items.sort(key=lambda item: (item[0]["ts"], item[0]["event_id"]))
         source = items[-1][1]
@@ -173,7 +229,10 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             PROFILE_CONFIG,
             compound,
             watermark_before[partition],
+            customer_id,
+            moments,
         )
+        anchors[partition] = source
         population["watermark_ms"] = max(population.get("watermark_ms", 0), items[-1][0]["ts"])
         for (fields, _), outcome in zip(items, outcomes, strict=True):
             if outcome == "duplicate":
@@ -181,11 +240,26 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             elif outcome == "late":
                 metrics.late_events.labels(fields["topic"]).inc()
         if any(outcome != "duplicate" for outcome in outcomes):
+            refile_deadline(deadline_index(partition, source), customer_id, profile, moments)
             profile_cache.put(customer_id, profile, source)
             population_cache.put(pop_key, population, source)
+    for partition, anchor in anchors.items():
+        # Customers who went quiet change state as the watermark passes their deadlines.
+        watermark = await input_watermarks.watermark(partition)
+        due = fire_deadlines(
+            deadline_index(partition, anchor),
+            watermark,
+            lambda customer_id, anchor=anchor: profile_cache.get(customer_id, anchor),
+            moments,
+        )
+        for customer_id, profile in due:
+            profile_cache.put(customer_id, profile, anchor)
+    for example in moments.examples:
+        training_examples_topic.send_soon(value=orjson.dumps(example))
+        metrics.training_examples_sent.labels(example["kind"]).inc()
     if not settings.write_back:
-        profile_cache.flush()
-        population_cache.flush()
+        for cache in CACHES:
+            cache.flush()
 
 
 @app.on_partitions_revoked.connect
@@ -193,7 +267,7 @@ async def _forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
     # Written when the rebalance started; a batch that finished since is
     # written now, then the revoked partitions' entries are forgotten.
     partitions = {tp.partition for tp in revoked if tp.topic in ROLE_BY_TOPIC}
-    for cache in (profile_cache, population_cache):
+    for cache in CACHES:
         try:
             cache.flush()
         except Exception:  # a store already closed for revoked partitions
@@ -271,6 +345,9 @@ async def erase_customers(stream: Any) -> None:
                 population = population_cache.get(pop_key, event) or new_population()
                 erase_customer(profile, population)
                 population_cache.put(pop_key, population, event)
+                if profile.get("deadline_ms") is not None:
+                    index = deadline_index(message.partition, event)
+                    index.unschedule(request.customer_id, profile["deadline_ms"])
                 profile_cache.delete(request.customer_id, event)
                 erased.append("profile")
                 for anonymous_id in profile.get("anonymous_ids", []):

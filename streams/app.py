@@ -13,6 +13,7 @@ from typing import Any
 import faust
 from faust.auth import SASLCredentials, SSLCredentials
 
+from streams.auth import check_web_auth
 from streams.settings import Settings, load_settings
 
 
@@ -46,6 +47,22 @@ def broker_credentials(settings: Settings) -> SASLCredentials | SSLCredentials |
     if context is not None:
         return SSLCredentials(context)
     return None
+
+
+def aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """The same security settings as keyword arguments for a bare aiokafka client."""
+    config: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    context = ssl_context(settings)
+    if context is not None:
+        config["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        config.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=password.get_secret_value() if password else None,
+        )
+    return config
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:
@@ -91,5 +108,13 @@ def create_app(settings: Settings) -> faust.App:
 settings = load_settings()
 app = create_app(settings)
 
+
+@app.on_worker_init.connect
+def _refuse_open_web_endpoints(sender: faust.App, **kwargs: Any) -> None:
+    # `faust -A streams.app worker` sends this before serving; `segstream
+    # worker` runs the same check itself, before Faust is involved.
+    check_web_auth(settings)
+
+
 # Registering topics, tables, agents and views needs `app` defined above.
-from streams import agents, web  # noqa: E402, F401
+from streams import agents, model_sync, web  # noqa: E402, F401

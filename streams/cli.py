@@ -111,7 +111,12 @@ def worker() -> None:
     from faust.worker import Worker
 
     from streams.app import app, settings
+    from streams.auth import check_web_auth
 
+    try:
+        check_web_auth(settings)
+    except SegstreamError as exc:
+        _fail(exc)
     logging.basicConfig(level=settings.log_level.upper())
     Worker(app, loglevel=settings.log_level, redirect_stdouts=False).execute_from_commandline()
 
@@ -206,25 +211,43 @@ def evaluate(
     cutoff: Annotated[
         str | None, typer.Option(help="Profiles as of this event time (ISO-8601 or epoch ms).")
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write the models' progressive-validation report (JSON) here."),
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(help="Simulator truth.jsonl: add ARI and churn AUC against it to the report."),
+    ] = None,
 ) -> None:
     """Run the worker's logic over a history file without a broker; write profiles."""
     import orjson
 
+    from models.simulator import read_truth
     from schemas.event_time import parse_event_time
     from streams.offline import evaluate as run_offline
+    from streams.offline import score_against_truth
     from streams.producer import read_jsonl
 
     cutoff_ms = (
         parse_event_time(int(cutoff) if cutoff and cutoff.isdigit() else cutoff) if cutoff else None
     )
     run = run_offline(read_jsonl(input_file), load_settings(), cutoff_ms)
-    count = 0
+    profiles = list(run.summaries(cutoff_ms))
     with open(out, "wb") as handle:
-        for profile in run.summaries(cutoff_ms):
+        for profile in profiles:
             handle.write(orjson.dumps(profile) + b"\n")
-            count += 1
     rejected = sum(run.rejected.values())
-    console.print(f"wrote {count} profiles to {out} ({rejected} events rejected: {run.rejected})")
+    console.print(
+        f"wrote {len(profiles)} profiles to {out} ({rejected} events rejected: {run.rejected})"
+    )
+    if report is not None:
+        body: dict[str, object] = {"models": run.models.describe()}
+        if truth is not None:
+            body["against_truth"] = score_against_truth(profiles, read_truth(truth))
+            console.print(f"against truth: {body['against_truth']}")
+        report.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
+        console.print(f"wrote the model report to {report}")
 
 
 @cli.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -75,6 +76,8 @@ def run_demo(console: Console, customers: int = 20) -> None:
                 "DATA_DIR": str(DEMO_DIR / "worker"),
                 "WEB_PORT": str(free_port()),
                 "APP_ID": f"segstream-demo-{int(time.time())}",
+                # A throwaway token: the demo uses the API the way a client must.
+                "WEB_TOKEN": secrets.token_urlsafe(32),
             },
             log_path=DEMO_DIR / "worker.log",
         ).start()
@@ -89,7 +92,10 @@ def run_demo(console: Console, customers: int = 20) -> None:
             expected[event["customer_id"]] = expected.get(event["customer_id"], 0) + 1
         profiles = _await_profiles(worker, expected)
         _print_profiles(console, profiles)
-        console.print(f"Profile API: {worker.url}/customers/<id>   worker log: {worker.log_path}")
+        console.print(
+            f"Profile API: {worker.url}/customers/<id> (bearer token required)   "
+            f"worker log: {worker.log_path}"
+        )
     except KeyboardInterrupt:
         console.print("Interrupted; stopping …")
     finally:

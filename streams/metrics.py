@@ -6,7 +6,9 @@ personal data.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 registry = CollectorRegistry()
 
@@ -52,3 +54,81 @@ erasures = Counter(
     ["subject"],
     registry=registry,
 )
+training_examples_sent = Counter(
+    "segstream_training_examples_sent",
+    "Training examples sent to the trainer, by kind (cluster, churn).",
+    ["kind"],
+    registry=registry,
+)
+training_examples_learned = Counter(
+    "segstream_training_examples_learned",
+    "Training examples the trainer on this worker learned, by kind.",
+    ["kind"],
+    registry=registry,
+)
+model_snapshots_rejected = Counter(
+    "segstream_model_snapshots_rejected",
+    "Model snapshots refused because their HMAC did not verify.",
+    registry=registry,
+)
+model_version = Gauge(
+    "segstream_model_version",
+    "Version of the model snapshot this worker scores with.",
+    registry=registry,
+)
+model_examples = Gauge(
+    "segstream_model_examples",
+    "Training examples behind the model this worker scores with.",
+    registry=registry,
+)
+churn_roc_auc = Gauge(
+    "segstream_churn_roc_auc",
+    "Rolling ROC AUC of churn scores against resolved labels (NaN until both classes).",
+    registry=registry,
+)
+churn_log_loss = Gauge(
+    "segstream_churn_log_loss",
+    "Rolling log loss of churn scores against resolved labels.",
+    registry=registry,
+)
+churn_rate = Gauge(
+    "segstream_churn_rate_ratio",
+    "Share of resolved labels that were churn, over the quality window.",
+    registry=registry,
+)
+churn_labels = Gauge(
+    "segstream_churn_labels",
+    "Resolved churn labels behind the model, by label.",
+    ["label"],
+    registry=registry,
+)
+churn_drifts = Gauge(
+    "segstream_churn_rate_drifts",
+    "ADWIN drift alarms on the churn label stream.",
+    registry=registry,
+)
+cluster_size = Gauge(
+    "segstream_cluster_size",
+    "Recent training examples per behavioural cluster.",
+    ["cluster", "persona"],
+    registry=registry,
+)
+
+
+def observe_models(description: dict[str, Any]) -> None:
+    """Set the model gauges from :meth:`models.training.ModelBundle.describe`."""
+    nan = float("nan")
+    quality = description["churn"]["quality"]
+    model_version.set(description["version"])
+    model_examples.set(description["examples"])
+    churn_roc_auc.set(nan if quality["roc_auc"] is None else quality["roc_auc"])
+    churn_log_loss.set(nan if quality["log_loss"] is None else quality["log_loss"])
+    churn_rate.set(nan if quality["churn_rate"] is None else quality["churn_rate"])
+    churn_drifts.set(quality["churn_rate_drifts"])
+    for label, count in description["churn"]["labels"].items():
+        churn_labels.labels(label).set(count)
+    cluster_size.clear()
+    for cluster in description["clusters"]:
+        cluster_size.labels(str(cluster["cluster_id"]), str(cluster["persona"])).set(
+            cluster["recent_size"]
+        )

@@ -15,18 +15,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from river import metrics
 
+from models.deadlines import DeadlineIndex, DictStore
 from models.identity import apply_anonymous
+from models.moments import Moments
 from models.pipeline import (
     PopulationState,
     combined_bgnbd,
     combined_rfm,
+    customer_view,
+    fire_deadlines,
     new_population,
+    refile_deadline,
     update_customer,
 )
-from models.profile import Profile
-from models.profile_summary import Population, summarise
+from models.profile import DAY_MS, Profile
+from models.simulator import CustomerTruth
+from models.profile_summary import Population
 from models.sentiment import compound
+from models.training import ModelBundle
 from schemas.decode import DecodeError, decode_event
 from schemas.event_time import parse_event_time
 from schemas.records import ClickEvent
@@ -50,6 +58,21 @@ class OfflineRun:
     def __post_init__(self) -> None:
         self._limits = self.settings.decode_limits()
         self._profile_config = self.settings.profile_config()
+        model_config = self.settings.learning_config()
+        # One process plays every worker and the trainer: examples are learned
+        # as soon as they are produced, and scores use the model as it is then.
+        self.models = ModelBundle(model_config)
+        self.moments = Moments(
+            scorer=self.models,
+            horizon_ms=int(model_config.horizon_days * DAY_MS),
+            profile_config=self._profile_config,
+            id_key=self.settings.model_snapshot_key.get_secret_value().encode(),
+        )
+        self._deadline_store = DictStore()
+        self._deadlines = {
+            p: DeadlineIndex(self._deadline_store, p, self.settings.deadline_bucket_s * 1000)
+            for p in range(self.settings.input_partitions)
+        }
 
     def feed(self, line: dict[str, Any]) -> None:
         """Process one event line (simulator/replay format, with ``"topic"``)."""
@@ -89,12 +112,20 @@ class OfflineRun:
             self._profile_config,
             compound,
             self.input_watermark_ms,
+            customer_id,
+            self.moments,
         )
         assert profile is not None  # noqa: S101 - update_customer returns one for any event
         self.profiles[customer_id] = profile
+        refile_deadline(self._deadlines[partition], customer_id, profile, self.moments)
         population["watermark_ms"] = max(population.get("watermark_ms", 0), int(record.ts))
         self.watermark_ms = max(self.watermark_ms, int(record.ts))
         self.input_watermark_ms = max(self.input_watermark_ms or 0, int(record.ts))
+        for index in self._deadlines.values():
+            fire_deadlines(index, self.input_watermark_ms, self.profiles.get, self.moments)
+        for example in self.moments.examples:
+            self.models.learn(example)
+        self.moments.examples.clear()
 
     def summaries(self, as_of_ms: int | None = None) -> Iterator[dict[str, Any]]:
         """Every customer's profile as of ``as_of_ms`` (default: the last event)."""
@@ -103,17 +134,46 @@ class OfflineRun:
             rfm=combined_rfm(self.populations.values()),
             bgnbd=combined_bgnbd(self.populations.values()),
         )
+        value_config = self.settings.value_config()
         for customer_id in sorted(self.profiles):
-            yield {
-                "customer_id": customer_id,
-                **summarise(
-                    self.profiles[customer_id],
-                    self.settings.profile_config(),
-                    as_of,
-                    population,
-                    self.settings.value_config(),
-                ),
-            }
+            yield customer_view(
+                customer_id,
+                self.profiles[customer_id],
+                self._profile_config,
+                as_of,
+                population,
+                value_config,
+                self.models,
+            )
+
+
+def score_against_truth(
+    profiles: Iterable[dict[str, Any]], truth: Iterable[CustomerTruth]
+) -> dict[str, Any]:
+    """How well the models recovered what the simulator planted.
+
+    ``adjusted_rand_index`` compares cluster ids with the planted personas;
+    ``churn_roc_auc`` ranks every customer's churn probability against
+    whether they were planted as fading (``truth.churns``).
+    """
+    by_id = {p["customer_id"]: p for p in profiles}
+    ari = metrics.AdjustedRand()
+    auc = metrics.ROCAUC()
+    scored = 0
+    for customer in truth:
+        profile = by_id.get(customer.customer_id)
+        if profile is None:
+            continue
+        scores = profile["scores"]
+        scored += 1
+        if scores["cluster_id"] is not None:
+            ari.update(customer.persona, scores["cluster_id"])
+        auc.update(customer.churns, scores["churn_probability"])
+    return {
+        "customers": scored,
+        "adjusted_rand_index": round(float(ari.get()), 4),
+        "churn_roc_auc": round(float(auc.get()), 4),
+    }
 
 
 def evaluate(

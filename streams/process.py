@@ -33,7 +33,7 @@ class WorkerProcess:
     ----------
     env
         Settings for the worker, as ``{"KAFKA_BOOTSTRAP": ...}`` without the
-        ``SEGSTREAM_`` prefix.
+        ``SEGSTREAM_`` prefix. Requests to the worker carry ``WEB_TOKEN``.
     log_path
         File that receives the worker's stdout and stderr.
     """
@@ -66,13 +66,24 @@ class WorkerProcess:
             )
         return self
 
-    def get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-        """GET ``path`` from this worker's web server: ``(status, body)``."""
+    @property
+    def web_token(self) -> str | None:
+        """The bearer token the worker requires, if one is set."""
+        return self.env.get("WEB_TOKEN") or None
+
+    def request(self, path: str, method: str = "GET", timeout_s: float = 5.0) -> tuple[int, bytes]:
+        """Send a request to this worker's web server, with its token: ``(status, body)``."""
+        headers = {"Authorization": f"Bearer {self.web_token}"} if self.web_token else {}
+        request = urllib.request.Request(self.url + path, method=method, headers=headers)  # noqa: S310 - loopback URL we built
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout_s) as resp:  # noqa: S310 - loopback URL we built
+            with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310 - loopback URL we built
                 return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read()
+
+    def get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+        """GET ``path`` from this worker's web server: ``(status, body)``."""
+        return self.request(path, timeout_s=timeout_s)
 
     def wait_ready(self, timeout_s: float = 90.0) -> None:
         """Block until ``/readyz`` says ready, or raise."""

@@ -25,6 +25,7 @@ from models.profile import (
     ProfileConfig,
 )
 from models.profile_summary import ValueConfig
+from models.training import ModelConfig
 from schemas.decode import DecodeLimits
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -97,6 +98,12 @@ class Settings(BaseSettings):
     )
     web_token: SecretStr | None = Field(
         None, description="Bearer token required by the profile and admin endpoints."
+    )
+    web_auth: bool = Field(
+        True,
+        description="Require web_token: a worker without one refuses to start. False lets "
+        "a worker serve the profile and admin endpoints unauthenticated when no token is "
+        "set (demo, local experiments); a token that is set is always required.",
     )
 
     # --- Input contracts --------------------------------------------------
@@ -189,6 +196,37 @@ class Settings(BaseSettings):
         200, ge=0, description="Anonymous events held per anonymous id until an identify."
     )
 
+    # --- Online models ----------------------------------------------------
+    churn_horizon_days: float = Field(
+        90.0, gt=0, description="H: churn means no purchase in the next H days (event time)."
+    )
+    churn_min_labels: int = Field(
+        30,
+        ge=1,
+        description="Resolved churn labels needed of each class before the model replaces "
+        "the prior.",
+    )
+    model_clusters: int = Field(
+        6, ge=2, le=16, description="Behavioural clusters (fixed; ids 0..n-1 never change)."
+    )
+    model_cluster_halflife: float = Field(
+        0.02, gt=0, le=1, description="How far a cluster centre moves towards each example."
+    )
+    model_warmup_examples: int = Field(
+        300, ge=10, description="Examples buffered before the cluster centres are seeded."
+    )
+    model_seed: int = Field(42, description="Seed of the models' initialisation.")
+    model_quality_window: int = Field(
+        1000, ge=10, description="Resolved labels the rolling AUC and log loss cover."
+    )
+    model_snapshot_key: SecretStr = Field(
+        SecretStr("change-me"),
+        description="Key of the HMAC that signs model snapshots; verified before unpickling.",
+    )
+    deadline_bucket_s: int = Field(
+        3600, ge=1, description="Event-time granularity of the per-partition deadline index."
+    )
+
     # --- Local broker -----------------------------------------------------
     kafka_home: Path = Field(
         Path("var/kafka"),
@@ -206,6 +244,8 @@ class Settings(BaseSettings):
             "dead_letters",
             "erasure_requests",
             "erasure_audit",
+            "training_examples",
+            "model_snapshots",
         )
         return {role: self.topic_prefix + role.replace("_", "-") for role in roles}
 
@@ -234,6 +274,18 @@ class Settings(BaseSettings):
         return ValueConfig(
             expected_lifespan_days=self.expected_lifespan_days,
             clv_horizon_days=self.clv_horizon_days,
+        )
+
+    def learning_config(self) -> ModelConfig:
+        """Settings of the online models."""
+        return ModelConfig(
+            horizon_days=self.churn_horizon_days,
+            clusters=self.model_clusters,
+            cluster_halflife=self.model_cluster_halflife,
+            warmup_examples=self.model_warmup_examples,
+            min_labels=self.churn_min_labels,
+            seed=self.model_seed,
+            quality_window=self.model_quality_window,
         )
 
     def kafka_python_config(self) -> dict[str, Any]:

@@ -34,3 +34,8 @@ population_table = app.Table("population", **_options)
 def population_key(partition: int) -> str:
     """The population table key of an input partition."""
     return f"p{partition}"
+
+
+# "<partition>:<bucket>" -> [[due_ms, customer_id], ...] and "<partition>:from"
+# -> oldest bucket: the partition's deadline index (models.deadlines).
+deadlines_table = app.Table("deadlines", **_options)

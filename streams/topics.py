@@ -44,3 +44,5 @@ dead_letters_topic = _raw_topic(topic_names["dead_letters"], partitions=settings
 erasure_audit_topic = _raw_topic(
     topic_names["erasure_audit"], partitions=settings.output_partitions
 )
+training_examples_topic = _raw_topic(topic_names["training_examples"], partitions=1)
+model_snapshots_topic = _raw_topic(topic_names["model_snapshots"], partitions=1)

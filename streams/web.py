@@ -1,7 +1,9 @@
 """Web views on every worker: health, readiness, metrics, profiles, erasure.
 
 A profile request is forwarded by Faust's table routing to the worker that
-owns the customer's partition.
+owns the customer's partition. Profile and admin views are wrapped in
+``@protected`` (bearer token, :mod:`streams.auth`); health, readiness and
+metrics stay open for probes and Prometheus.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from faust import web
 from prometheus_client import generate_latest
 from yarl import URL
 
-from models.pipeline import combined_bgnbd, combined_rfm
-from models.profile_summary import Population, summarise
+from models.pipeline import combined_bgnbd, combined_rfm, customer_view
+from models.profile_summary import Population
 from schemas.records import ErasureRequest
 from streams import metrics
 from streams.agents import now_ms, population_cache, profile_cache
 from streams.app import app, settings
+from streams.auth import require_token
+from streams.model_sync import holder
 from streams.partitioning import partition_for_key
 from streams.tables import population_key, population_table, profiles_table
 from streams.topics import erasure_requests_topic
@@ -27,6 +31,7 @@ from streams.topics import erasure_requests_topic
 PROFILE_CONFIG = settings.profile_config()
 VALUE_CONFIG = settings.value_config()
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+protected = require_token(settings)
 
 
 @app.page("/healthz")
@@ -73,8 +78,9 @@ def customer_summary(customer_id: str, profile: Any) -> dict[str, Any]:
     local = list(local_populations().values())
     watermark = max((p.get("watermark_ms", 0) for p in local), default=None)
     population = Population(rfm=combined_rfm(local), bgnbd=combined_bgnbd(local))
-    summary = summarise(profile, PROFILE_CONFIG, watermark, population, VALUE_CONFIG)
-    return {"customer_id": customer_id, **summary}
+    return customer_view(
+        customer_id, profile, PROFILE_CONFIG, watermark, population, VALUE_CONFIG, holder.bundle
+    )
 
 
 def owner_url(customer_id: str) -> URL | None:
@@ -98,6 +104,7 @@ def _is_me(url: URL) -> bool:
 
 
 async def _forward(view: web.View, request: web.Request, owner: URL) -> web.Response:
+    # The headers, Authorization included, go along: the owner checks the token too.
     target = request.url.with_host(owner.host or "127.0.0.1").with_port(owner.port)
     async with app.http_client.request(
         method=request.method, headers=request.headers, url=target
@@ -111,6 +118,7 @@ async def _forward(view: web.View, request: web.Request, owner: URL) -> web.Resp
 class CustomerView(web.View):
     """``GET``: the profile (404 when unknown); ``DELETE``: erase the customer."""
 
+    @protected
     async def get(self, request: web.Request, customer_id: str) -> web.Response:
         owner = owner_url(customer_id)
         if owner is not None and not _is_me(owner):
@@ -120,6 +128,7 @@ class CustomerView(web.View):
             return self.json({"error": "unknown customer"}, status=404)
         return self.json(customer_summary(customer_id, profile))
 
+    @protected
     async def delete(self, request: web.Request, customer_id: str) -> web.Response:
         # Any worker may queue it: the erasure agent runs on the key's owner.
         request_id = uuid.uuid4().hex
@@ -130,3 +139,10 @@ class CustomerView(web.View):
             key=customer_id.encode(), value=msgspec.json.encode(erasure)
         )
         return self.json({"request_id": request_id, "status": "queued"}, status=202)
+
+
+@app.page("/models")
+@protected
+async def models_view(self: web.View, request: web.Request) -> web.Response:
+    """The model snapshot this worker scores with: version, training, quality, clusters."""
+    return self.json(holder.bundle.describe())

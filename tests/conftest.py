@@ -80,6 +80,8 @@ def worker_factory(
     """Start real ``segstream worker`` processes; all are stopped at teardown."""
     started: list[WorkerProcess] = []
     app_id = f"segstream-test-{uuid.uuid4().hex[:8]}"
+    # Shared by the test's workers, which forward profile requests to each other.
+    web_token = f"test-token-{uuid.uuid4().hex}"
 
     def start(name: str = "w1", **env: str) -> WorkerProcess:
         values = {
@@ -91,6 +93,8 @@ def worker_factory(
             "INPUT_PARTITIONS": "4",
             # A killed worker's partitions move after this; Kafka's minimum.
             "GROUP_SESSION_TIMEOUT_S": "6",
+            # The profile endpoints require one; worker.get sends it.
+            "WEB_TOKEN": web_token,
         }
         values.update(env)
         worker = WorkerProcess(env=values, log_path=tmp_path / name / "worker.log").start()

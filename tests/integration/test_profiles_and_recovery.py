@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import shutil
 import time
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -55,10 +54,17 @@ def settled_profiles(
 
 
 def assert_same_profile(live: dict[str, Any], offline: dict[str, Any]) -> None:
-    """Equal, except model-based CLV, whose online estimate depends on update order."""
+    """Equal, except model outputs, which depend on the order models learned in.
+
+    Model-based CLV must agree within a tolerance; model scores (churn,
+    cluster) come from whichever snapshot was current, so only their shape
+    is compared — the features they are computed from must be equal.
+    """
     live_value, offline_value = dict(live["value"]), dict(offline["value"])
-    rest = {k: v for k, v in live.items() if k != "value"}
-    assert rest == {k: v for k, v in offline.items() if k != "value"}, diff(live, offline)
+    assert set(live["scores"]) == set(offline["scores"])
+    skip = ("value", "scores")
+    rest = {k: v for k, v in live.items() if k not in skip}
+    assert rest == {k: v for k, v in offline.items() if k not in skip}, diff(live, offline)
     for name in MODEL_FIELDS:
         a, b = live_value.pop(name), offline_value.pop(name)
         assert (a is None) == (b is None)
@@ -218,12 +224,9 @@ def test_erasure_removes_the_customer_and_is_audited_without_personal_data(
     expected = expected_counts(events)
     await_event_counts(worker, expected)
     victim = sorted(expected)[0]
-    request = urllib.request.Request(  # noqa: S310 - loopback URL we built
-        worker.url + f"/customers/{victim}", method="DELETE"
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
-        assert response.status == 202
-        request_id = orjson.loads(response.read())["request_id"]
+    status, body = worker.request(f"/customers/{victim}", method="DELETE")
+    assert status == 202
+    request_id = orjson.loads(body)["request_id"]
     deadline = time.monotonic() + 30
     while fetch_profile(worker, victim) is not None and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -385,6 +385,17 @@ def test_each_worker_advertises_its_own_service_name(workers: dict[str, Service]
         assert container_settings(worker).web_advertised_host == name
 
 
+def test_each_worker_requires_a_bearer_token_taken_from_the_host(
+    workers: dict[str, Service],
+) -> None:
+    for name, worker in workers.items():
+        assert container_settings(worker).web_auth, name
+        token = str(container_env(worker).get(f"{ENV_PREFIX}WEB_TOKEN", ""))
+        # `${VAR:?message}`: Compose refuses to start without it, and the
+        # secret itself never sits in the file.
+        assert token.startswith(f"${{{ENV_PREFIX}WEB_TOKEN:?"), f"{name}: {token!r}"
+
+
 def test_each_worker_keeps_its_tables_on_its_own_named_volume(
     compose: dict[str, Any], workers: dict[str, Service]
 ) -> None:

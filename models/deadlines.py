@@ -1,0 +1,117 @@
+"""An index of due deadlines per partition, driven by the event-time watermark.
+
+A customer who goes quiet still changes state as time passes (a churn label
+resolves; later, a lifecycle stage moves). Scanning every customer on each
+tick would cost O(customers); instead each deadline is filed in a bucket of
+``bucket_ms`` of event time, keyed ``"<partition>:<bucket>"``, and when the
+partition's watermark advances only the buckets it passed are read.
+
+Entries are never removed early: a deadline that no longer applies (the
+customer acted, or was erased) is filed again or ignored when it fires —
+the caller checks the customer's own state. The store is anything with
+``get``/``put``/``delete`` by key: a dict offline, a write-back cache over
+a Faust table in the worker, so the index moves and recovers with its
+partition like the profiles do.
+
+>>> store = DictStore()
+>>> index = DeadlineIndex(store, partition=0, bucket_ms=100)
+>>> index.schedule("c1", 250); index.schedule("c2", 420)
+>>> index.pop_due(300)
+[(250, 'c1')]
+>>> index.pop_due(1000), [key for key in store.data if not key.endswith(":from")]
+([(420, 'c2')], [])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Store(Protocol):
+    """Key-value access to one partition's state."""
+
+    def get(self, key: str) -> Any: ...
+
+    def put(self, key: str, value: Any) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class DictStore:
+    """A :class:`Store` over a plain dict (offline runs, tests)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+class DeadlineIndex:
+    """Deadlines of one partition's customers, filed by event-time bucket.
+
+    The index's own bookkeeping — the oldest bucket that may hold entries —
+    lives in the store under ``"<partition>:from"``.
+    """
+
+    def __init__(self, store: Store, partition: int, bucket_ms: int) -> None:
+        self.store = store
+        self.partition = partition
+        self.bucket_ms = bucket_ms
+
+    def _key(self, bucket: int) -> str:
+        return f"{self.partition}:{bucket}"
+
+    @property
+    def _from_key(self) -> str:
+        return f"{self.partition}:from"
+
+    def schedule(self, customer_id: str, due_ms: int) -> None:
+        """File ``customer_id`` to be looked at once the watermark reaches ``due_ms``."""
+        bucket = due_ms // self.bucket_ms
+        key = self._key(bucket)
+        entries = list(self.store.get(key) or [])
+        entries.append([due_ms, customer_id])
+        self.store.put(key, entries)
+        oldest = self.store.get(self._from_key)
+        if oldest is None or bucket < oldest:
+            self.store.put(self._from_key, bucket)
+
+    def unschedule(self, customer_id: str, due_ms: int) -> None:
+        """Remove a customer's entry (erasure: no trace left behind)."""
+        key = self._key(due_ms // self.bucket_ms)
+        entries = [e for e in self.store.get(key) or [] if e[1] != customer_id]
+        if entries:
+            self.store.put(key, entries)
+        else:
+            self.store.delete(key)
+
+    def pop_due(self, watermark_ms: int) -> list[tuple[int, str]]:
+        """Remove and return every ``(due_ms, customer_id)`` with ``due_ms <= watermark_ms``."""
+        oldest = self.store.get(self._from_key)
+        if oldest is None:
+            return []
+        last = watermark_ms // self.bucket_ms
+        due: list[tuple[int, str]] = []
+        for bucket in range(int(oldest), last + 1):
+            key = self._key(bucket)
+            entries = self.store.get(key)
+            if not entries:
+                continue
+            ready = [(int(d), str(c)) for d, c in entries if d <= watermark_ms]
+            rest = [e for e in entries if e[0] > watermark_ms]
+            due.extend(ready)
+            if rest:
+                self.store.put(key, rest)
+            else:
+                self.store.delete(key)
+        if last >= int(oldest):
+            remaining = last if self.store.get(self._key(last)) else last + 1
+            self.store.put(self._from_key, remaining)
+        return sorted(due)

@@ -1,0 +1,197 @@
+"""Feature vectors for the online models, computed from a customer's profile.
+
+One function, :func:`feature_vector`, turns profile state into a fixed set
+of numbers in ``[0, 1]`` — the input of both the behavioural clustering and
+the churn model. It is pure (no Faust, no model), so the worker, the trainer
+and ``segstream evaluate`` compute identical vectors from identical state.
+
+Scaling is fixed, not learned: counts and money are log-scaled against a
+reference level and capped, rates are already in ``[0, 1]``, durations are
+divided by a horizon and capped. Fixed scaling keeps cluster centroids
+readable (a persona label is read straight off them) and keeps a replay
+deterministic. The churn model standardises the same vector on top
+(``river.preprocessing.StandardScaler``).
+
+Missing values — a rate with a zero denominator, a survey never answered —
+take a documented neutral value (:data:`MISSING`), never NaN, and every
+feature is always present, so models never see a feature appear or vanish.
+
+==========================  ====================================================
+feature                     meaning (scaled to [0, 1])
+==========================  ====================================================
+tenure                      days since first seen, / 30 (new customers stand out)
+days_since_seen             days since the last event of any kind, / 60
+days_since_order            days since the last order, / 90 (1 before any order)
+has_ordered                 1 after a first order
+orders_per_month            orders per 30 days of tenure (tenure ≥ 30), log-scaled, ref 8
+aov                         average order value, log-scaled, ref 1,000
+discount_share              share of orders with a discount
+refund_share                refunds per order, capped at 1
+sessions_per_month          sessions per 30 days of tenure, log-scaled, ref 30
+pages_per_session           pages per session, log-scaled, ref 20
+activity_trend              events in the last 7 days against a quarter of the
+                            last 30 days' (1 = steady, 0 = stopped), / 2
+email_ctr                   email clicks / opens
+cart_abandonment            abandoned carts / decided carts
+tickets_per_month           tickets opened per 30 days of tenure, log-scaled, ref 5
+complaints_per_month        complaints per 30 days of tenure, log-scaled, ref 3
+dissatisfaction             (5 − mean CSAT) / 4
+detraction                  (10 − latest NPS) / 10
+negative_sentiment          (1 − mean ticket-text sentiment) / 2
+open_tickets                open tickets, / 3
+==========================  ====================================================
+
+>>> from models.profile import ProfileConfig, apply_event, event
+>>> p, _ = apply_event(None, event("purchases", "order", 0, "e1", amount=50.0), ProfileConfig())
+>>> x = feature_vector(p, ProfileConfig(), as_of_ms=30 * 86_400_000)
+>>> list(x) == list(FEATURES), x["has_ordered"], x["days_since_order"]
+(True, 1.0, 0.3333)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Final
+
+from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, window_totals
+
+FEATURES: Final = (
+    "tenure",
+    "days_since_seen",
+    "days_since_order",
+    "has_ordered",
+    "orders_per_month",
+    "aov",
+    "discount_share",
+    "refund_share",
+    "sessions_per_month",
+    "pages_per_session",
+    "activity_trend",
+    "email_ctr",
+    "cart_abandonment",
+    "tickets_per_month",
+    "complaints_per_month",
+    "dissatisfaction",
+    "detraction",
+    "negative_sentiment",
+    "open_tickets",
+)
+
+# Neutral values for features whose input does not exist yet.
+MISSING: Final[Mapping[str, float]] = {
+    "aov": 0.0,
+    "discount_share": 0.0,
+    "refund_share": 0.0,
+    "pages_per_session": 0.0,
+    "activity_trend": 0.0,
+    "email_ctr": 0.0,
+    "cart_abandonment": 0.0,
+    "dissatisfaction": 0.25,  # CSAT 4 of 5: most customers are content
+    "detraction": 0.3,  # NPS 7: a passive
+    "negative_sentiment": 0.4,  # slightly positive text
+}
+
+FeatureVector = dict[str, float]
+
+# Window counters of input events are named "<topic>.<type>".
+_EVENT_PREFIXES: Final = ("clickstream.", "purchases.", "support.")
+
+
+def _log_scaled(value: float, reference: float) -> float:
+    """``log1p(value) / log1p(reference)``, capped at 1."""
+    return min(math.log1p(max(value, 0.0)) / math.log1p(reference), 1.0)
+
+
+def _capped(value: float) -> float:
+    return min(max(value, 0.0), 1.0)
+
+
+def feature_vector(profile: Profile, config: ProfileConfig, as_of_ms: int) -> FeatureVector:
+    """The customer's model features as of ``as_of_ms`` (event time), rounded to 4 digits.
+
+    Parameters
+    ----------
+    profile
+        The customer's state (:func:`models.profile.apply_event`).
+    config
+        The profile settings (sessions still open count as if ended now).
+    as_of_ms
+        The moment the customer is described at; never before their last event.
+    """
+    totals = profile["totals"]
+    lifetime = profile["lifetime"]
+    as_of = max(as_of_ms, profile["last_seen_ms"] or as_of_ms)
+    tenure_days = (as_of - (profile["first_seen_ms"] or as_of)) / DAY_MS
+    per_month = 30.0 / max(tenure_days, 30.0)
+    orders = totals.get("orders", 0)
+    revenue = totals.get("revenue", 0.0)
+    open_sessions = profile["sessions"]
+    sessions = totals.get("sessions", 0) + len(open_sessions)
+    pages = totals.get("session_pages", 0) + sum(s["pages"] for s in open_sessions)
+    recent = window_totals(profile, 7, as_of)
+    month = window_totals(profile, 30, as_of)
+    events_7d = sum(v for k, v in recent.items() if k.startswith(_EVENT_PREFIXES))
+    events_30d = sum(v for k, v in month.items() if k.startswith(_EVENT_PREFIXES))
+    # Carts decided by as_of count whether or not the worker has finalised
+    # them yet (that depends on its input watermark, not on the data).
+    decided, _ = cart_episodes(
+        profile["cart_adds"], profile["recent_orders_ms"], config.cart_timeout_ms, as_of
+    )
+    abandoned = totals.get("carts_abandoned", 0) + sum(1 for _, ok in decided if not ok)
+    carts = totals.get("carts_converted", 0) + totals.get("carts_abandoned", 0) + len(decided)
+    opens = lifetime.get("clickstream.email_open", 0)
+    csat_n = lifetime.get("support.csat_response", 0)
+    texts = totals.get("sentiment_texts", 0)
+    last_order = profile["last_order_ms"]
+
+    x: FeatureVector = {
+        "tenure": _capped(tenure_days / 30),
+        "days_since_seen": _capped((as_of - (profile["last_seen_ms"] or as_of)) / DAY_MS / 60),
+        "days_since_order": (
+            _capped((as_of - last_order) / DAY_MS / 90) if last_order is not None else 1.0
+        ),
+        "has_ordered": 1.0 if orders else 0.0,
+        "orders_per_month": _log_scaled(orders * per_month, 8),
+        "aov": _log_scaled(revenue / orders, 1000) if orders else MISSING["aov"],
+        "discount_share": (
+            totals.get("discounted_orders", 0) / orders if orders else MISSING["discount_share"]
+        ),
+        "refund_share": (
+            _capped(totals.get("refunds", 0) / orders) if orders else MISSING["refund_share"]
+        ),
+        "sessions_per_month": _log_scaled(sessions * per_month, 30),
+        "pages_per_session": (
+            _log_scaled(pages / sessions, 20) if sessions else MISSING["pages_per_session"]
+        ),
+        "activity_trend": (
+            _capped(events_7d / (events_30d * 7 / 30) / 2)
+            if events_30d
+            else MISSING["activity_trend"]
+        ),
+        "email_ctr": (
+            _capped(lifetime.get("clickstream.email_click", 0) / opens)
+            if opens
+            else MISSING["email_ctr"]
+        ),
+        "cart_abandonment": abandoned / carts if carts else MISSING["cart_abandonment"],
+        "tickets_per_month": _log_scaled(lifetime.get("support.ticket_opened", 0) * per_month, 5),
+        "complaints_per_month": _log_scaled(lifetime.get("support.complaint", 0) * per_month, 3),
+        "dissatisfaction": (
+            _capped((5 - totals.get("csat_sum", 0) / csat_n) / 4)
+            if csat_n
+            else MISSING["dissatisfaction"]
+        ),
+        "detraction": (
+            _capped((10 - profile["nps_last"]) / 10)
+            if profile["nps_last"] is not None
+            else MISSING["detraction"]
+        ),
+        "negative_sentiment": (
+            _capped((1 - totals.get("sentiment_sum", 0) / texts) / 2)
+            if texts
+            else MISSING["negative_sentiment"]
+        ),
+        "open_tickets": _capped(len(profile["open_tickets"]) / 3),
+    }
+    return {name: round(float(x[name]), 4) for name in FEATURES}

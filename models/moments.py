@@ -1,0 +1,169 @@
+"""When a customer is scored and learned from — and the delayed churn labels.
+
+The worker does not score or learn on every click. A customer's *moments* are
+
+* **activity moments** — their first event after ``moment_interval`` of
+  event time since the previous moment (weekly by default), taken before the
+  event is applied;
+* **quiet ticks** — every week of silence after their last event, for up
+  to twelve weeks (driven by the partition's watermark and the deadline
+  index in :mod:`models.deadlines`, never by a scan of all customers).
+
+So every customer — active or quiet — is seen about once a week: the
+examples the clusterer learns from are a weekly census of the customer
+base, not a sample biased towards the busiest customers.
+
+At each moment the customer's features (as of that moment) go to the
+trainer as a **cluster example**, and a customer who has ordered is
+**scored**: features, score and moment are kept in the profile
+(``churn_pending``, at most :data:`MAX_PENDING` at once). A pending
+snapshot **resolves** to 0 at the customer's first order within H days of
+its moment, and to 1 once event time passes the moment plus H without one;
+then a **churn example** (features, label, and the score given at the
+moment, for honest progressive validation) goes to the trainer.
+
+Quiet ticks are what teach the model silence: a customer scored only when
+active would always look freshly active. Examples carry no customer id:
+their id is a keyed hash, so the trainer can drop duplicates without
+holding personal data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from models.features import feature_vector
+from models.profile import DAY_MS, Profile, ProfileConfig
+
+Example = dict[str, Any]
+
+# Churn snapshots a customer may have pending at once (bounded state).
+MAX_PENDING = 8
+
+
+class Scorer(Protocol):
+    """Anything that scores a feature vector (a :class:`models.training.ModelBundle`)."""
+
+    def score(self, x: Mapping[str, float]) -> dict[str, Any]: ...
+
+
+@dataclass
+class Moments:
+    """Takes customers' moments and collects the training examples they produce.
+
+    Parameters
+    ----------
+    scorer
+        The model bundle customers are scored with at their moments.
+    horizon_ms
+        H, the churn horizon, in milliseconds.
+    profile_config
+        Settings the profiles were built with (for the features).
+    id_key
+        Key of the hash that turns (customer, moment) into an example id.
+    moment_interval_ms
+        Least event time between two activity moments.
+    quiet_ticks_ms
+        Silences after the last event at which a quiet tick is taken.
+    """
+
+    scorer: Scorer
+    horizon_ms: int
+    profile_config: ProfileConfig
+    id_key: bytes
+    moment_interval_ms: int = 7 * DAY_MS
+    quiet_ticks_ms: tuple[int, ...] = tuple(week * 7 * DAY_MS for week in range(1, 13))
+    examples: list[Example] = field(default_factory=list)
+
+    def example_id(self, customer_id: str, kind: str, moment_ms: int) -> str:
+        """Deterministic, pseudonymous id of an example."""
+        message = f"{customer_id}|{kind}|{moment_ms}".encode()
+        return hmac.new(self.id_key, message, hashlib.sha256).hexdigest()[:20]
+
+    def before_event(self, customer_id: str, profile: Profile, event: Mapping[str, Any]) -> None:
+        """Resolve labels and take an activity moment before ``event`` is applied."""
+        ts = int(event["ts"])
+        self.on_deadline(customer_id, profile, ts)
+        if event["topic"] == "purchases" and event["type"] == "order":
+            for pending in [p for p in profile.get("churn_pending", []) if p["scored_ms"] <= ts]:
+                self._resolve(customer_id, profile, pending, 0, ts)
+        last_seen = profile["last_seen_ms"] or ts
+        if ts >= last_seen and ts >= profile.get("moment_ms", -self.moment_interval_ms) + (
+            self.moment_interval_ms
+        ):
+            self._moment(customer_id, profile, ts)
+
+    def on_deadline(self, customer_id: str, profile: Profile, now_ms: int) -> None:
+        """Event time reached ``now_ms``: take passed quiet ticks, resolve expired labels."""
+        for tick in self._ticks_until(profile, now_ms):
+            self._resolve_expired(customer_id, profile, tick)
+            self._moment(customer_id, profile, tick)
+        self._resolve_expired(customer_id, profile, now_ms)
+
+    def next_deadline(self, profile: Profile | None) -> int | None:
+        """Event time at which the customer's state changes with no new event."""
+        if profile is None or profile["last_seen_ms"] is None:
+            return None
+        dues = [p["scored_ms"] + self.horizon_ms + 1 for p in profile.get("churn_pending", [])]
+        after = max(profile.get("moment_ms", -1), profile["last_seen_ms"])
+        ticks = [
+            profile["last_seen_ms"] + q
+            for q in self.quiet_ticks_ms
+            if profile["last_seen_ms"] + q > after
+        ]
+        return min(dues + ticks[:1], default=None)
+
+    def _ticks_until(self, profile: Profile, now_ms: int) -> list[int]:
+        last_seen = profile["last_seen_ms"]
+        if last_seen is None:
+            return []
+        after = max(profile.get("moment_ms", -1), last_seen)
+        return [last_seen + q for q in self.quiet_ticks_ms if after < last_seen + q <= now_ms]
+
+    def _moment(self, customer_id: str, profile: Profile, ts: int) -> None:
+        profile["moment_ms"] = ts
+        x = feature_vector(profile, self.profile_config, ts)
+        self.examples.append(
+            {"example_id": self.example_id(customer_id, "cluster", ts), "kind": "cluster",
+             "x": x, "ts": ts}
+        )  # fmt: skip
+        pending: list[dict[str, Any]] = profile.setdefault("churn_pending", [])
+        if profile["last_order_ms"] is not None and len(pending) < MAX_PENDING:
+            scores = self.scorer.score(x)
+            pending.append(
+                {
+                    "scored_ms": ts,
+                    "x": x,
+                    "p": scores["churn_probability"],
+                    "source": scores["churn_source"],
+                    "version": scores["model_version"],
+                }
+            )
+
+    def _resolve_expired(self, customer_id: str, profile: Profile, now_ms: int) -> None:
+        for pending in list(profile.get("churn_pending", [])):
+            if now_ms > pending["scored_ms"] + self.horizon_ms:
+                self._resolve(
+                    customer_id, profile, pending, 1, pending["scored_ms"] + self.horizon_ms
+                )
+
+    def _resolve(
+        self, customer_id: str, profile: Profile, pending: dict[str, Any], y: int, ts: int
+    ) -> None:
+        profile["churn_pending"].remove(pending)
+        self.examples.append(
+            {
+                "example_id": self.example_id(customer_id, "churn", pending["scored_ms"]),
+                "kind": "churn",
+                "x": pending["x"],
+                "y": y,
+                "p": pending["p"],
+                "source": pending["source"],
+                "scored_with_version": pending["version"],
+                "ts": ts,
+            }
+        )

@@ -1,0 +1,235 @@
+"""The model bundle: churn model, clusterer and their quality, learned in one place.
+
+Training examples (:mod:`models.moments`) from every worker go to one
+trainer, which folds them into a :class:`ModelBundle` and publishes it as a
+versioned snapshot (:func:`encode_snapshot`); every worker scores with the
+newest snapshot it has verified (:func:`decode_snapshot`). ``segstream
+evaluate`` trains and scores one bundle in process.
+
+Snapshots are pickles, so each carries an HMAC-SHA256 of its bytes under a
+key from the settings, checked before anything is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pickle
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from river import drift, metrics, utils
+
+from models.churn import ChurnModel
+from models.clustering import Clusterer, persona_labels
+from models.features import FEATURES
+from schemas.errors import SegstreamError
+
+SNAPSHOT_MAGIC: Final = b"SGSM\x01"
+_DIGEST_BYTES: Final = 32
+# Example ids remembered by the trainer to drop examples sent twice (a worker
+# crash replays uncommitted events, which re-send their examples).
+_SEEN_IDS: Final = 4096
+
+
+class SnapshotError(SegstreamError):
+    """A model snapshot that is not ours: bad framing or a failed HMAC check."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Settings of the online models (all come from :class:`Settings`)."""
+
+    horizon_days: float = 90.0
+    clusters: int = 6
+    cluster_halflife: float = 0.02
+    warmup_examples: int = 300
+    min_labels: int = 30
+    seed: int = 42
+    quality_window: int = 1000
+
+
+class ModelQuality:
+    """Churn predictions against resolved labels, measured as labels arrive.
+
+    Every resolved example carries the probability the customer was given
+    when scored — before the label existed — so these are honest
+    progressive-validation figures: rolling ROC AUC and log loss over the
+    last ``window`` labels, the rolling churn rate, and ADWIN drift alarms
+    on the label stream.
+    """
+
+    def __init__(self, window: int = 1000) -> None:
+        self.window = window
+        self.auc = metrics.RollingROCAUC(window_size=window)
+        self.log_loss: Any = utils.Rolling(metrics.LogLoss, window_size=window)
+        self.labels: deque[int] = deque(maxlen=window)
+        self.adwin = drift.ADWIN()
+        self.drifts = 0
+        self.resolved = 0
+        self.by_source: dict[str, int] = {}
+
+    def update(self, y: int, p: float, source: str) -> None:
+        """Record one resolved label ``y`` and the probability ``p`` given earlier."""
+        self.auc.update(bool(y), p)
+        self.log_loss.update(bool(y), min(max(p, 1e-6), 1 - 1e-6))
+        self.labels.append(y)
+        self.adwin.update(float(y))
+        if self.adwin.drift_detected:
+            self.drifts += 1
+        self.resolved += 1
+        self.by_source[source] = self.by_source.get(source, 0) + 1
+
+    def report(self) -> dict[str, Any]:
+        """Current figures; AUC is ``None`` until both classes were seen in the window."""
+        both = 0 < sum(self.labels) < len(self.labels)
+        return {
+            "resolved_labels": self.resolved,
+            "labels_by_score_source": dict(sorted(self.by_source.items())),
+            "window": self.window,
+            "roc_auc": round(self.auc.get(), 4) if both else None,
+            "log_loss": round(float(self.log_loss.get()), 4) if self.labels else None,
+            "churn_rate": round(sum(self.labels) / len(self.labels), 4) if self.labels else None,
+            "churn_rate_drifts": self.drifts,
+        }
+
+
+class ModelBundle:
+    """Everything the trainer learns and the workers score with.
+
+    Examples
+    --------
+    >>> bundle = ModelBundle(ModelConfig(warmup_examples=6, clusters=2))
+    >>> bundle.score(dict.fromkeys(FEATURES, 0.5))["churn_source"]
+    'prior'
+    >>> key = b"secret"
+    >>> decode_snapshot(encode_snapshot(bundle, key), key).version == bundle.version
+    True
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.version = 0
+        self.created_ms: int | None = None
+        self.trained_through = -1
+        self.examples = 0
+        self.churn = ChurnModel(config.horizon_days, config.min_labels)
+        self.clusters = Clusterer(
+            n_clusters=config.clusters,
+            halflife=config.cluster_halflife,
+            warmup=config.warmup_examples,
+            seed=config.seed,
+        )
+        self.quality = ModelQuality(config.quality_window)
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._personas: tuple[int, dict[int, str]] = (-1, {})
+
+    def learn(self, example: Mapping[str, Any], offset: int | None = None) -> bool:
+        """Learn one training example; ``False`` if it was seen or already learned.
+
+        ``offset`` is the example's position in the training topic: a
+        restarted trainer skips what its snapshot already learned.
+        """
+        if offset is not None:
+            if offset <= self.trained_through:
+                return False
+            self.trained_through = offset
+        example_id = str(example["example_id"])
+        if example_id in self._seen:
+            return False
+        self._seen[example_id] = None
+        if len(self._seen) > _SEEN_IDS:
+            self._seen.popitem(last=False)
+        x = {name: float(example["x"][name]) for name in FEATURES if name in example["x"]}
+        if example["kind"] == "cluster":
+            self.clusters.learn_one(x)
+        else:
+            y = int(example["y"])
+            self.quality.update(y, float(example["p"]), str(example["source"]))
+            self.churn.learn_one(x, y)
+        self.examples += 1
+        return True
+
+    def personas(self) -> dict[int, str]:
+        """Persona label per cluster id, from the current centroids."""
+        stamp, labels = self._personas
+        if stamp != self.clusters.examples:
+            labels = persona_labels(self.clusters.centroids())
+            self._personas = (self.clusters.examples, labels)
+        return labels
+
+    def score(self, x: Mapping[str, float]) -> dict[str, Any]:
+        """Churn probability with its explanation, and cluster with persona."""
+        p, source, reasons = self.churn.predict_one(x)
+        cluster_id = self.clusters.predict_one(x)
+        return {
+            "churn_probability": p,
+            "churn_source": source,
+            "churn_explanation": reasons,
+            "cluster_id": cluster_id,
+            "persona": self.personas().get(cluster_id) if cluster_id is not None else None,
+            "model_version": self.version,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /models`` shows: version, training, quality, clusters."""
+        personas = self.personas()
+        sizes = self.clusters.sizes
+        return {
+            "version": self.version,
+            "created_ms": self.created_ms,
+            "examples": self.examples,
+            "trained_through_offset": self.trained_through,
+            "churn": {
+                "horizon_days": self.config.horizon_days,
+                "source": "model" if self.churn.trained else "prior",
+                "labels": {"retained": self.churn.counts[0], "churned": self.churn.counts[1]},
+                "min_labels_per_class": self.config.min_labels,
+                "quality": self.quality.report(),
+            },
+            "clusters": [
+                {
+                    "cluster_id": i,
+                    "persona": personas.get(i),
+                    "recent_size": sizes.get(i, 0),
+                    "centroid": {k: round(v, 3) for k, v in sorted(centroid.items())},
+                }
+                for i, centroid in self.clusters.centroids().items()
+            ],
+            "clusters_ready": self.clusters.ready,
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_personas"] = (-1, {})
+        return state
+
+
+def encode_snapshot(bundle: ModelBundle, key: bytes) -> bytes:
+    """The bundle as signed bytes: magic, HMAC-SHA256 of the pickle, the pickle."""
+    payload = pickle.dumps(bundle, protocol=pickle.HIGHEST_PROTOCOL)
+    digest = hmac.new(key, payload, hashlib.sha256).digest()
+    return SNAPSHOT_MAGIC + digest + payload
+
+
+def decode_snapshot(data: bytes, key: bytes) -> ModelBundle:
+    """Verify a snapshot's HMAC, then unpickle it.
+
+    Raises
+    ------
+    SnapshotError
+        If the framing is wrong or the HMAC does not match (wrong key or
+        tampered bytes); nothing is unpickled then.
+    """
+    head = len(SNAPSHOT_MAGIC)
+    if not data.startswith(SNAPSHOT_MAGIC) or len(data) < head + _DIGEST_BYTES:
+        raise SnapshotError("not a segstream model snapshot")
+    digest, payload = data[head : head + _DIGEST_BYTES], data[head + _DIGEST_BYTES :]
+    if not hmac.compare_digest(digest, hmac.new(key, payload, hashlib.sha256).digest()):
+        raise SnapshotError("model snapshot failed its HMAC check (wrong key or tampered)")
+    bundle = pickle.loads(payload)  # noqa: S301 - verified above
+    if not isinstance(bundle, ModelBundle):
+        raise SnapshotError(f"snapshot holds {type(bundle).__name__}, not a ModelBundle")
+    return bundle

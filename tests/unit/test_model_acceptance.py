@@ -1,0 +1,33 @@
+"""Acceptance of the online models on held-out simulator data (seed 2027,
+never used while choosing features or settings).
+
+Reproduce with the README's commands (``segstream simulate`` then
+``segstream evaluate --report --truth``). Measured: churn ROC AUC 0.855
+(target 0.85: met); adjusted Rand index 0.523 (target 0.6: missed — the
+README says why). The ARI bound below guards the figure we reach, not the
+target.
+"""
+
+from __future__ import annotations
+
+from models.simulator import SimConfig, simulate
+from streams.offline import evaluate, score_against_truth
+from streams.settings import Settings
+
+HELD_OUT = SimConfig(customers=1000, days=120, seed=2027)
+
+
+def test_models_recover_planted_personas_and_fading_customers_on_a_held_out_seed() -> None:
+    events, truth = simulate(HELD_OUT)
+    settings = Settings(_env_file=None, store="memory", churn_horizon_days=30)
+    run = evaluate(events, settings)
+    figures = score_against_truth(run.summaries(), truth)
+    assert figures["customers"] == len(truth)
+    assert figures["churn_roc_auc"] >= 0.85, figures
+    assert figures["adjusted_rand_index"] >= 0.5, figures
+    report = run.models.describe()
+    assert report["churn"]["source"] == "model"
+    assert report["clusters_ready"]
+    assert sorted(c["persona"] for c in report["clusters"]) == sorted(
+        {c["persona"] for c in report["clusters"]}
+    )

@@ -1,0 +1,102 @@
+"""Model moments, delayed churn labels and the deadline index (no broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.deadlines import DeadlineIndex, DictStore
+from models.features import FEATURES, MISSING, feature_vector
+from models.moments import Moments
+from models.pipeline import fire_deadlines, new_population, refile_deadline, update_customer
+from models.profile import DAY_MS, ProfileConfig, event
+from models.training import ModelBundle, ModelConfig
+
+CONFIG = ProfileConfig()
+H = 30 * DAY_MS
+
+
+def moments() -> Moments:
+    return Moments(ModelBundle(ModelConfig(horizon_days=30)), H, CONFIG, b"k")
+
+
+def run(events: list[dict[str, Any]], watermarks: list[int]) -> list[dict[str, Any]]:
+    """Feed one customer's events, firing deadlines at the given watermarks after each."""
+    m = moments()
+    index = DeadlineIndex(DictStore(), 0, DAY_MS)
+    profiles: dict[str, Any] = {}
+    population = new_population()
+    for e, watermark in zip(events, watermarks, strict=True):
+        profile, _ = update_customer(
+            profiles.get("c1"), [e], population, CONFIG, None, None, "c1", m
+        )
+        profiles["c1"] = profile
+        refile_deadline(index, "c1", profile, m)
+        fire_deadlines(index, watermark, profiles.get, m)
+    return m.examples
+
+
+def order(day: float, n: int) -> dict[str, Any]:
+    return event("purchases", "order", int(day * DAY_MS), f"o{n}", amount=40.0)
+
+
+def view(day: float, n: int) -> dict[str, Any]:
+    return event("clickstream", "page_view", int(day * DAY_MS), f"v{n}", channel="web")
+
+
+def test_a_purchase_within_the_horizon_resolves_the_label_to_zero() -> None:
+    events = [order(0, 1), view(8, 2), order(20, 3)]
+    examples = run(events, [e["ts"] for e in events])
+    churn = [e for e in examples if e["kind"] == "churn"]
+    # Scored at the day-8 visit and at the day-15 quiet tick; the order resolves both.
+    assert [(e["y"], e["ts"]) for e in churn] == [(0, 20 * DAY_MS)] * 2
+    assert churn[0]["x"]["has_ordered"] == 1.0
+
+
+def test_a_quiet_customer_resolves_to_one_when_the_watermark_passes_the_horizon() -> None:
+    # One order, then silence; other customers move the watermark on.
+    events = [order(0, 1), view(8, 2)]
+    examples = run(events, [0, 90 * DAY_MS])
+    churn = [e for e in examples if e["kind"] == "churn"]
+    assert churn and all(e["y"] == 1 for e in churn)
+    # Quiet ticks were taken weekly after the last event, as moments.
+    ticks = sorted(e["ts"] for e in examples if e["kind"] == "cluster")
+    assert {8 * DAY_MS + w * 7 * DAY_MS for w in range(1, 12)} <= set(ticks)
+
+
+def test_labels_do_not_depend_on_when_the_watermark_advances() -> None:
+    events = [order(0, 1), view(3, 2), view(9, 3), order(50, 4), view(95, 5)]
+    live = run(events, [0, 0, 9 * DAY_MS, 50 * DAY_MS, 95 * DAY_MS])
+    replay = run(events, [e["ts"] for e in events])
+    key = lambda e: (e["example_id"], e.get("y"))  # noqa: E731
+    assert sorted(map(key, live)) == sorted(map(key, replay))
+
+
+def test_example_ids_are_deterministic_and_carry_no_customer_id() -> None:
+    a = run([order(0, 1), view(8, 2)], [0, 8 * DAY_MS])
+    b = run([order(0, 1), view(8, 2)], [0, 8 * DAY_MS])
+    assert [e["example_id"] for e in a] == [e["example_id"] for e in b]
+    assert all("c1" not in str(e) for e in a)
+
+
+def test_deadline_index_reads_only_the_buckets_the_watermark_passed() -> None:
+    store = DictStore()
+    index = DeadlineIndex(store, 3, bucket_ms=10)
+    index.schedule("a", 15)
+    index.schedule("b", 95)
+    index.unschedule("b", 95)
+    index.schedule("c", 1000)
+    assert index.pop_due(20) == [(15, "a")]
+    assert index.pop_due(500) == []
+    assert store.get("3:from") == 51
+    assert index.pop_due(1000) == [(1000, "c")]
+
+
+def test_features_are_bounded_complete_and_neutral_when_missing() -> None:
+    profile, _ = update_customer(None, [view(0, 1)], new_population(), CONFIG)
+    assert profile is not None
+    x = feature_vector(profile, CONFIG, 10 * DAY_MS)
+    assert list(x) == list(FEATURES)
+    assert all(0.0 <= v <= 1.0 for v in x.values())
+    for name in ("aov", "discount_share", "dissatisfaction", "detraction"):
+        assert x[name] == MISSING[name]
+    assert x["has_ordered"] == 0.0 and x["days_since_order"] == 1.0

@@ -1,0 +1,327 @@
+"""Issue 8, security: Kafka TLS/SASL wiring into both clients, the web bind
+address, and no personal data in metric labels or log lines."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faust.auth import SASLCredentials, SSLCredentials
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
+from kafka.net.transport import KafkaSSLTransport
+from prometheus_client.metrics import MetricWrapperBase
+
+from streams import metrics
+from streams.app import broker_credentials, create_app, faust_config, ssl_context
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CA_NAME = "segstream-test-ca"
+CLIENT_NAME = "segstream-test-client"
+
+
+# --- Throwaway PKI --------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _leaf(cwd: Path, name: str, extensions: str) -> None:
+    """A key and a certificate signed by the test CA."""
+    (cwd / f"{name}.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid\n" + extensions
+    )
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
+        cwd=cwd,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "1", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
+        cwd=cwd,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for localhost and a client certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    cwd = tmp_path_factory.mktemp("pki")
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", f"/CN={CA_NAME}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=cwd,
+    )  # fmt: skip
+    _leaf(cwd, "server", "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost\n")
+    _leaf(cwd, CLIENT_NAME, "extendedKeyUsage=clientAuth\n")
+    return cwd
+
+
+def tls_settings(pki: Path, protocol: str) -> Settings:
+    return Settings(
+        _env_file=None,
+        kafka_bootstrap="broker-1:9093,broker-2:9093",
+        kafka_security_protocol=protocol,
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="svc-segstream",
+        kafka_sasl_password="pw-not-logged",
+        kafka_ssl_cafile=pki / "ca.pem",
+        kafka_ssl_certfile=pki / f"{CLIENT_NAME}.pem",
+        kafka_ssl_keyfile=pki / f"{CLIENT_NAME}.key",
+    )
+
+
+def mutual_tls_peer(pki: Path, client: ssl.SSLContext) -> str:
+    """Handshake with a server that demands a client certificate from our CA;
+    the common name of the client certificate it saw."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki / "server.pem", pki / "server.key")
+    server.load_verify_locations(pki / "ca.pem")
+    server.verify_mode = ssl.CERT_REQUIRED
+    seen: dict[str, Any] = {}
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            try:
+                with server.wrap_socket(conn, server_side=True) as tls:
+                    seen["cert"] = tls.getpeercert()
+                    tls.sendall(b"ok")
+            except (OSError, ssl.SSLError) as exc:
+                seen["error"] = exc
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        port = listener.getsockname()[1]
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            client.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            assert tls.recv(2) == b"ok"
+        thread.join(10)
+    assert "error" not in seen, seen.get("error")
+    subject = dict(item for rdn in seen["cert"]["subject"] for item in rdn)
+    return str(subject["commonName"])
+
+
+# --- Kafka security reaches Faust (aiokafka) and kafka-python ---------------
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_faust_gets_the_tls_context_and_sasl_credentials(pki: Path, protocol: str) -> None:
+    settings = tls_settings(pki, protocol)
+    credentials = faust_config(settings)["broker_credentials"]
+    # What Faust's aiokafka consumer and producer are built with.
+    auth = credentials_to_aiokafka_auth(create_app(settings).conf.broker_credentials)
+    assert auth["security_protocol"] == protocol
+    context = auth["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert [dict(i for rdn in c["subject"] for i in rdn) for c in context.get_ca_certs()] == [
+        {"commonName": CA_NAME}
+    ]
+    if protocol == "SSL":
+        assert isinstance(credentials, SSLCredentials)
+        assert "sasl_mechanism" not in auth
+    else:
+        assert isinstance(credentials, SASLCredentials)
+        assert auth["sasl_mechanism"] == "SCRAM-SHA-512"
+        assert auth["sasl_plain_username"] == "svc-segstream"
+        assert auth["sasl_plain_password"] == "pw-not-logged"
+    assert mutual_tls_peer(pki, context) == CLIENT_NAME
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_kafka_python_gets_the_same_tls_files_and_sasl_credentials(
+    pki: Path, protocol: str
+) -> None:
+    settings = tls_settings(pki, protocol)
+    config = settings.kafka_python_config()
+    assert config["bootstrap_servers"] == ["broker-1:9093", "broker-2:9093"]
+    assert config["security_protocol"] == protocol
+    assert config["ssl_cafile"] == str(pki / "ca.pem")
+    assert config["ssl_certfile"] == str(pki / f"{CLIENT_NAME}.pem")
+    assert config["ssl_keyfile"] == str(pki / f"{CLIENT_NAME}.key")
+    if protocol == "SASL_SSL":
+        assert config["sasl_mechanism"] == "SCRAM-SHA-512"
+        assert config["sasl_plain_username"] == "svc-segstream"
+        assert config["sasl_plain_password"] == "pw-not-logged"
+    else:
+        assert "sasl_mechanism" not in config
+    # kafka-python rejects unknown keys; every client must accept every one.
+    for client in (KafkaProducer, KafkaConsumer, KafkaAdminClient):
+        assert set(config) <= set(client.DEFAULT_CONFIG), client.__name__
+    # The context kafka-python builds from them (kafka-python 3.0 internals)
+    # completes the same mutual-TLS handshake as Faust's.
+    ssl_config = dict(KafkaSSLTransport.DEFAULT_CONFIG)
+    ssl_config.update({k: v for k, v in config.items() if k in ssl_config})
+    context = KafkaSSLTransport._build_ssl_context(ssl_config)
+    assert mutual_tls_peer(pki, context) == CLIENT_NAME
+
+
+def test_sasl_plaintext_carries_credentials_without_tls() -> None:
+    settings = Settings(
+        _env_file=None,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_username="svc",
+        kafka_sasl_password="pw",
+    )
+    assert ssl_context(settings) is None
+    auth = credentials_to_aiokafka_auth(broker_credentials(settings))
+    assert auth["security_protocol"] == "SASL_PLAINTEXT"
+    assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("svc", "pw")
+    config = settings.kafka_python_config()
+    assert config["security_protocol"] == "SASL_PLAINTEXT"
+    assert "ssl_cafile" not in config
+
+
+class Recorder:
+    """Stands in for a kafka-python client class; records its keyword arguments."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Recorder:
+        self.calls.append(kwargs)
+        return self
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def close(self) -> None:
+        pass
+
+
+def test_every_kafka_python_client_is_built_from_kafka_python_config(
+    pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kafka
+
+    from streams import admin, producer
+    from tests.conftest import read_topic
+
+    settings = tls_settings(pki, "SASL_SSL")
+    expected = settings.kafka_python_config()
+    recorders = {"producer": Recorder(), "admin": Recorder(), "consumer": Recorder()}
+    monkeypatch.setattr(producer, "KafkaProducer", recorders["producer"])
+    monkeypatch.setattr(admin, "KafkaAdminClient", recorders["admin"])
+    monkeypatch.setattr(kafka, "KafkaConsumer", recorders["consumer"])
+    producer.make_producer(settings, linger_ms=20)
+    admin.admin_client(settings)
+    read_topic(settings, "any-topic", expected=0, timeout_s=0.1)
+    for name, recorder in recorders.items():
+        (kwargs,) = recorder.calls
+        assert {k: kwargs.get(k) for k in expected} == expected, name
+
+
+def test_no_other_module_builds_a_kafka_python_client() -> None:
+    # A client built anywhere else could miss the security settings above.
+    constructor = re.compile(r"\bKafka(Producer|Consumer|AdminClient)\(")
+    builders = {
+        str(path.relative_to(ROOT))
+        for package in ("streams", "models", "schemas", "bench", "tests")
+        for path in (ROOT / package).rglob("*.py")
+        if constructor.search(path.read_text(encoding="utf-8"))
+    }
+    assert builders == {"streams/producer.py", "streams/admin.py", "tests/conftest.py"}
+
+
+# --- Web server bind address --------------------------------------------
+
+
+def test_the_web_server_binds_to_loopback_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SEGSTREAM_WEB_HOST", raising=False)
+    settings = Settings(_env_file=None)
+    assert settings.web_host == "127.0.0.1"
+    assert faust_config(settings)["web_bind"] == "127.0.0.1"
+    assert create_app(settings).conf.web_bind == "127.0.0.1"
+    monkeypatch.setenv("SEGSTREAM_WEB_HOST", "0.0.0.0")  # noqa: S104 - the test of it
+    everywhere = Settings(_env_file=None)
+    assert faust_config(everywhere)["web_bind"] == "0.0.0.0"  # noqa: S104
+    # Other workers still reach it by its advertised name, not the bind address.
+    assert (
+        faust_config(everywhere.model_copy(update={"web_advertised_host": "w1"}))["web_host"]
+        == "w1"
+    )
+
+
+# --- No personal data in metric labels or log lines -------------------------
+
+PERSONAL = re.compile(r"customer|anonymous|user|email|(^|_)ids?$", re.I)
+
+
+def test_metric_labels_name_no_customer_or_other_personal_identifier() -> None:
+    import streams.app  # noqa: F401 - registers every worker module's metrics
+
+    collectors = [
+        c for c in metrics.registry._collector_to_names if isinstance(c, MetricWrapperBase)
+    ]
+    assert len(collectors) >= len(
+        [c for c in vars(metrics).values() if isinstance(c, MetricWrapperBase)]
+    )
+    for collector in collectors:
+        labels = collector._labelnames
+        assert not [label for label in labels if PERSONAL.search(label)], (
+            f"{collector._name}: {labels}"
+        )
+
+
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+LOGGERS = {"log", "logger", "logging"}
+
+
+def _mentions_personal_data(node: ast.AST) -> list[str]:
+    found = []
+    for part in ast.walk(node):
+        if isinstance(part, ast.Name):
+            name = part.id
+        elif isinstance(part, ast.Attribute):
+            name = part.attr
+        elif isinstance(part, ast.Constant) and isinstance(part.value, str):
+            name = part.value
+        else:
+            continue
+        if re.search(r"customer|anonymous|email", name, re.I):
+            found.append(name)
+    return found
+
+
+def test_log_calls_carry_no_customer_or_anonymous_ids() -> None:
+    offenders = []
+    for package in ("streams", "models", "schemas"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for call in ast.walk(tree):
+                if not (
+                    isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute)
+                    and call.func.attr in LOG_METHODS
+                    and isinstance(call.func.value, ast.Name)
+                    and call.func.value.id in LOGGERS
+                ):
+                    continue
+                for argument in [*call.args, *(k.value for k in call.keywords)]:
+                    for name in _mentions_personal_data(argument):
+                        offenders.append(f"{path.relative_to(ROOT)}:{call.lineno} {name}")
+    assert not offenders, offenders
