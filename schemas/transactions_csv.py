@@ -42,8 +42,10 @@ def _event_time(text: str) -> str:
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
-            return datetime(day.year, day.month, day.day, tzinfo=UTC).isoformat().replace(
-                "+00:00", "Z"
+            return (
+                datetime(day.year, day.month, day.day, tzinfo=UTC)
+                .isoformat()
+                .replace("+00:00", "Z")
             )
         parsed = datetime.fromisoformat(text)
     except ValueError as exc:

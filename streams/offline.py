@@ -31,9 +31,9 @@ from models.pipeline import (
     update_customer,
 )
 from models.profile import DAY_MS, Profile
-from models.simulator import CustomerTruth
 from models.profile_summary import Population
 from models.sentiment import compound
+from models.simulator import CustomerTruth
 from models.training import ModelBundle
 from schemas.decode import DecodeError, decode_event
 from schemas.event_time import parse_event_time

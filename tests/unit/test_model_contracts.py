@@ -73,7 +73,7 @@ PREDICTORS: dict[str, tuple[Callable[[list[dict[str, float]]], Any], Callable[[A
 def test_pickle_round_trip_gives_identical_predictions(name: str) -> None:
     train, predict = PREDICTORS[name]
     model = train(vectors(1))
-    again = pickle.loads(pickle.dumps(model))
+    again = pickle.loads(pickle.dumps(model))  # noqa: S301 - our own bytes
     for x in vectors(2, 50):
         assert predict(again, x) == predict(model, x)
     # And both keep learning the same way.
