@@ -15,13 +15,12 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaProducer
 
 from models.simulator import SimConfig, simulate
 from models.training import ModelBundle, ModelConfig, encode_snapshot
 from streams.admin import create_topics
 from streams.process import WorkerProcess
-from streams.producer import send_events
+from streams.producer import make_producer, send_events
 from streams.settings import Settings
 from tests.conftest import fetch_profile
 
@@ -106,7 +105,7 @@ def test_two_workers_score_with_the_same_model_version(
     # A snapshot signed with another key is refused, whatever version it claims.
     forged = ModelBundle(ModelConfig())
     forged.version = version + 1000
-    producer = KafkaProducer(**settings.kafka_python_config())
+    producer = make_producer(settings)
     producer.send(
         settings.topic_names()["model_snapshots"],
         key=b"models",

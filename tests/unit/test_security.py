@@ -325,3 +325,25 @@ def test_log_calls_carry_no_customer_or_anonymous_ids() -> None:
                     for name in _mentions_personal_data(argument):
                         offenders.append(f"{path.relative_to(ROOT)}:{call.lineno} {name}")
     assert not offenders, offenders
+
+
+def test_the_snapshot_follower_gets_the_same_kafka_security_settings() -> None:
+    from pydantic import SecretStr
+
+    from streams.app import aiokafka_security
+
+    plain = Settings(_env_file=None)
+    assert aiokafka_security(plain) == {"security_protocol": "PLAINTEXT"}
+    sasl = Settings(
+        _env_file=None,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="svc",
+        kafka_sasl_password=SecretStr("pw"),
+    )
+    assert aiokafka_security(sasl) == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "pw",
+    }
