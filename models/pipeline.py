@@ -20,6 +20,7 @@ from models.moments import Moments
 from models.profile import DAY_MS, Outcome, Profile, ProfileConfig, apply_event
 from models.profile_summary import Population, ValueConfig, summarise
 from models.quantiles import RfmValues, merge_sketches, new_rfm_population, rfm_update
+from models.segments import Segmenter, new_segment_population
 from models.training import ModelBundle
 
 PopulationState = dict[str, Any]
@@ -27,7 +28,7 @@ PopulationState = dict[str, Any]
 
 def new_population() -> PopulationState:
     """An empty population: RFM sketches and starting BG/NBD parameters."""
-    return {"rfm": new_rfm_population(), "bgnbd": new_bgnbd()}
+    return {"rfm": new_rfm_population(), "bgnbd": new_bgnbd(), **new_segment_population()}
 
 
 def rfm_values(profile: Profile | None) -> RfmValues | None:
@@ -50,6 +51,7 @@ def update_customer(
     input_watermark_ms: int | None = None,
     customer_id: str = "",
     moments: Moments | None = None,
+    segments: Segmenter | None = None,
 ) -> tuple[Profile | None, list[Outcome]]:
     """Fold a customer's events (in the given order) into profile and population.
 
@@ -61,28 +63,41 @@ def update_customer(
     purchase history at most once per event-time day (see
     :func:`_learn_purchase_process`). With ``moments``, the customer's
     model moments (scoring, churn labels, training examples; see
-    :mod:`models.moments`) are taken before each new event and collected there.
+    :mod:`models.moments`) are taken before each new event and collected there;
+    with ``segments``, segments are decided at the customer's decision points
+    and deadlines (:mod:`models.segments`), changes and triggers collected there.
     """
     before = rfm_values(profile)
     outcomes: list[Outcome] = []
     for event in events:
+        ts = int(event["ts"])
+        last_seen = None if profile is None else profile["last_seen_ms"]
+        new_day = last_seen is None or ts // DAY_MS > last_seen // DAY_MS
         if profile is not None and event["event_id"] not in profile["recent_ids"]:
-            _learn_purchase_process(profile, population, int(event["ts"]))
+            _learn_purchase_process(profile, population, ts)
             if moments is not None:
                 moments.before_event(customer_id, profile, event)
+            if segments is not None:
+                segments.before_event(customer_id, profile, ts, population)
         profile, outcome = apply_event(profile, event, config, sentiment, input_watermark_ms)
         outcomes.append(outcome)
+        if segments is not None and outcome != "duplicate":
+            segments.after_event(customer_id, profile, event, population, new_day)
     after = rfm_values(profile)
     if before != after:
         rfm_update(population["rfm"], before, after)
     return profile, outcomes
 
 
-def erase_customer(profile: Profile | None, population: PopulationState) -> None:
-    """Take an erased customer's values out of the population sketches."""
+def erase_customer(
+    profile: Profile | None, population: PopulationState, segments: Segmenter | None = None
+) -> None:
+    """Take an erased customer's values out of the population sketches and counts."""
     values = rfm_values(profile)
     if values is not None:
         rfm_update(population["rfm"], values, None)
+    if profile is not None and segments is not None:
+        segments.erase(profile, population)
 
 
 def combined_rfm(populations: Iterable[PopulationState]) -> dict[str, Any]:
@@ -138,12 +153,19 @@ def combined_bgnbd(populations: Iterable[PopulationState]) -> dict[str, Any]:
 
 
 def refile_deadline(
-    index: DeadlineIndex, customer_id: str, profile: Profile | None, moments: Moments
+    index: DeadlineIndex,
+    customer_id: str,
+    profile: Profile | None,
+    moments: Moments,
+    segments: Segmenter | None = None,
 ) -> None:
     """File the customer's next deadline in the index if it changed."""
     if profile is None:
         return
-    due = moments.next_deadline(profile)
+    dues = [moments.next_deadline(profile)]
+    if segments is not None:
+        dues.append(segments.next_deadline(profile))
+    due = min((d for d in dues if d is not None), default=None)
     if due is not None and due != profile.get("deadline_ms"):
         index.schedule(customer_id, due)
     profile["deadline_ms"] = due
@@ -154,6 +176,8 @@ def fire_deadlines(
     watermark_ms: int,
     load: Callable[[str], Profile | None],
     moments: Moments,
+    segments: Segmenter | None = None,
+    population: PopulationState | None = None,
 ) -> list[tuple[str, Profile]]:
     """Act on every deadline the partition's watermark has passed.
 
@@ -167,8 +191,10 @@ def fire_deadlines(
         if profile is None or profile.get("deadline_ms") != due:
             continue
         moments.on_deadline(customer_id, profile, watermark_ms)
+        if segments is not None and population is not None:
+            segments.on_deadline(customer_id, profile, watermark_ms, population)
         profile["deadline_ms"] = None
-        refile_deadline(index, customer_id, profile, moments)
+        refile_deadline(index, customer_id, profile, moments, segments)
         changed.append((customer_id, profile))
     return changed
 
@@ -190,4 +216,5 @@ def customer_view(
         **summary,
         "features": features,
         "scores": models.score(features),
+        "segments": dict(sorted(profile.get("segments", {}).items())),
     }

@@ -43,9 +43,16 @@ from models.pipeline import (
     update_customer,
 )
 from models.profile import DAY_MS
+from models.segments import Segmenter
 from models.sentiment import compound
 from schemas.decode import DecodeError, dead_letter, decode_event
-from schemas.records import ClickEvent, ErasureAudit, ErasureRequest
+from schemas.records import (
+    ClickEvent,
+    ErasureAudit,
+    ErasureRequest,
+    SegmentChange,
+    Trigger,
+)
 from streams import metrics
 from streams.app import app, settings
 from streams.model_sync import holder
@@ -63,8 +70,10 @@ from streams.topics import (
     dead_letters_topic,
     erasure_audit_topic,
     erasure_requests_topic,
+    segment_changes_topic,
     touchpoints_topic,
     training_examples_topic,
+    triggers_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +83,7 @@ PROFILE_CONFIG = settings.profile_config()
 HORIZON_MS = int(settings.churn_horizon_days * DAY_MS)
 DEADLINE_BUCKET_MS = settings.deadline_bucket_s * 1000
 EXAMPLE_ID_KEY = settings.model_snapshot_key.get_secret_value().encode()
+SEGMENT_CONFIG = settings.segment_config()
 
 profile_cache = WriteBackCache(profiles_table, max_clean=settings.profile_cache_size)
 population_cache = WriteBackCache(population_table, max_clean=settings.input_partitions * 2)
@@ -110,6 +120,16 @@ def new_moments() -> Moments:
         scorer=holder.bundle,
         horizon_ms=HORIZON_MS,
         profile_config=PROFILE_CONFIG,
+        id_key=EXAMPLE_ID_KEY,
+    )
+
+
+def new_segmenter() -> Segmenter:
+    """Collects a batch's segment changes and triggers, scored with the newest model."""
+    return Segmenter(
+        config=SEGMENT_CONFIG,
+        profile_config=PROFILE_CONFIG,
+        scorer=holder.bundle,
         id_key=EXAMPLE_ID_KEY,
     )
 
@@ -215,6 +235,7 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
     # by_customer: {customer_id: [(event fields, faust event), ...]} in arrival order
 
     moments = new_moments()
+    segmenter = new_segmenter()
     anchors: dict[int, Any] = {}
     for customer_id, items in by_customer.items():
         items.sort(key=lambda item: (item[0]["ts"], item[0]["event_id"]))
@@ -231,6 +252,7 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             watermark_before[partition],
             customer_id,
             moments,
+            segmenter,
         )
         anchors[partition] = source
         population["watermark_ms"] = max(population.get("watermark_ms", 0), items[-1][0]["ts"])
@@ -240,26 +262,50 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             elif outcome == "late":
                 metrics.late_events.labels(fields["topic"]).inc()
         if any(outcome != "duplicate" for outcome in outcomes):
-            refile_deadline(deadline_index(partition, source), customer_id, profile, moments)
+            index = deadline_index(partition, source)
+            refile_deadline(index, customer_id, profile, moments, segmenter)
             profile_cache.put(customer_id, profile, source)
             population_cache.put(pop_key, population, source)
     for partition, anchor in anchors.items():
         # Customers who went quiet change state as the watermark passes their deadlines.
         watermark = await input_watermarks.watermark(partition)
+        pop_key = population_key(partition)
+        population = population_cache.get(pop_key, anchor) or new_population()
         due = fire_deadlines(
             deadline_index(partition, anchor),
             watermark,
             lambda customer_id, anchor=anchor: profile_cache.get(customer_id, anchor),
             moments,
+            segmenter,
+            population,
         )
         for customer_id, profile in due:
             profile_cache.put(customer_id, profile, anchor)
+        if due:
+            population_cache.put(pop_key, population, anchor)
     for example in moments.examples:
         training_examples_topic.send_soon(value=orjson.dumps(example))
         metrics.training_examples_sent.labels(example["kind"]).inc()
+    publish_segments(segmenter)
     if not settings.write_back:
         for cache in CACHES:
             cache.flush()
+
+
+def publish_segments(segmenter: Segmenter) -> None:
+    """Send a batch's segment changes and triggers, keyed by customer."""
+    sent_ms = now_ms()
+    for change in segmenter.changes:
+        record = SegmentChange(**change)
+        segment_changes_topic.send_soon(
+            key=record.customer_id.encode(), value=msgspec.json.encode(record)
+        )
+        metrics.segment_changes.labels(record.dimension, record.to_segment).inc()
+        metrics.change_lag.observe(max(sent_ms - record.ts, 0) / 1000)
+    for trigger in segmenter.triggers:
+        fired = Trigger(**trigger)
+        triggers_topic.send_soon(key=fired.customer_id.encode(), value=msgspec.json.encode(fired))
+        metrics.triggers.labels(fired.kind).inc()
 
 
 @app.on_partitions_revoked.connect
@@ -343,7 +389,7 @@ async def erase_customers(stream: Any) -> None:
             if profile is not None:
                 pop_key = population_key(message.partition)
                 population = population_cache.get(pop_key, event) or new_population()
-                erase_customer(profile, population)
+                erase_customer(profile, population, new_segmenter())
                 population_cache.put(pop_key, population, event)
                 if profile.get("deadline_ms") is not None:
                     index = deadline_index(message.partition, event)

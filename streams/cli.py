@@ -251,6 +251,43 @@ def evaluate(
 
 
 @cli.command()
+def tail(
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start at the oldest record, not now.")
+    ] = False,
+    kinds: Annotated[str, typer.Option(help="Which topics: changes, triggers or both.")] = "both",
+) -> None:
+    """Print segment changes and triggers live, human-readable (Ctrl-C to stop)."""
+    import orjson
+
+    from streams.producer import make_consumer
+    from streams.tail import describe_record
+
+    names = load_settings().topic_names()
+    topics = {
+        "changes": [names["segment_changes"]],
+        "triggers": [names["triggers"]],
+        "both": [names["segment_changes"], names["triggers"]],
+    }.get(kinds)
+    if topics is None:
+        console.print("[red]error:[/red] --kinds must be changes, triggers or both")
+        raise typer.Exit(2)
+    consumer = make_consumer(
+        load_settings(),
+        *topics,
+        group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    try:
+        for message in consumer:
+            console.print(describe_record(message.topic, orjson.loads(message.value)))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+@cli.command()
 def demo(
     customers: Annotated[int, typer.Option(help="Customers in the sample stream.")] = 20,
 ) -> None:

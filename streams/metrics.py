@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 registry = CollectorRegistry()
 
@@ -132,3 +132,23 @@ def observe_models(description: dict[str, Any]) -> None:
         cluster_size.labels(str(cluster["cluster_id"]), str(cluster["persona"])).set(
             cluster["recent_size"]
         )
+
+
+segment_changes = Counter(
+    "segstream_segment_changes",
+    "Segment changes published, by dimension and the segment entered.",
+    ["dimension", "segment"],
+    registry=registry,
+)
+triggers = Counter(
+    "segstream_triggers",
+    "Triggers published for notification services, by kind.",
+    ["kind"],
+    registry=registry,
+)
+change_lag = Histogram(
+    "segstream_segment_change_lag_seconds",
+    "Event time of a segment change to its publication (wall clock); large in a backfill.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600, 3600, 86400, float("inf")),
+    registry=registry,
+)

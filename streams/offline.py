@@ -32,6 +32,7 @@ from models.pipeline import (
 )
 from models.profile import DAY_MS, Profile
 from models.profile_summary import Population
+from models.segments import Segmenter
 from models.sentiment import compound
 from models.simulator import CustomerTruth
 from models.training import ModelBundle
@@ -67,6 +68,12 @@ class OfflineRun:
             horizon_ms=int(model_config.horizon_days * DAY_MS),
             profile_config=self._profile_config,
             id_key=self.settings.model_snapshot_key.get_secret_value().encode(),
+        )
+        self.segments = Segmenter(
+            config=self.settings.segment_config(),
+            profile_config=self._profile_config,
+            scorer=self.models,
+            id_key=self.moments.id_key,
         )
         self._deadline_store = DictStore()
         self._deadlines = {
@@ -114,15 +121,25 @@ class OfflineRun:
             self.input_watermark_ms,
             customer_id,
             self.moments,
+            self.segments,
         )
         assert profile is not None  # noqa: S101 - update_customer returns one for any event
         self.profiles[customer_id] = profile
-        refile_deadline(self._deadlines[partition], customer_id, profile, self.moments)
+        refile_deadline(
+            self._deadlines[partition], customer_id, profile, self.moments, self.segments
+        )
         population["watermark_ms"] = max(population.get("watermark_ms", 0), int(record.ts))
         self.watermark_ms = max(self.watermark_ms, int(record.ts))
         self.input_watermark_ms = max(self.input_watermark_ms or 0, int(record.ts))
-        for index in self._deadlines.values():
-            fire_deadlines(index, self.input_watermark_ms, self.profiles.get, self.moments)
+        for p, index in self._deadlines.items():
+            fire_deadlines(
+                index,
+                self.input_watermark_ms,
+                self.profiles.get,
+                self.moments,
+                self.segments,
+                self.populations.setdefault(p, new_population()),
+            )
         for example in self.moments.examples:
             self.models.learn(example)
         self.moments.examples.clear()

@@ -1,8 +1,9 @@
-"""Send events to segstream's input topics with kafka-python.
+"""kafka-python clients: send events to the input topics, read the output topics.
 
-Used by the simulator, ``segstream replay``, the demo and the tests. Each
-event is keyed by its ``customer_id`` so it lands in the partition that owns
-the customer's state.
+Used by the simulator, ``segstream replay``, ``segstream tail``, the demo,
+the example notifier and the tests. Each event is keyed by its
+``customer_id`` so it lands in the partition that owns the customer's state.
+Every client is built here from the settings, security included.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 
 from schemas.decode import partition_key
 from schemas.event_time import parse_event_time
@@ -32,6 +33,14 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     config.update(settings.kafka_python_config())
     config.update(overrides)
     return KafkaProducer(**config)
+
+
+def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaConsumer:
+    """A kafka-python consumer of ``topics`` with segstream's connection and security."""
+    config: dict[str, Any] = {"auto_offset_reset": "earliest", "enable_auto_commit": False}
+    config.update(settings.kafka_python_config())
+    config.update(overrides)
+    return KafkaConsumer(*topics, **config)
 
 
 def encode_event(event: Mapping[str, Any]) -> tuple[str, bytes | None, bytes]:

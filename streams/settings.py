@@ -25,6 +25,7 @@ from models.profile import (
     ProfileConfig,
 )
 from models.profile_summary import ValueConfig
+from models.segments import SegmentConfig
 from models.training import ModelConfig
 from schemas.decode import DecodeLimits
 
@@ -227,6 +228,59 @@ class Settings(BaseSettings):
         3600, ge=1, description="Event-time granularity of the per-partition deadline index."
     )
 
+    # --- Segments and triggers -------------------------------------------
+    lifecycle_new_days: float = Field(
+        30.0, gt=0, description="A first order this recent makes the customer 'new'."
+    )
+    lifecycle_at_risk_days: float = Field(
+        30.0, gt=0, description="Days without an order that make a customer 'at_risk'."
+    )
+    lifecycle_dormant_days: float = Field(
+        60.0, gt=0, description="Days without an order that make a customer 'dormant'."
+    )
+    lifecycle_churned_days: float = Field(
+        90.0, gt=0, description="Days without an order that make a customer 'churned'."
+    )
+    lifecycle_reactivated_days: float = Field(
+        30.0, gt=0, description="How long a returning customer stays 'reactivated'."
+    )
+    engagement_heavy_sessions: int = Field(
+        8, ge=1, description="Sessions in 30 days that make a heavy user."
+    )
+    engagement_medium_sessions: int = Field(
+        3, ge=1, description="Sessions in 30 days that make a medium user (1 = light)."
+    )
+    loyalty_orders_90d: int = Field(
+        2, ge=1, description="Orders in 90 days that count as buying often (loyalty quadrant)."
+    )
+    loyalty_sessions_30d: int = Field(
+        4, ge=1, description="Sessions in 30 days that count as engaging often."
+    )
+    value_top_5_rank: float = Field(
+        0.95, gt=0, lt=1, description="CLV rank among buyers from which a customer is top 5%."
+    )
+    value_top_20_rank: float = Field(
+        0.80, gt=0, lt=1, description="CLV rank among buyers from which a customer is top 20%."
+    )
+    churn_band_high: tuple[float, float] = Field(
+        (0.7, 0.6), description="Churn probability entering / leaving the high band."
+    )
+    churn_band_medium: tuple[float, float] = Field(
+        (0.4, 0.3), description="Churn probability entering / leaving the medium band."
+    )
+    segment_min_dwell_s: int = Field(
+        86_400,
+        ge=0,
+        description="Least event time in a segment before it may change again "
+        "(all dimensions but lifecycle and NPS).",
+    )
+    trigger_min_interval_s: int = Field(
+        86_400, ge=0, description="Least event time between two triggers of one kind per customer."
+    )
+    detractor_sentiment: float = Field(
+        -0.5, ge=-1, le=0, description="Ticket text this negative fires a detractor follow-up."
+    )
+
     # --- Local broker -----------------------------------------------------
     kafka_home: Path = Field(
         Path("var/kafka"),
@@ -286,6 +340,30 @@ class Settings(BaseSettings):
             min_labels=self.churn_min_labels,
             seed=self.model_seed,
             quality_window=self.model_quality_window,
+        )
+
+    def segment_config(self) -> SegmentConfig:
+        """Settings of the segment rules and triggers."""
+        return SegmentConfig(
+            new_days=self.lifecycle_new_days,
+            at_risk_days=self.lifecycle_at_risk_days,
+            dormant_days=self.lifecycle_dormant_days,
+            churned_days=self.lifecycle_churned_days,
+            reactivated_days=self.lifecycle_reactivated_days,
+            heavy_sessions_30d=self.engagement_heavy_sessions,
+            medium_sessions_30d=self.engagement_medium_sessions,
+            loyal_orders_90d=self.loyalty_orders_90d,
+            engaged_sessions_30d=self.loyalty_sessions_30d,
+            top_5_rank=self.value_top_5_rank,
+            top_20_rank=self.value_top_20_rank,
+            churn_high_enter=self.churn_band_high[0],
+            churn_high_leave=self.churn_band_high[1],
+            churn_medium_enter=self.churn_band_medium[0],
+            churn_medium_leave=self.churn_band_medium[1],
+            min_dwell_ms=self.segment_min_dwell_s * 1000,
+            trigger_interval_ms=self.trigger_min_interval_s * 1000,
+            negative_text=self.detractor_sentiment,
+            expected_lifespan_years=self.expected_lifespan_days / 365,
         )
 
     def kafka_python_config(self) -> dict[str, Any]:

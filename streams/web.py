@@ -146,3 +146,48 @@ class CustomerView(web.View):
 async def models_view(self: web.View, request: web.Request) -> web.Response:
     """The model snapshot this worker scores with: version, training, quality, clusters."""
     return self.json(holder.bundle.describe())
+
+
+def local_segment_counts() -> dict[str, dict[str, int]]:
+    """Members per dimension and value over this worker's partitions."""
+    totals: dict[str, dict[str, int]] = {}
+    for population in local_populations().values():
+        for dim, by_value in population.get("counts", {}).items():
+            into = totals.setdefault(dim, {})
+            for value, count in by_value.items():
+                into[value] = into.get(value, 0) + count
+    return totals
+
+
+@app.page("/segments")
+@protected
+async def segments_view(self: web.View, request: web.Request) -> web.Response:
+    """Current population per dimension and value, gathered from every worker.
+
+    ``?scope=local`` answers for this worker's partitions only (what the
+    worker asked first gathers from the others).
+    """
+    totals = local_segment_counts()
+    workers = 1
+    if request.query.get("scope") != "local":
+        for host in app.router.table_metadata(profiles_table.name):
+            url = URL(host)
+            if _is_me(url):
+                continue
+            target = url.with_path("/segments").with_query(scope="local")
+            async with app.http_client.get(target, headers=request.headers) as response:
+                if response.status != 200:
+                    return self.json(
+                        {"error": f"worker {url.host}:{url.port} answered {response.status}"},
+                        status=502,
+                    )
+                for dim, by_value in (await response.json())["segments"].items():
+                    into = totals.setdefault(dim, {})
+                    for value, count in by_value.items():
+                        into[value] = into.get(value, 0) + count
+            workers += 1
+    body = {
+        "workers": workers,
+        "segments": {dim: dict(sorted(v.items())) for dim, v in sorted(totals.items())},
+    }
+    return self.json(body)

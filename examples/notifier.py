@@ -1,0 +1,173 @@
+"""An example notification service: segment changes and triggers, each delivered once.
+
+    python -m examples.notifier --sink log:deliveries.jsonl [--group notifier]
+    python -m examples.notifier --sink webhook:https://crm.example/hooks/segstream
+
+A kafka-python consumer group reads the segment-changes and triggers topics.
+For every record it
+
+1. drops it if its id (``change_id`` / ``trigger_id``, deterministic) was
+   delivered before — segstream may publish a change twice after a crash,
+   and this service may read a record twice after its own;
+2. delivers it to the sink;
+3. commits the consumer offsets only after the whole polled batch is
+   delivered, so a crash never skips a record.
+
+The **log sink** appends one JSON line per delivery and fsyncs; the log *is*
+the record of what was delivered, so delivery and bookkeeping cannot
+disagree, and a restart rebuilds the delivered ids from it. The **webhook
+sink** POSTs each record with an ``Idempotency-Key`` header (its id), and
+remembers delivered ids in a side file after each 2xx answer; a crash
+between the two re-sends once with the same key, which the receiver drops.
+
+Configuration comes from the same ``SEGSTREAM_*`` settings as the workers
+(broker, topics, TLS/SASL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from streams.producer import make_consumer
+from streams.settings import Settings, load_settings
+
+log = logging.getLogger("segstream.notifier")
+
+
+class Sink(Protocol):
+    """Where notifications go; knows what it has delivered."""
+
+    def delivered(self) -> set[str]: ...
+
+    def deliver(self, record_id: str, topic: str, record: dict[str, Any]) -> None: ...
+
+
+class LogSink:
+    """Appends deliveries to a JSONL file; the file is the delivery record."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def delivered(self) -> set[str]:
+        ids: set[str] = set()
+        if not self.path.exists():
+            return ids
+        with self.path.open("rb") as handle:
+            for line in handle:
+                try:
+                    ids.add(orjson.loads(line)["id"])
+                except (orjson.JSONDecodeError, KeyError):
+                    continue  # a line cut short by a crash: not delivered
+        return ids
+
+    def deliver(self, record_id: str, topic: str, record: dict[str, Any]) -> None:
+        line = orjson.dumps({"id": record_id, "topic": topic, "record": record}) + b"\n"
+        with self.path.open("ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class WebhookSink:
+    """POSTs each record with an ``Idempotency-Key``; remembers ids after a 2xx."""
+
+    def __init__(self, url: str, ids_path: Path, timeout_s: float = 10.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook URL must be http(s): {url}")
+        self.url = url
+        self.ids = LogSink(ids_path)
+        self.timeout_s = timeout_s
+
+    def delivered(self) -> set[str]:
+        return self.ids.delivered()
+
+    def deliver(self, record_id: str, topic: str, record: dict[str, Any]) -> None:
+        request = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
+            self.url,
+            data=orjson.dumps({"topic": topic, "record": record}),
+            headers={"Content-Type": "application/json", "Idempotency-Key": record_id},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
+            if not 200 <= response.status < 300:
+                raise RuntimeError(f"webhook answered {response.status}")
+        self.ids.deliver(record_id, topic, {})
+
+
+def record_id(record: dict[str, Any]) -> str:
+    """The deterministic id a record carries."""
+    return str(record.get("change_id") or record["trigger_id"])
+
+
+def run(settings: Settings, sink: Sink, group_id: str, max_idle_polls: int | None = None) -> None:
+    """Consume and deliver until stopped (or ``max_idle_polls`` empty polls in a row)."""
+    names = settings.topic_names()
+    topics = [names["segment_changes"], names["triggers"]]
+    consumer = make_consumer(settings, *topics, group_id=group_id)
+    delivered = sink.delivered()
+    log.info("notifier started group=%s already_delivered=%d", group_id, len(delivered))
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    idle = 0
+    try:
+        while not stopping:
+            polled = consumer.poll(timeout_ms=500)
+            records = [r for batch in polled.values() for r in batch]
+            if not records:
+                # Idle only counts once partitions are assigned (not while joining).
+                idle += 1 if consumer.assignment() else 0
+                if max_idle_polls is not None and idle >= max_idle_polls:
+                    break
+                continue
+            idle = 0
+            for message in records:
+                record = orjson.loads(message.value)
+                rid = record_id(record)
+                if rid in delivered:
+                    continue
+                sink.deliver(rid, message.topic, record)
+                delivered.add(rid)
+            # Only now: everything polled is delivered.
+            consumer.commit()
+    finally:
+        consumer.close()
+
+
+def parse_sink(spec: str, state_dir: Path) -> Sink:
+    """``log:PATH`` or ``webhook:URL``."""
+    kind, _, target = spec.partition(":")
+    if kind == "log" and target:
+        return LogSink(Path(target))
+    if kind == "webhook" and target:
+        return WebhookSink(target, state_dir / "webhook-delivered.jsonl")
+    raise SystemExit(f"--sink must be log:PATH or webhook:URL, not {spec!r}")
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sink", required=True, help="log:PATH or webhook:URL")
+    parser.add_argument("--group", default="segstream-notifier", help="consumer group id")
+    parser.add_argument("--state-dir", type=Path, default=Path("var/notifier"))
+    parser.add_argument("--max-idle-polls", type=int, default=None, help="stop when idle (tests)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(load_settings(), parse_sink(args.sink, args.state_dir), args.group, args.max_idle_polls)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,600 @@
+"""Segments per customer, the changes between them, and the triggers they fire.
+
+Each dimension is a small pure function of the customer's state (thresholds
+are settings, :class:`SegmentConfig`):
+
+==================  ==========================================================
+dimension           values
+==================  ==========================================================
+lifecycle           prospect, new, active, at_risk, dormant, churned, reactivated
+rfm_segment         Champions … Lost (the R×F map of ``DOMAIN.md``)
+engagement          heavy, medium, light, inactive (sessions in 30 days)
+loyalty             active_loyal, passive_loyal, chaser, drop_off
+value_tier          top_5, top_20, rest (by simple CLV across the partition's buyers)
+churn_risk          low, medium, high (with hysteresis)
+nps_category        promoter, passive, detractor
+preferred_channel   the channel with most interactions
+persona             the behavioural cluster's persona (:mod:`models.clustering`)
+==================  ==========================================================
+
+:class:`Segmenter` decides them at the customer's *decision points* — after
+an order, refund or support event, at the first event of a new day, and at
+deadlines (a lifecycle threshold passing, a cart timing out, a ticket's SLA
+running out) — never per click. A change of membership becomes a
+segment-change record with a deterministic ``change_id``; a minimum dwell
+time (all dimensions but lifecycle and NPS, which follow facts) and the
+churn band's hysteresis stop flapping. Triggers follow changes and facts,
+each rate-limited per customer and kind.
+
+Decisions happen at the event times of the customer's events and at the
+due times of their deadlines, whatever the batch boundaries, so a replay
+takes the same lifecycle transitions as the live worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from models.clv import simple_clv
+from models.features import feature_vector
+from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, window_totals
+from models.profile_summary import nps_category
+from models.quantiles import (
+    RfmValues,
+    new_sketch,
+    quintile_score,
+    rfm_ranks,
+    sketch_add,
+    sketch_rank,
+    sketch_remove,
+)
+
+DIMENSIONS: Final = (
+    "lifecycle",
+    "rfm_segment",
+    "engagement",
+    "loyalty",
+    "value_tier",
+    "churn_risk",
+    "nps_category",
+    "preferred_channel",
+    "persona",
+)
+# Dimensions that follow facts (an order, a survey answer) change at once.
+NO_DWELL: Final = frozenset({"lifecycle", "nps_category"})
+TRIGGER_KINDS: Final = (
+    "cart_abandoned",
+    "win_back",
+    "churn_risk",
+    "detractor",
+    "vip",
+    "sla_breach",
+    "welcome_back",
+)
+_MAX_NOTIFIED_TICKETS: Final = 32
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentConfig:
+    """Thresholds of the segment rules and triggers (all come from :class:`Settings`)."""
+
+    new_days: float = 30.0
+    at_risk_days: float = 30.0
+    dormant_days: float = 60.0
+    churned_days: float = 90.0
+    reactivated_days: float = 30.0
+    heavy_sessions_30d: int = 8
+    medium_sessions_30d: int = 3
+    loyal_orders_90d: int = 2
+    engaged_sessions_30d: int = 4
+    top_5_rank: float = 0.95
+    top_20_rank: float = 0.80
+    churn_high_enter: float = 0.7
+    churn_high_leave: float = 0.6
+    churn_medium_enter: float = 0.4
+    churn_medium_leave: float = 0.3
+    min_dwell_ms: int = DAY_MS
+    trigger_interval_ms: int = DAY_MS
+    negative_text: float = -0.5
+    expected_lifespan_years: float = 3.0
+
+
+# --- the dimensions, one pure function each --------------------------------------
+
+
+def lifecycle_stage(
+    profile: Profile, now_ms: int, previous: str | None, config: SegmentConfig
+) -> tuple[str, str]:
+    """Lifecycle stage and the rule behind it.
+
+    >>> p = {"first_order_ms": 0, "last_order_ms": 0, "lifecycle_returned_ms": None}
+    >>> lifecycle_stage(p, 65 * DAY_MS, "at_risk", SegmentConfig())
+    ('dormant', 'days_since_order=65.0 >= 60.0')
+    """
+    first, last = profile["first_order_ms"], profile["last_order_ms"]
+    if last is None:
+        return "prospect", "no order yet"
+    gap = (now_ms - last) / DAY_MS
+    returned = profile.get("lifecycle_returned_ms")
+    if gap >= config.churned_days:
+        return "churned", f"days_since_order={gap:.1f} >= {config.churned_days}"
+    if gap >= config.dormant_days:
+        return "dormant", f"days_since_order={gap:.1f} >= {config.dormant_days}"
+    if gap >= config.at_risk_days:
+        return "at_risk", f"days_since_order={gap:.1f} >= {config.at_risk_days}"
+    if returned is not None and (now_ms - returned) / DAY_MS < config.reactivated_days:
+        return "reactivated", "ordered again after being dormant or churned"
+    if (now_ms - first) / DAY_MS < config.new_days:
+        return "new", f"first order {(now_ms - first) / DAY_MS:.1f} days ago"
+    return "active", f"days_since_order={gap:.1f} < {config.at_risk_days}"
+
+
+def rfm_segment(r: int, f: int, m: int) -> str:
+    """The common R×F segment map, with Lost for the lowest R and low F and M.
+
+    >>> [rfm_segment(*s) for s in ((5, 5, 5), (5, 1, 1), (2, 5, 3), (1, 1, 1), (1, 2, 3))]
+    ['Champions', 'New Customers', "Can't Lose Them", 'Lost', 'Hibernating']
+    """
+    if r == 1 and f <= 2 and m <= 2:
+        return "Lost"
+    if r == 5 and f >= 4:
+        return "Champions"
+    if r in (3, 4) and f >= 4:
+        return "Loyal Customers"
+    if r >= 4 and f in (2, 3):
+        return "Potential Loyalists"
+    if r == 5 and f == 1:
+        return "New Customers"
+    if r == 4 and f == 1:
+        return "Promising"
+    if r == 3 and f == 3:
+        return "Need Attention"
+    if r == 3:
+        return "About to Sleep"
+    if f == 5:
+        return "Can't Lose Them"
+    if f in (3, 4):
+        return "At Risk"
+    return "Hibernating"
+
+
+def engagement_level(sessions_30d: int, config: SegmentConfig) -> str:
+    """Heavy, medium, light or inactive by sessions in the last 30 days."""
+    if sessions_30d >= config.heavy_sessions_30d:
+        return "heavy"
+    if sessions_30d >= config.medium_sessions_30d:
+        return "medium"
+    return "light" if sessions_30d >= 1 else "inactive"
+
+
+def loyalty_quadrant(orders_90d: int, sessions_30d: int, config: SegmentConfig) -> str:
+    """Purchase frequency × engagement.
+
+    >>> loyalty_quadrant(3, 1, SegmentConfig()), loyalty_quadrant(0, 9, SegmentConfig())
+    ('passive_loyal', 'chaser')
+    """
+    buys = orders_90d >= config.loyal_orders_90d
+    engages = sessions_30d >= config.engaged_sessions_30d
+    if buys:
+        return "active_loyal" if engages else "passive_loyal"
+    return "chaser" if engages else "drop_off"
+
+
+def value_tier(rank: float | None, config: SegmentConfig) -> str:
+    """Top 5 %, top 20 % or the rest, by the customer's CLV rank among buyers."""
+    if rank is None:
+        return "rest"
+    if rank >= config.top_5_rank:
+        return "top_5"
+    return "top_20" if rank >= config.top_20_rank else "rest"
+
+
+def churn_risk_band(probability: float, previous: str | None, config: SegmentConfig) -> str:
+    """Low, medium or high, with hysteresis: a band is left only past its leave threshold.
+
+    >>> c = SegmentConfig()
+    >>> churn_risk_band(0.65, "high", c), churn_risk_band(0.65, "medium", c)
+    ('high', 'medium')
+    """
+    if probability >= config.churn_high_enter or (
+        previous == "high" and probability >= config.churn_high_leave
+    ):
+        return "high"
+    if probability >= config.churn_medium_enter or (
+        previous in ("medium", "high") and probability >= config.churn_medium_leave
+    ):
+        return "medium"
+    return "low"
+
+
+def customer_clv(profile: Profile, now_ms: int, config: SegmentConfig) -> float | None:
+    """Simple CLV (AOV × orders per year × lifespan), as in the profile summary."""
+    orders = int(profile["totals"].get("orders", 0))
+    if not orders or profile["first_order_ms"] is None:
+        return None
+    aov = float(profile["totals"].get("revenue", 0.0)) / orders
+    tenure_days = (now_ms - profile["first_order_ms"]) / DAY_MS
+    per_year = orders / max(tenure_days, 30.0) * 365
+    return simple_clv(aov, per_year, config.expected_lifespan_years)
+
+
+def new_segment_population() -> dict[str, Any]:
+    """Per partition: members per dimension and value, and the CLV sketch of buyers."""
+    return {"counts": {}, "clv": new_sketch("log")}
+
+
+# --- deciding, publishing, triggering ------------------------------------------------
+
+
+@dataclass
+class Segmenter:
+    """Decides a customer's segments and collects the changes and triggers.
+
+    Parameters
+    ----------
+    config
+        Segment thresholds.
+    profile_config
+        Settings the profiles were built with.
+    scorer
+        Scores a feature vector (churn probability, persona).
+    id_key
+        Key of the hash behind change and trigger ids.
+    """
+
+    config: SegmentConfig
+    profile_config: ProfileConfig
+    scorer: Any
+    id_key: bytes
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- when --------------------------------------------------------------------
+
+    def before_event(
+        self, customer_id: str, profile: Profile, ts: int, population: dict[str, Any]
+    ) -> None:
+        """Decide at every deadline of the customer that falls before ``ts``."""
+        self.on_deadline(customer_id, profile, ts - 1, population)
+
+    def after_event(
+        self,
+        customer_id: str,
+        profile: Profile,
+        event: Mapping[str, Any],
+        population: dict[str, Any],
+        new_day: bool,
+    ) -> None:
+        """Decide after an event that can move a segment."""
+        if event["topic"] == "purchases" and event["type"] == "order":
+            self._note_return(profile, int(event["ts"]))
+        if new_day or event["topic"] != "clickstream" or "segments" not in profile:
+            self.decide(customer_id, profile, int(event["ts"]), population)
+
+    def on_deadline(
+        self, customer_id: str, profile: Profile, now_ms: int, population: dict[str, Any]
+    ) -> None:
+        """Decide at each of the customer's due times up to ``now_ms``, in order."""
+        for _ in range(16):  # a bounded number of thresholds can pass at once
+            due = self.next_deadline(profile)
+            if due is None or due > now_ms:
+                return
+            self.decide(customer_id, profile, due, population)
+
+    def next_deadline(self, profile: Profile) -> int | None:
+        """The next event time at which a decision could change with no new event."""
+        decided = profile.get("segments_decided_ms")
+        if decided is None:
+            return None
+        c = self.config
+        candidates: list[float] = []
+        first, last = profile["first_order_ms"], profile["last_order_ms"]
+        if last is not None:
+            candidates += [last + d * DAY_MS for d in (c.at_risk_days, c.dormant_days)]
+            candidates.append(last + c.churned_days * DAY_MS)
+            candidates.append(first + c.new_days * DAY_MS)
+        returned = profile.get("lifecycle_returned_ms")
+        if returned is not None:
+            candidates.append(returned + c.reactivated_days * DAY_MS)
+        adds = profile["cart_adds"]
+        if adds:
+            candidates.append(adds[0] + self.profile_config.cart_timeout_ms)
+        notified = set(profile.get("sla_notified", []))
+        for ticket, (opened, priority) in profile["open_tickets"].items():
+            if ticket not in notified:
+                candidates.append(opened + self._sla_ms(priority))
+        due = [int(t) + 1 for t in candidates if int(t) + 1 > decided]
+        return min(due, default=None)
+
+    # -- what --------------------------------------------------------------------
+
+    def decide(
+        self, customer_id: str, profile: Profile, now_ms: int, population: dict[str, Any]
+    ) -> None:
+        """Decide every dimension as of ``now_ms``; record changes and triggers."""
+        c = self.config
+        now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
+        profile["segments_decided_ms"] = now_ms
+        current: dict[str, dict[str, Any]] = profile.setdefault("segments", {})
+        features = feature_vector(profile, self.profile_config, now_ms)
+        scores = self.scorer.score(features)
+        month = window_totals(profile, 30, now_ms)
+        quarter = window_totals(profile, 90, now_ms)
+        sessions_30d = int(month.get("sessions", 0)) + sum(
+            1 for s in profile["sessions"] if now_ms - s["start_ms"] < 30 * DAY_MS
+        )
+        orders_90d = int(quarter.get("purchases.order", 0))
+        clv = customer_clv(profile, now_ms, c)
+        clv_rank = self._clv_rank(profile, clv, population)
+        ranks = None
+        if profile["last_order_ms"] is not None and "rfm" in population:
+            values = RfmValues(
+                profile["last_order_ms"] // DAY_MS,
+                int(profile["totals"].get("orders", 0)),
+                float(profile["totals"].get("revenue", 0.0)),
+            )
+            ranks = rfm_ranks(population["rfm"], values)
+        rfm = tuple(quintile_score(r) for r in ranks) if ranks else None
+        churn_p = scores["churn_probability"] if profile["last_order_ms"] is not None else None
+        prev = {dim: current.get(dim, {}).get("value") for dim in DIMENSIONS}
+        decided: dict[str, tuple[str | None, str]] = {
+            "lifecycle": lifecycle_stage(profile, now_ms, prev["lifecycle"], c),
+            "rfm_segment": (
+                (rfm_segment(*rfm), f"R={rfm[0]} F={rfm[1]} M={rfm[2]}")
+                if rfm
+                else (None, "no order yet")
+            ),
+            "engagement": (
+                engagement_level(sessions_30d, c),
+                f"sessions_30d={sessions_30d}",
+            ),
+            "loyalty": (
+                loyalty_quadrant(orders_90d, sessions_30d, c),
+                f"orders_90d={orders_90d} sessions_30d={sessions_30d}",
+            ),
+            "value_tier": (
+                (value_tier(clv_rank, c), f"clv={clv:.2f} rank={clv_rank:.3f}")
+                if clv is not None and clv_rank is not None
+                else (None, "no order yet")
+            ),
+            "churn_risk": (
+                (
+                    churn_risk_band(churn_p, prev["churn_risk"], c),
+                    "churn_probability={:.3f}; {}".format(
+                        churn_p,
+                        ", ".join(r["feature"] for r in scores["churn_explanation"]) or "prior",
+                    ),
+                )
+                if churn_p is not None
+                else (None, "no order yet")
+            ),
+            "nps_category": (nps_category(profile["nps_last"]), "latest NPS answer"),
+            "preferred_channel": (_preferred(profile["channels"]), "most interactions"),
+            "persona": (scores["persona"], f"nearest centroid: cluster {scores['cluster_id']}"),
+        }
+        snapshot = {
+            "churn_probability": churn_p,
+            "cluster_id": scores["cluster_id"],
+            "rfm": "".join(map(str, rfm)) if rfm else None,
+            "clv": round(clv, 2) if clv is not None else None,
+            "sessions_30d": sessions_30d,
+            "orders_90d": orders_90d,
+        }
+        for dim in DIMENSIONS:
+            value, reason = decided[dim]
+            before = current.get(dim)
+            if value is None or (before is not None and before["value"] == value):
+                continue
+            if (
+                before is not None
+                and dim not in NO_DWELL
+                and now_ms - before["since_ms"] < c.min_dwell_ms
+            ):
+                continue  # too soon after the last move: no flapping
+            current[dim] = {"value": value, "since_ms": now_ms}
+            _count(population, dim, before["value"] if before else None, value)
+            self._change(customer_id, profile, dim, before, value, now_ms, reason, snapshot, scores)
+        self._fact_triggers(customer_id, profile, now_ms, snapshot)
+
+    def erase(self, profile: Profile, population: dict[str, Any]) -> None:
+        """Take an erased customer out of the population counts and CLV sketch."""
+        for dim, state in profile.get("segments", {}).items():
+            _count(population, dim, state["value"], None)
+        if profile.get("clv_counted") is not None and "clv" in population:
+            sketch_remove(population["clv"], profile["clv_counted"])
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _sla_ms(self, priority: str) -> int:
+        return self.profile_config.sla_resolution_s.get(priority, 259_200) * 1000
+
+    def _note_return(self, profile: Profile, ts: int) -> None:
+        stage = profile.get("segments", {}).get("lifecycle", {}).get("value")
+        if stage in ("dormant", "churned"):
+            profile["lifecycle_returned_ms"] = ts
+
+    def _clv_rank(
+        self, profile: Profile, clv: float | None, population: dict[str, Any]
+    ) -> float | None:
+        sketch = population.setdefault("clv", new_sketch("log"))
+        counted = profile.get("clv_counted")
+        if counted is not None:
+            sketch_remove(sketch, counted)
+        profile["clv_counted"] = clv
+        if clv is None:
+            return None
+        sketch_add(sketch, clv)
+        return sketch_rank(sketch, clv)
+
+    def _id(self, *parts: object) -> str:
+        message = "|".join(map(str, parts)).encode()
+        return hmac.new(self.id_key, message, hashlib.sha256).hexdigest()[:32]
+
+    def _change(
+        self,
+        customer_id: str,
+        profile: Profile,
+        dim: str,
+        before: Mapping[str, Any] | None,
+        value: str,
+        now_ms: int,
+        reason: str,
+        snapshot: dict[str, Any],
+        scores: Mapping[str, Any],
+    ) -> None:
+        old = before["value"] if before else None
+        self.changes.append(
+            {
+                "change_id": self._id(customer_id, dim, old, value, now_ms),
+                "customer_id": customer_id,
+                "dimension": dim,
+                "from_segment": old,
+                "to_segment": value,
+                "ts": now_ms,
+                "reason": reason,
+                "scores": snapshot,
+                "model_version": scores["model_version"],
+            }
+        )
+        entered = {
+            ("lifecycle", "dormant"): "win_back",
+            ("lifecycle", "reactivated"): "welcome_back",
+            ("churn_risk", "high"): "churn_risk",
+            ("value_tier", "top_5"): "vip",
+        }.get((dim, value))
+        if entered is not None and old is not None:
+            self._trigger(
+                customer_id,
+                profile,
+                entered,
+                now_ms,
+                f"entered {dim}={value}: {reason}",
+                {
+                    "dimension": dim,
+                    "from": old,
+                    "to": value,
+                    "scores": snapshot,
+                },
+            )
+
+    def _fact_triggers(
+        self, customer_id: str, profile: Profile, now_ms: int, snapshot: dict[str, Any]
+    ) -> None:
+        # Carts abandoned by now, whether or not the profile finalised them yet.
+        decided, _ = cart_episodes(
+            profile["cart_adds"],
+            profile["recent_orders_ms"],
+            self.profile_config.cart_timeout_ms,
+            now_ms,
+        )
+        abandoned = int(profile["totals"].get("carts_abandoned", 0)) + sum(
+            1 for _, ok in decided if not ok
+        )
+        if abandoned > profile.get("carts_abandoned_seen", 0):
+            profile["carts_abandoned_seen"] = abandoned
+            self._trigger(
+                customer_id,
+                profile,
+                "cart_abandoned",
+                now_ms,
+                "cart abandoned",
+                {
+                    "cart_timeout_s": self.profile_config.cart_timeout_ms // 1000,
+                    "scores": snapshot,
+                },
+            )
+        nps_ms = profile["nps_ms"]
+        if (
+            nps_ms is not None
+            and profile["nps_last"] is not None
+            and profile["nps_last"] <= 6
+            and nps_ms > profile.get("detractor_seen_ms", -1)
+        ):
+            profile["detractor_seen_ms"] = nps_ms
+            self._trigger(
+                customer_id,
+                profile,
+                "detractor",
+                now_ms,
+                f"NPS {profile['nps_last']}",
+                {
+                    "nps": profile["nps_last"],
+                    "scores": snapshot,
+                },
+            )
+        text_ms = profile["sentiment_ms"]
+        if (
+            text_ms is not None
+            and profile["sentiment_last"] is not None
+            and profile["sentiment_last"] <= self.config.negative_text
+            and text_ms > profile.get("negative_text_seen_ms", -1)
+        ):
+            profile["negative_text_seen_ms"] = text_ms
+            self._trigger(
+                customer_id,
+                profile,
+                "detractor",
+                now_ms,
+                f"negative ticket text (sentiment {profile['sentiment_last']:.2f})",
+                {"sentiment": profile["sentiment_last"], "scores": snapshot},
+            )
+        notified: list[str] = profile.setdefault("sla_notified", [])
+        for ticket, (opened, priority) in sorted(profile["open_tickets"].items()):
+            if ticket not in notified and now_ms > opened + self._sla_ms(priority):
+                notified.append(ticket)
+                del notified[:-_MAX_NOTIFIED_TICKETS]
+                self._trigger(
+                    customer_id,
+                    profile,
+                    "sla_breach",
+                    now_ms,
+                    f"{priority} ticket past SLA",
+                    {
+                        "ticket_id": ticket,
+                        "priority": priority,
+                        "opened_ms": opened,
+                    },
+                )
+
+    def _trigger(
+        self,
+        customer_id: str,
+        profile: Profile,
+        kind: str,
+        now_ms: int,
+        reason: str,
+        payload: dict[str, Any],
+    ) -> None:
+        limits: dict[str, int] = profile.setdefault("trigger_last_ms", {})
+        if now_ms - limits.get(kind, -(10**15)) < self.config.trigger_interval_ms:
+            return  # rate limit per customer and kind
+        limits[kind] = now_ms
+        self.triggers.append(
+            {
+                "trigger_id": self._id(customer_id, kind, now_ms, reason),
+                "customer_id": customer_id,
+                "kind": kind,
+                "ts": now_ms,
+                "reason": reason,
+                "payload": payload,
+            }
+        )
+
+
+def _count(population: dict[str, Any], dim: str, old: str | None, new: str | None) -> None:
+    counts: dict[str, dict[str, int]] = population.setdefault("counts", {})
+    by_value = counts.setdefault(dim, {})
+    if old is not None:
+        by_value[old] = by_value.get(old, 0) - 1
+        if by_value[old] <= 0:
+            del by_value[old]
+    if new is not None:
+        by_value[new] = by_value.get(new, 0) + 1
+
+
+def _preferred(counts: Mapping[str, int]) -> str | None:
+    return min(counts, key=lambda k: (-counts[k], k)) if counts else None

@@ -1,0 +1,179 @@
+"""Issue 6 on the real broker: segments, changes, triggers, and delivery.
+
+A simulator history (short lifecycle thresholds so it fits in 60 days)
+streams through a worker. Fading customers must go quiet all the way to
+churned — driven by the watermark, not by their own events — after a
+win-back trigger; no customer flaps within the dwell period; ``/segments``
+counts every customer; and the example notification service, killed with
+-9 part-way and restarted, delivers every change and trigger exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from models.profile import DAY_MS
+from models.segments import NO_DWELL
+from models.simulator import SimConfig, simulate
+from schemas.event_time import parse_event_time
+from streams.admin import create_topics
+from streams.partitioning import partition_for_key
+from streams.process import WorkerProcess
+from streams.producer import send_events
+from streams.settings import ENV_PREFIX, Settings
+from tests.conftest import await_event_counts, read_topic
+from tests.integration.helpers import expected_counts
+
+SEGMENT_ENV = {
+    "LIFECYCLE_AT_RISK_DAYS": "7",
+    "LIFECYCLE_DORMANT_DAYS": "12",
+    "LIFECYCLE_CHURNED_DAYS": "18",
+    "CHURN_HORIZON_DAYS": "14",
+    "INPUT_IDLE_S": "3",
+}
+DWELL_MS = DAY_MS  # the default SEGSTREAM_SEGMENT_MIN_DWELL_S
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def settings(
+    kafka_bootstrap: str, topic_prefix: str, settings_factory: Callable[..., Settings]
+) -> Settings:
+    made = settings_factory(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
+    create_topics(made)
+    return made
+
+
+def sentinels(settings: Settings, ts_ms: int) -> list[dict[str, Any]]:
+    """One page view per input partition at ``ts_ms``: moves every watermark on."""
+    chosen: dict[int, str] = {}
+    n = 0
+    while len(chosen) < settings.input_partitions:
+        customer = f"zz-clock-{n}"
+        chosen.setdefault(partition_for_key(customer, settings.input_partitions), customer)
+        n += 1
+    iso = datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    return [
+        {
+            "topic": "clickstream",
+            "schema_version": 1,
+            "event_id": f"clock-{p}",
+            "customer_id": customer,
+            "type": "page_view",
+            "ts": iso.replace("+00:00", "Z"),
+            "channel": "web",
+            "session_id": f"clock-{p}",
+        }
+        for p, customer in sorted(chosen.items())
+    ]
+
+
+def test_fading_customers_are_won_back_then_churned_and_nobody_flaps(
+    settings: Settings, worker_factory: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    events, truth = simulate(
+        SimConfig(customers=120, days=60, seed=61, start=datetime(2026, 6, 1, tzinfo=UTC))
+    )
+    worker = worker_factory("w1", **SEGMENT_ENV)
+    worker.wait_ready()
+    for _ in send_events(settings, events):
+        pass
+    await_event_counts(worker, expected_counts(events))
+    # Every input topic is now caught up; once idle, a clock tick 25 days
+    # past the history moves each partition's watermark, and the deadlines
+    # of quiet customers fire — no new events from them.
+    time.sleep(4)
+    end = max(parse_event_time(e["ts"]) for e in events)
+    for _ in send_events(settings, sentinels(settings, end + 25 * DAY_MS)):
+        pass
+
+    fading = {t.customer_id for t in truth if t.churns}
+    names = settings.topic_names()
+    deadline = time.monotonic() + 90
+    changes: list[dict[str, Any]] = []
+    churned: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        changes = [orjson.loads(r.value) for r in read_topic(settings, names["segment_changes"], 1)]
+        churned = {
+            c["customer_id"]: c["ts"]
+            for c in changes
+            if c["dimension"] == "lifecycle" and c["to_segment"] == "churned"
+        }
+        if fading <= set(churned):
+            break
+        time.sleep(2)
+    assert fading <= set(churned), f"{len(fading - set(churned))} fading customers not churned"
+
+    triggers = [orjson.loads(r.value) for r in read_topic(settings, names["triggers"], 1)]
+    win_back = {t["customer_id"]: t["ts"] for t in triggers if t["kind"] == "win_back"}
+    for customer in fading:
+        assert customer in win_back, customer
+        assert win_back[customer] < churned[customer], customer
+
+    # Keyed by customer, one id per change, and no flapping inside the dwell.
+    ids = Counter(c["change_id"] for c in changes)
+    assert max(ids.values()) == 1
+    by_dimension: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for c in changes:
+        by_dimension[c["customer_id"], c["dimension"]].append(c["ts"])
+    for (customer, dimension), times in by_dimension.items():
+        if dimension in NO_DWELL:
+            continue
+        times.sort()
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(gap >= DWELL_MS for gap in gaps), (customer, dimension, gaps)
+    assert {t["kind"] for t in triggers} >= {"win_back", "cart_abandoned", "detractor"}
+
+    # /segments counts every customer once per dimension.
+    status, body = worker.get("/segments")
+    assert status == 200, body
+    lifecycle = orjson.loads(body)["segments"]["lifecycle"]
+    assert sum(lifecycle.values()) == len(expected_counts(events)) + settings.input_partitions
+
+    # The example notification service delivers each record exactly once,
+    # across a kill -9 of itself part-way through.
+    log_path = tmp_path / "deliveries.jsonl"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)},
+        f"{ENV_PREFIX}KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        f"{ENV_PREFIX}TOPIC_PREFIX": settings.topic_prefix,
+    }
+    command = [sys.executable, "-m", "examples.notifier", "--sink", f"log:{log_path}"]
+    first = subprocess.Popen([*command, "--group", "notifier-test"], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        not log_path.exists() or len(log_path.read_bytes().splitlines()) < 50
+    ):
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    partial = len(log_path.read_bytes().splitlines())
+    subprocess.run(
+        [*command, "--group", "notifier-test", "--max-idle-polls", "10"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    delivered = [orjson.loads(line)["id"] for line in log_path.read_bytes().splitlines()]
+    published = read_topic(settings, names["segment_changes"], 1)
+    published += read_topic(settings, names["triggers"], 1)
+    expected_ids = {
+        str(record.get("change_id") or record.get("trigger_id"))
+        for record in (orjson.loads(r.value) for r in published)
+    }
+    assert 0 < partial < len(delivered)
+    assert Counter(delivered).most_common(1)[0][1] == 1
+    assert set(delivered) == expected_ids
