@@ -41,7 +41,7 @@ from typing import Any, Final
 
 from models.clv import simple_clv
 from models.features import feature_vector
-from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, window_totals
+from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes
 from models.profile_summary import nps_category
 from models.quantiles import (
     RfmValues,
@@ -322,12 +322,7 @@ class Segmenter:
         current: dict[str, dict[str, Any]] = profile.setdefault("segments", {})
         features = feature_vector(profile, self.profile_config, now_ms)
         scores = self.scorer.score(features)
-        month = window_totals(profile, 30, now_ms)
-        quarter = window_totals(profile, 90, now_ms)
-        sessions_30d = int(month.get("sessions", 0)) + sum(
-            1 for s in profile["sessions"] if now_ms - s["start_ms"] < 30 * DAY_MS
-        )
-        orders_90d = int(quarter.get("purchases.order", 0))
+        sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
         clv = customer_clv(profile, now_ms, c)
         clv_rank = self._clv_rank(profile, clv, population)
         ranks = None
@@ -583,6 +578,20 @@ class Segmenter:
                 "payload": payload,
             }
         )
+
+
+def _recent_sessions_and_orders(profile: Profile, now_ms: int) -> tuple[int, int]:
+    """Sessions in the last 30 days (open ones included) and orders in the last 90."""
+    today = now_ms // DAY_MS
+    sessions = orders = 0
+    for key, bucket in profile["buckets"].items():
+        age = today - int(key)
+        if 0 <= age < 90:
+            orders += int(bucket.get("purchases.order", 0))
+            if age < 30:
+                sessions += int(bucket.get("sessions", 0))
+    sessions += sum(1 for s in profile["sessions"] if now_ms - s["start_ms"] < 30 * DAY_MS)
+    return sessions, orders
 
 
 def _count(population: dict[str, Any], dim: str, old: str | None, new: str | None) -> None:

@@ -152,3 +152,17 @@ change_lag = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600, 3600, 86400, float("inf")),
     registry=registry,
 )
+segment_population = Gauge(
+    "segstream_segment_population",
+    "Customers per segment, over this worker's partitions, by dimension and segment.",
+    ["dimension", "segment"],
+    registry=registry,
+)
+
+
+def observe_segments(counts: dict[str, dict[str, int]]) -> None:
+    """Set the segment population gauge from per-dimension counts."""
+    segment_population.clear()
+    for dimension, by_value in counts.items():
+        for segment, count in by_value.items():
+            segment_population.labels(dimension, segment).set(count)

@@ -132,13 +132,15 @@ class OfflineRun:
         self.watermark_ms = max(self.watermark_ms, int(record.ts))
         self.input_watermark_ms = max(self.input_watermark_ms or 0, int(record.ts))
         for p, index in self._deadlines.items():
+            if p not in self.populations:
+                self.populations[p] = new_population()
             fire_deadlines(
                 index,
                 self.input_watermark_ms,
                 self.profiles.get,
                 self.moments,
                 self.segments,
-                self.populations.setdefault(p, new_population()),
+                self.populations[p],
             )
         for example in self.moments.examples:
             self.models.learn(example)

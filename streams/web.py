@@ -53,6 +53,7 @@ async def readyz(self: web.View, request: web.Request) -> web.Response:
 @app.page("/metrics")
 async def prometheus_metrics(self: web.View, request: web.Request) -> web.Response:
     """Prometheus exposition of this worker's metrics."""
+    metrics.observe_segments(local_segment_counts())
     # aiohttp refuses a charset inside content_type; the exposition is UTF-8 anyway.
     return self.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
 
