@@ -214,6 +214,7 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         p: await input_watermarks.watermark(p) for p in {e.message.partition for e in batch}
     }
     by_customer: dict[str, list[tuple[dict[str, Any], Any]]] = defaultdict(list)
+    received_ms = now_ms()
     for event in batch:
         message = event.message
         role = ROLE_BY_TOPIC[message.topic]
@@ -223,6 +224,7 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             await _send_dead_letter(role, message, exc)
             continue
         metrics.events_consumed.labels(role, record.type).inc()
+        metrics.event_lag.labels(role).observe(max(received_ms - int(record.ts), 0) / 1000)
         input_watermarks.observe(message, int(record.ts))
         if isinstance(record, ClickEvent) and (
             record.customer_id is None or record.type == "identify"

@@ -12,7 +12,9 @@ from typing import Any
 
 import faust
 from faust.auth import SASLCredentials, SSLCredentials
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
+from streams import metrics
 from streams.auth import check_web_auth
 from streams.settings import Settings, load_settings
 
@@ -107,6 +109,9 @@ def create_app(settings: Settings) -> faust.App:
 
 settings = load_settings()
 app = create_app(settings)
+# Faust's own Prometheus sensor (rebalances, recoveries, commits, sends,
+# per-topic offsets), in our registry under segstream_faust_*.
+app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.registry, "segstream_faust"))
 
 
 @app.on_worker_init.connect

@@ -250,6 +250,25 @@ def evaluate(
         console.print(f"wrote the model report to {report}")
 
 
+@cli.command("export-profiles")
+def export_profiles(
+    out: Annotated[Path, typer.Option(help="File to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+) -> None:
+    """Write every current profile (from the state changelogs) as JSONL or CSV."""
+    from streams.export import export_profiles as run_export
+
+    if fmt not in ("jsonl", "csv"):
+        console.print("[red]error:[/red] --format must be jsonl or csv")
+        raise typer.Exit(2)
+    try:
+        count = run_export(load_settings(), out, "csv" if fmt == "csv" else "jsonl")
+    except SegstreamError as exc:
+        _fail(exc)
+        return
+    console.print(f"wrote {count} profiles to {out}")
+
+
 @cli.command()
 def tail(
     from_beginning: Annotated[

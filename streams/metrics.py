@@ -166,3 +166,29 @@ def observe_segments(counts: dict[str, dict[str, int]]) -> None:
     for dimension, by_value in counts.items():
         for segment, count in by_value.items():
             segment_population.labels(dimension, segment).set(count)
+
+
+event_lag = Histogram(
+    "segstream_event_lag_seconds",
+    "Wall clock at processing minus the event's own time, by input topic (large in a backfill).",
+    ["topic"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400, 7 * 86400, float("inf")),
+    registry=registry,
+)
+consumer_lag = Gauge(
+    "segstream_consumer_lag_messages",
+    "Messages not yet read, per assigned topic partition (high-water mark minus position).",
+    ["topic", "partition"],
+    registry=registry,
+)
+customers = Gauge(
+    "segstream_customers",
+    "Customers with a profile in this worker's partitions.",
+    registry=registry,
+)
+cache_entries = Gauge(
+    "segstream_state_cache_entries",
+    "Entries in the write-back state caches, by table.",
+    ["table"],
+    registry=registry,
+)

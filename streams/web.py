@@ -20,7 +20,7 @@ from models.pipeline import combined_bgnbd, combined_rfm, customer_view
 from models.profile_summary import Population
 from schemas.records import ErasureRequest
 from streams import metrics
-from streams.agents import now_ms, population_cache, profile_cache
+from streams.agents import CACHES, now_ms, population_cache, profile_cache
 from streams.app import app, settings
 from streams.auth import require_token
 from streams.model_sync import holder
@@ -53,7 +53,18 @@ async def readyz(self: web.View, request: web.Request) -> web.Response:
 @app.page("/metrics")
 async def prometheus_metrics(self: web.View, request: web.Request) -> web.Response:
     """Prometheus exposition of this worker's metrics."""
-    metrics.observe_segments(local_segment_counts())
+    counts = local_segment_counts()
+    metrics.observe_segments(counts)
+    metrics.customers.set(sum(counts.get("lifecycle", {}).values()))
+    for cache in CACHES:
+        metrics.cache_entries.labels(cache.table.name).set(len(cache))
+    if app.consumer is not None:
+        metrics.consumer_lag.clear()
+        for tp in app.consumer.assignment():
+            highwater = app.consumer.highwater(tp)
+            position = await app.consumer.position(tp)
+            if highwater is not None and position is not None:
+                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(highwater - position)
     # aiohttp refuses a charset inside content_type; the exposition is UTF-8 anyway.
     return self.bytes(generate_latest(metrics.registry), content_type=PROMETHEUS_TEXT)
 

@@ -177,3 +177,36 @@ def test_fading_customers_are_won_back_then_churned_and_nobody_flaps(
     assert 0 < partial < len(delivered)
     assert Counter(delivered).most_common(1)[0][1] == 1
     assert set(delivered) == expected_ids
+
+
+def test_export_profiles_writes_every_current_profile_as_jsonl_and_csv(
+    settings: Settings, worker_factory: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    import csv
+
+    from streams.export import CSV_COLUMNS, export_profiles
+
+    events, _ = simulate(
+        SimConfig(customers=40, days=20, seed=62, start=datetime(2026, 7, 1, tzinfo=UTC))
+    )
+    worker = worker_factory("w1")
+    worker.wait_ready()
+    for _ in send_events(settings, events):
+        pass
+    expected = expected_counts(events)
+    await_event_counts(worker, expected)
+    worker.stop()  # state is in the changelogs: no worker needed to export
+    # The export reads the same app's changelogs the worker wrote.
+    exporting = settings.model_copy(update={"app_id": worker.env["APP_ID"]})
+    jsonl, table = tmp_path / "profiles.jsonl", tmp_path / "profiles.csv"
+    assert export_profiles(exporting, jsonl, "jsonl") == len(expected)
+    exported = {p["customer_id"]: p for p in map(orjson.loads, jsonl.read_bytes().splitlines())}
+    assert set(exported) == set(expected)
+    for customer, counts in expected.items():
+        assert exported[customer]["event_counts"] == dict(counts)
+        assert exported[customer]["segments"]["lifecycle"]["value"]
+    assert export_profiles(exporting, table, "csv") == len(expected)
+    rows = list(csv.DictReader(table.open()))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert {r["customer_id"] for r in rows} == set(expected)
+    assert all(r["segments.lifecycle"] for r in rows)
