@@ -308,13 +308,17 @@ def tail(
 
 @cli.command()
 def demo(
-    customers: Annotated[int, typer.Option(help="Customers in the sample stream.")] = 20,
+    customers: Annotated[int, typer.Option(help="Simulated customers.")] = 1500,
+    days: Annotated[int, typer.Option(help="Days of event time simulated.")] = 60,
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="Keep the worker up after the summary.")
+    ] = False,
 ) -> None:
-    """Start a broker and a worker, stream sample events, show what was computed."""
+    """Start a broker and a worker, stream the simulator, show it live, then stop."""
     from streams.demo import run_demo
 
     try:
-        run_demo(console, customers=customers)
+        run_demo(console, customers=customers, days=days, keep_running=keep_running)
     except SegstreamError as exc:
         _fail(exc)
 
