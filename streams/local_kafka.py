@@ -122,7 +122,15 @@ def port_open(host: str, port: int) -> bool:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A random KRaft cluster id, as Kafka's ``Uuid.randomUuid`` makes them.
+
+    One in 64 url-safe encodings starts with ``-``, which the storage tool's
+    argument parser takes for an option; Kafka redraws those, and so do we.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass

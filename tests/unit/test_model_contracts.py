@@ -156,3 +156,42 @@ def test_duplicate_examples_and_already_learned_offsets_are_skipped() -> None:
     assert not bundle.learn(example, offset=1)  # same id, sent twice
     assert not bundle.learn({**example, "example_id": "b"}, offset=0)  # offset already learned
     assert bundle.examples == 1
+
+
+def blob(rng: random.Random, a: float, b: float) -> dict[str, float]:
+    return {"a": a + rng.gauss(0, 0.03), "b": b + rng.gauss(0, 0.03)}
+
+
+def test_a_group_that_appears_later_gets_a_centre_and_other_ids_stay() -> None:
+    rng = random.Random(0)
+    model = Clusterer(n_clusters=3, warmup=60, seed=1, swap_every=100, features=("a", "b"))
+    # Two groups for three centres: one group is split between two centres.
+    for i in range(600):
+        model.learn_one(blob(rng, float(i % 2), 0.0))
+    left = {model.predict_one(blob(rng, 0.0, 0.0)) for _ in range(50)}
+    right = {model.predict_one(blob(rng, 1.0, 0.0)) for _ in range(50)}
+    # A third group arrives; online updates alone would leave it to the
+    # nearest centre, a swap gives it one of the split group's centres.
+    for i in range(900):
+        model.learn_one(blob(rng, 0.5, 1.0) if i % 3 == 0 else blob(rng, float(i % 2), 0.0))
+    after = [model.predict_one(blob(rng, a, b)) for a, b in ((0, 0), (1, 0), (0.5, 1))]
+    assert model.swaps >= 1
+    assert len(set(after)) == 3
+    # Ids are never permuted: each old group keeps one of the ids it had.
+    assert after[0] in left
+    assert after[1] in right
+
+
+def test_weights_shape_the_distance_and_centroids_stay_in_feature_units() -> None:
+    x, y = {"a": 0.0, "b": 0.0}, {"a": 0.3, "b": 0.4}
+    flat = Clusterer(n_clusters=2, warmup=2, seed=1, features=("a", "b"), weights={})
+    heavy_a = Clusterer(n_clusters=2, warmup=2, seed=1, features=("a", "b"), weights={"a": 9.0})
+    for model in (flat, heavy_a):
+        model.learn_one(x)
+        model.learn_one(y)
+        assert sorted(c["b"] for c in model.centroids().values()) == pytest.approx([0.0, 0.4])
+    # (0.2, 0.0) is nearer y in a, nearer x in plain distance, but nearer y
+    # once a difference in "a" counts nine times.
+    probe = {"a": 0.2, "b": 0.0}
+    assert flat.predict_one(probe) == flat.predict_one(x)
+    assert heavy_a.predict_one(probe) == heavy_a.predict_one(y)
