@@ -34,8 +34,9 @@ base:
   removal costs least (its examples' extra squared distance to their second
   nearest centre) is tried elsewhere — at a few k-means++ draws, each
   refined by local Lloyd steps — and moved to the best of them if that
-  lowers the examples' squared error by at least :data:`_SWAP_GAIN`: the
-  single-swap local search of Kanungo et al. (2004), with bounded memory. A
+  lowers the examples' squared error by at least 2 % (:data:`_SWAP_GAIN`): the
+  single-swap local search of Kanungo et al. (2004, "A local search
+  approximation algorithm for k-means clustering"), with bounded memory. A
   centre that wins nothing is the cheapest to move, so starved centres are
   re-placed the same way. The moved centre keeps its id; its persona label
   follows its new centroid.
@@ -54,11 +55,12 @@ from typing import Final
 from river import cluster
 
 from models.features import FEATURES
+from schemas.errors import ConfigError
 
 # Weight of each feature's squared difference in the clustering distance
-# (unlisted features weigh 1). Chosen on simulator seeds 7, 11, 13, 17 and 19
-# (checked on 23 and 29; never on the held-out seed) from what each feature
-# says about a customer's habits:
+# (unlisted features weigh 1), from what each feature says about a
+# customer's habits; checked on simulator seeds 7, 11, 13, 17, 19, 23 and 29,
+# never on the held-out seed:
 CLUSTER_WEIGHTS: Final[Mapping[str, float]] = {
     # Tells a newcomer (under 30 days) from an established customer with the
     # same habits; most customers sit at its cap, so at weight 1 it hardly
@@ -169,7 +171,13 @@ class Clusterer:
         an example counts as 0 in distances and leaves centres as they are;
         features not listed are ignored.
     weights
-        Weight of each feature in the squared distance (1 when unlisted).
+        Weight of each feature in the squared distance (1 when unlisted;
+        every weight positive).
+
+    Raises
+    ------
+    ConfigError
+        If a weight is not positive.
 
     Examples
     --------
@@ -191,8 +199,8 @@ class Clusterer:
         features: Sequence[str] = FEATURES,
         weights: Mapping[str, float] = CLUSTER_WEIGHTS,
     ) -> None:
-        if any(w <= 0 for w in weights.values()):
-            raise ValueError("clustering weights must be positive")
+        if not all(w > 0 for w in weights.values()):
+            raise ConfigError("clustering weights must be positive")
         self.n_clusters = n_clusters
         self.warmup = max(warmup, n_clusters)
         self.seed = seed

@@ -27,7 +27,7 @@ from models.clustering import Clusterer, persona_labels
 from models.features import FEATURES
 from schemas.errors import SegstreamError
 
-SNAPSHOT_MAGIC: Final = b"SGSM\x01"
+SNAPSHOT_MAGIC: Final = b"SGSM\x02"  # bump when the pickled classes change shape
 _DIGEST_BYTES: Final = 32
 # Example ids remembered by the trainer to drop examples sent twice (a worker
 # crash replays uncommitted events, which re-send their examples).
