@@ -106,17 +106,23 @@ def worker_factory(
         worker.stop()
 
 
-def read_topic(settings: Settings, topic: str, expected: int, timeout_s: float = 60.0) -> list[Any]:
-    """Every record of ``topic`` from the beginning, once ``expected`` are there."""
+def read_topic(
+    settings: Settings, topic: str, expected: int, timeout_s: float = 60.0, **overrides: Any
+) -> list[Any]:
+    """Every record of ``topic`` from the beginning, once ``expected`` are there.
+
+    ``overrides`` are kafka-python consumer settings (``check_crcs``, …).
+    """
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(
-        topic,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=1000,
+    config: dict[str, Any] = {
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": False,
+        "consumer_timeout_ms": 1000,
         **settings.kafka_python_config(),
-    )
+        **overrides,
+    }
+    consumer = KafkaConsumer(topic, **config)
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
