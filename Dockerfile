@@ -19,7 +19,7 @@ RUN pip install .
 
 # The RocksDB tables live in /data, so the runtime user must own it before the
 # VOLUME line: a fresh named volume copies the directory's ownership.
-RUN useradd --system --user-group --no-create-home --home-dir /app segstream \
+RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /app segstream \
     && mkdir /data \
     && chown segstream:segstream /data
 
@@ -29,7 +29,7 @@ ENV SEGSTREAM_WEB_HOST=0.0.0.0 \
     SEGSTREAM_DATA_DIR=/data
 VOLUME ["/data"]
 
-USER segstream
+USER 10001:10001
 EXPOSE 6066
 
 # No ENTRYPOINT, so `command: segstream topics create` replaces the whole line.

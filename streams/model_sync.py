@@ -61,6 +61,10 @@ class ModelHolder:
             metrics.model_snapshots_rejected.inc()
             log.warning("model snapshot rejected reason=%s", exc)
             return False
+        except Exception as exc:  # a verified snapshot this version cannot load
+            metrics.model_snapshots_rejected.inc()
+            log.warning("model snapshot unloadable error=%s", type(exc).__name__)
+            return False
         if bundle.version <= self.bundle.version:
             return False
         self.bundle = bundle
@@ -70,6 +74,10 @@ class ModelHolder:
 
 
 holder = ModelHolder()
+if settings.model_snapshot_key.get_secret_value() == "change-me":
+    log.warning("SEGSTREAM_MODEL_SNAPSHOT_KEY is the placeholder: set a secret of your own")
+if settings.audit_hash_key.get_secret_value() == "change-me":
+    log.warning("SEGSTREAM_AUDIT_HASH_KEY is the placeholder: set a secret of your own")
 
 
 @app.task
