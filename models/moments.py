@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from models.features import feature_vector
+from models.features import FEATURES, feature_vector
 from models.profile import DAY_MS, Profile, ProfileConfig
 
 Example = dict[str, Any]
@@ -137,7 +137,9 @@ class Moments:
             pending.append(
                 {
                     "scored_ms": ts,
-                    "x": x,
+                    # Values in FEATURES order: profiles are written on every
+                    # commit, so the snapshot is kept without the names.
+                    "x": [x[name] for name in FEATURES],
                     "p": scores["churn_probability"],
                     "source": scores["churn_source"],
                     "version": scores["model_version"],
@@ -159,7 +161,7 @@ class Moments:
             {
                 "example_id": self.example_id(customer_id, "churn", pending["scored_ms"]),
                 "kind": "churn",
-                "x": pending["x"],
+                "x": dict(zip(FEATURES, pending["x"], strict=True)),
                 "y": y,
                 "p": pending["p"],
                 "source": pending["source"],
