@@ -62,7 +62,12 @@ def assert_same_profile(live: dict[str, Any], offline: dict[str, Any]) -> None:
     """
     live_value, offline_value = dict(live["value"]), dict(offline["value"])
     assert set(live["scores"]) == set(offline["scores"])
-    skip = ("value", "scores")
+    # Segments that follow facts must agree; the others depend on model
+    # scores, population sketches or dwell timing (README, known limitations).
+    for dimension in ("lifecycle", "nps_category"):
+        a, b = live["segments"].get(dimension), offline["segments"].get(dimension)
+        assert (a or {}).get("value") == (b or {}).get("value"), dimension
+    skip = ("value", "scores", "segments")
     rest = {k: v for k, v in live.items() if k not in skip}
     assert rest == {k: v for k, v in offline.items() if k not in skip}, diff(live, offline)
     for name in MODEL_FIELDS:
