@@ -106,7 +106,9 @@ class CachedStore:
         self.cache.put(key, value, self.anchor)
 
     def delete(self, key: str) -> None:
-        self.cache.delete(key, self.anchor)
+        # At the commit, like the writes: the profiles a popped bucket's
+        # deadlines changed are written then too.
+        self.cache.delete_on_commit(key, self.anchor)
 
 
 def deadline_index(partition: int, anchor: Any) -> DeadlineIndex:

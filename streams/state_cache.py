@@ -29,6 +29,9 @@ from typing import Any
 from faust.sensors.base import Sensor
 from faust.streams import _current_event
 
+# The cached value of a key whose removal waits for the next commit.
+_DELETED: Any = object()
+
 
 class WriteBackCache:
     """Per-key values of one Faust table, written back on commit.
@@ -62,7 +65,7 @@ class WriteBackCache:
         cached = self._values.get(key)
         if cached is not None:
             self._values.move_to_end(key)
-            return cached[1]
+            return None if cached[1] is _DELETED else cached[1]
         with partition_of(event):
             value = self.table.get(key)
         if value is not None:
@@ -72,7 +75,7 @@ class WriteBackCache:
     def peek(self, key: str) -> Any:
         """The cached value of ``key`` without touching the table, or ``None``."""
         cached = self._values.get(key)
-        return None if cached is None else cached[1]
+        return None if cached is None or cached[1] is _DELETED else cached[1]
 
     def put(self, key: str, value: Any, event: Any) -> None:
         """Set ``key``; it is written to the table at the next commit."""
@@ -82,6 +85,16 @@ class WriteBackCache:
         self._dirty.setdefault(partition, set()).add(key)
         # Any event of the partition will do for the write; keep the latest.
         self._anchor[partition] = event
+
+    def delete_on_commit(self, key: str, event: Any) -> None:
+        """Remove ``key`` at the next commit, together with the rest of the state.
+
+        State derived from one batch must reach the table together: a key
+        removed at once while the writes beside it wait for the commit is
+        gone after a crash although they are lost (the deadline index would
+        lose due entries whose customers' updates were never written).
+        """
+        self.put(key, _DELETED, event)
 
     def delete(self, key: str, event: Any) -> None:
         """Remove ``key`` from cache and table now (erasure must not wait)."""
@@ -100,7 +113,13 @@ class WriteBackCache:
                 continue
             with partition_of(self._anchor[partition]):
                 for key in keys:
-                    self.table[key] = self._values[key][1]
+                    value = self._values[key][1]
+                    if value is not _DELETED:
+                        self.table[key] = value
+                    else:
+                        del self._values[key]
+                        if self.table.get(key) is not None:
+                            del self.table[key]
                     written += 1
             keys.clear()
         self._anchor.clear()
