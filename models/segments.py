@@ -27,8 +27,10 @@ churn band's hysteresis stop flapping. Triggers follow changes and facts,
 each rate-limited per customer and kind.
 
 Decisions happen at the event times of the customer's events and at the
-due times of their deadlines, whatever the batch boundaries, so a replay
-takes the same lifecycle transitions as the live worker.
+due times of their deadlines, whatever the batch boundaries. A decision
+never goes back before the customer's previous one, so events read out of
+event-time order (the live worker reads its input topics round-robin) can
+move or skip a transition; see the README's known gap.
 """
 
 from __future__ import annotations
