@@ -60,17 +60,20 @@ class DeadlineIndex:
     lives in the store under ``"<partition>:from"``.
     """
 
-    def __init__(self, store: Store, partition: int, bucket_ms: int) -> None:
+    def __init__(self, store: Store, partition: int, bucket_ms: int, namespace: str = "") -> None:
         self.store = store
         self.partition = partition
         self.bucket_ms = bucket_ms
+        # Several indexes can share one store: "" for customers' deadlines,
+        # "h" for held events (models.reorder).
+        self.namespace = namespace
 
     def _key(self, bucket: int) -> str:
-        return f"{self.partition}:{bucket}"
+        return f"{self.namespace}{self.partition}:{bucket}"
 
     @property
     def _from_key(self) -> str:
-        return f"{self.partition}:from"
+        return f"{self.namespace}{self.partition}:from"
 
     def schedule(self, customer_id: str, due_ms: int) -> None:
         """File ``customer_id`` to be looked at once the watermark reaches ``due_ms``."""

@@ -28,9 +28,9 @@ each rate-limited per customer and kind.
 
 Decisions happen at the event times of the customer's events and at the
 due times of their deadlines, whatever the batch boundaries. A decision
-never goes back before the customer's previous one, so events read out of
-event-time order (the live worker reads its input topics round-robin) can
-move or skip a transition; see the README's known gap.
+never goes back before the customer's previous one, so events must arrive in
+event-time order: the live worker holds events read ahead of another input
+topic until the watermark reaches them (:mod:`models.reorder`).
 """
 
 from __future__ import annotations
@@ -271,7 +271,15 @@ class Segmenter:
         population: dict[str, Any],
         new_day: bool,
     ) -> None:
-        """Decide after an event that can move a segment."""
+        """Decide after an event that can move a segment.
+
+        Stitched browsing (anonymous history re-keyed at login) changes the
+        profile but is no decision point: the worker reads it after a round
+        trip through Kafka, later than the customer's next events, so deciding
+        at it would make live transitions depend on that delay.
+        """
+        if event.get("stitched"):
+            return
         if event["topic"] == "purchases" and event["type"] == "order":
             self._note_return(profile, int(event["ts"]))
         if new_day or event["topic"] != "clickstream" or "segments" not in profile:

@@ -8,9 +8,20 @@ batches (``stream.take_events``):
     raw bytes ─ decode_event ─┬─ DecodeError ──► dead-letters topic (+ metric)
                               ├─ anonymous / identify ──► identities_table,
                               │                           re-issued to clickstream
-                              └─ record ──► grouped by customer, in event time
+                              └─ record ──► grouped by customer
+                                   ──► release: up to the partition's input
+                                       watermark, in event time; the rest held
+                                       (held_table, models.reorder)
                                    ──► update_customer (profile + population)
                                    ──► write-back cache ──(on commit)──► tables
+                then, per partition: held events and deadlines the watermark
+                reached ──► segment changes, triggers, training examples
+
+Two input watermarks per partition (:class:`InputWatermarks`): the
+*closing* one (``INPUT_IDLE_S``, cautious) closes day windows, sessions and
+carts and fires deadlines; the *release* one (``REORDER_IDLE_S``, prompt by
+default) lets held events through, so live latency does not wait for a quiet
+topic. Both use event time; only a caught-up topic's idleness is wall-clock.
 
 State is written to the tables once per customer per offset commit, not
 once per event (:mod:`streams.state_cache`): Faust writes the caches back
@@ -21,11 +32,13 @@ deduplication drops any whose effect was not.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -43,6 +56,7 @@ from models.pipeline import (
     update_customer,
 )
 from models.profile import DAY_MS
+from models.reorder import first_held_ms, release
 from models.segments import Segmenter
 from models.sentiment import compound
 from schemas.decode import DecodeError, dead_letter, decode_event
@@ -59,6 +73,7 @@ from streams.model_sync import holder
 from streams.state_cache import FlushOnCommit, WriteBackCache, partition_of
 from streams.tables import (
     deadlines_table,
+    held_table,
     identities_table,
     population_key,
     population_table,
@@ -88,7 +103,8 @@ SEGMENT_CONFIG = settings.segment_config()
 profile_cache = WriteBackCache(profiles_table, max_clean=settings.profile_cache_size)
 population_cache = WriteBackCache(population_table, max_clean=settings.input_partitions * 2)
 deadline_cache = WriteBackCache(deadlines_table, max_clean=settings.input_partitions * 64)
-CACHES = (profile_cache, population_cache, deadline_cache)
+held_cache = WriteBackCache(held_table, max_clean=settings.input_partitions * 256)
+CACHES = (profile_cache, population_cache, deadline_cache, held_cache)
 app.sensors.add(FlushOnCommit(list(CACHES)))
 
 
@@ -114,6 +130,13 @@ class CachedStore:
 def deadline_index(partition: int, anchor: Any) -> DeadlineIndex:
     """The deadline index of an input partition, read and written through the cache."""
     return DeadlineIndex(CachedStore(deadline_cache, anchor), partition, DEADLINE_BUCKET_MS)
+
+
+def held_index(partition: int, anchor: Any) -> DeadlineIndex:
+    """Held events of an input partition by event time (beside its deadlines)."""
+    return DeadlineIndex(
+        CachedStore(deadline_cache, anchor), partition, DEADLINE_BUCKET_MS, namespace="h"
+    )
 
 
 def new_moments() -> Moments:
@@ -145,7 +168,8 @@ def now_ms() -> int:
 async def update_profiles(stream: Any) -> None:
     """Clickstream, purchases and support → profiles and partition populations."""
     async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_wait_s):
-        await _process_batch(stream, batch)
+        async with processing:
+            await _process_batch(stream, batch)
 
 
 class InputWatermarks:
@@ -155,26 +179,30 @@ class InputWatermarks:
     backfill, clicks can run hours of event time ahead of orders. Each topic
     partition's frontier is the latest event time read from it; the
     partition's watermark is the smallest frontier. A topic partition that
-    has had nothing new to read for ``idle_s`` seconds of wall-clock time
-    (a quiet support topic, say) stops holding the others back — the only
-    use of wall-clock time here, as in Flink's idleness.
+    has been caught up (nothing left to fetch) for ``idle_s`` seconds of
+    wall-clock time (a quiet support topic, say) stops holding the others
+    back — the only use of wall-clock time here, as in Flink's idleness and
+    Kafka Streams' ``max.task.idle.ms``. Two idle times are asked for: a
+    cautious one for closing windows and firing deadlines, and a short one
+    for releasing held events (see the module docstring).
     """
 
-    def __init__(self, idle_s: float) -> None:
-        self.idle_s = idle_s
+    def __init__(self) -> None:
         self.frontier: dict[tuple[str, int], int] = {}
         self.caught_up_since: dict[tuple[str, int], float | None] = {}
 
-    def observe(self, message: Any, ts: int) -> None:
+    def observe(self, message: Any, ts: int | None) -> None:
+        """A message was read; ``ts`` is its event time (``None``: undecodable)."""
         key = (message.topic, message.partition)
-        self.frontier[key] = max(self.frontier.get(key, ts), ts)
+        if ts is not None:
+            self.frontier[key] = max(self.frontier.get(key, ts), ts)
         highwater = app.consumer.highwater(message.tp) if app.consumer else None
         caught_up = highwater is not None and message.offset + 1 >= highwater
         # Idle means caught up with nothing new for idle_s: every message
         # restarts the clock.
         self.caught_up_since[key] = time.monotonic() if caught_up else None
 
-    async def watermark(self, partition: int) -> int:
+    async def watermark(self, partition: int, idle_s: float) -> int:
         """The partition's input watermark; 0 while an input may still bring older data."""
         now = time.monotonic()
         frontiers: list[int] = []
@@ -182,7 +210,7 @@ class InputWatermarks:
         for topic in ROLE_BY_TOPIC:
             key = (topic, partition)
             since = self.caught_up_since.get(key)
-            idle = since is not None and now - since >= self.idle_s
+            idle = since is not None and now - since >= idle_s
             if key in self.frontier:
                 frontiers.append(self.frontier[key])
                 if not idle:
@@ -206,16 +234,28 @@ class InputWatermarks:
             self.caught_up_since[key] = time.monotonic()
 
 
-input_watermarks = InputWatermarks(settings.input_idle_s)
+input_watermarks = InputWatermarks()
+
+
+async def watermarks(partitions: Iterable[int]) -> tuple[dict[int, int], dict[int, int]]:
+    """Per partition: the cautious watermark (windows, deadlines) and the release one."""
+    closing = {p: await input_watermarks.watermark(p, settings.input_idle_s) for p in partitions}
+    release = {p: await input_watermarks.watermark(p, settings.reorder_idle_s) for p in closing}
+    # Never release below what is closed: a window closed against an event time
+    # has every event up to it applied.
+    return closing, {p: max(release[p], closing[p]) for p in closing}
 
 
 async def _process_batch(stream: Any, batch: list[Any]) -> None:
     # The watermark is what was read *before* this batch: every event of a
     # customer up to it has been applied already.
     watermark_before = {
-        p: await input_watermarks.watermark(p) for p in {e.message.partition for e in batch}
+        p: await input_watermarks.watermark(p, settings.input_idle_s)
+        for p in {e.message.partition for e in batch}
     }
-    by_customer: dict[str, list[tuple[dict[str, Any], Any]]] = defaultdict(list)
+    by_customer: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    partition_of_customer: dict[str, int] = {}
+    anchors: dict[int, Any] = {}  # partition -> an event of it: where writes land
     received_ms = now_ms()
     for event in batch:
         message = event.message
@@ -223,6 +263,7 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         try:
             record = decode_event(role, message.key, message.value, LIMITS, now_ms())
         except DecodeError as exc:
+            input_watermarks.observe(message, None)  # read, so not holding anything back
             await _send_dead_letter(role, message, exc)
             continue
         metrics.events_consumed.labels(role, record.type).inc()
@@ -235,65 +276,171 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             continue
         fields = msgspec.to_builtins(record)
         fields["topic"] = role
-        by_customer[str(record.customer_id)].append((fields, event))
-    # by_customer: {customer_id: [(event fields, faust event), ...]} in arrival order
+        by_customer[str(record.customer_id)].append(fields)
+        partition_of_customer[str(record.customer_id)] = message.partition
+        anchors[message.partition] = event
+    # by_customer: {customer_id: [event fields, ...]} in arrival order
 
-    moments = new_moments()
-    segmenter = new_segmenter()
-    anchors: dict[int, Any] = {}
-    for customer_id, items in by_customer.items():
-        items.sort(key=lambda item: (item[0]["ts"], item[0]["event_id"]))
-        source = items[-1][1]
-        partition = source.message.partition
-        pop_key = population_key(partition)
-        population = population_cache.get(pop_key, source) or new_population()
-        profile, outcomes = update_customer(
-            profile_cache.get(customer_id, source),
-            [fields for fields, _ in items],
-            population,
-            PROFILE_CONFIG,
-            compound,
-            watermark_before[partition],
-            customer_id,
-            moments,
-            segmenter,
-        )
-        anchors[partition] = source
-        population["watermark_ms"] = max(population.get("watermark_ms", 0), items[-1][0]["ts"])
-        for (fields, _), outcome in zip(items, outcomes, strict=True):
-            if outcome == "duplicate":
-                metrics.duplicate_events.labels(fields["topic"]).inc()
-            elif outcome == "late":
-                metrics.late_events.labels(fields["topic"]).inc()
-        if any(outcome != "duplicate" for outcome in outcomes):
-            index = deadline_index(partition, source)
-            refile_deadline(index, customer_id, profile, moments, segmenter)
-            profile_cache.put(customer_id, profile, source)
-            population_cache.put(pop_key, population, source)
+    watermark, release_at = await watermarks(anchors)
+    state = _BatchState(new_moments(), new_segmenter(), watermark_before, watermark, release_at)
+    for customer_id, arrived in by_customer.items():
+        partition = partition_of_customer[customer_id]
+        _advance_customer(state, customer_id, arrived, partition, anchors[partition])
     for partition, anchor in anchors.items():
-        # Customers who went quiet change state as the watermark passes their deadlines.
-        watermark = await input_watermarks.watermark(partition)
-        pop_key = population_key(partition)
-        population = population_cache.get(pop_key, anchor) or new_population()
-        due = fire_deadlines(
-            deadline_index(partition, anchor),
-            watermark,
-            lambda customer_id, anchor=anchor: profile_cache.get(customer_id, anchor),
-            moments,
-            segmenter,
-            population,
-        )
-        for customer_id, profile in due:
-            profile_cache.put(customer_id, profile, anchor)
-        if due:
-            population_cache.put(pop_key, population, anchor)
-    for example in moments.examples:
+        _advance_partition(state, partition, anchor)
+        last_anchor[partition] = anchor
+    _send_outputs(state)
+
+
+def _advance_partition(state: _BatchState, partition: int, anchor: Any) -> None:
+    """What the partition's watermark reached: held events, then deadlines."""
+    watermark = state.watermark[partition]
+    # Events held for customers with nothing new, now that the watermark reached them.
+    for due, customer_id in held_index(partition, anchor).pop_due(state.release_at[partition]):
+        if first_held_ms(held_cache.get(customer_id, anchor) or []) == due:
+            _advance_customer(state, customer_id, [], partition, anchor)
+    # Customers who went quiet change state as the watermark passes their deadlines.
+    pop_key = population_key(partition)
+    population = population_cache.get(pop_key, anchor) or new_population()
+    due = fire_deadlines(
+        deadline_index(partition, anchor),
+        watermark,
+        lambda customer_id: profile_cache.get(customer_id, anchor),
+        state.moments,
+        state.segmenter,
+        population,
+    )
+    for customer_id, profile in due:
+        profile_cache.put(customer_id, profile, anchor)
+    if due:
+        population_cache.put(pop_key, population, anchor)
+    advanced_to[partition] = (watermark, state.release_at[partition])
+
+
+def _send_outputs(state: _BatchState) -> None:
+    """Training examples, segment changes and triggers of a batch; state if not written back."""
+    for example in state.moments.examples:
         training_examples_topic.send_soon(value=orjson.dumps(example))
         metrics.training_examples_sent.labels(example["kind"]).inc()
-    publish_segments(segmenter)
+    publish_segments(state.segmenter)
     if not settings.write_back:
         for cache in CACHES:
             cache.flush()
+
+
+# Per owned input partition: its latest event (where state writes land when
+# no new event comes) and the watermark it was last advanced to.
+last_anchor: dict[int, Any] = {}
+advanced_to: dict[int, tuple[int, int]] = {}
+# A batch and the idle-time advance never interleave.
+processing = asyncio.Lock()
+
+
+@app.timer(interval=1.0)
+async def advance_idle_partitions() -> None:
+    """Move partitions on when no event comes but their watermark moved.
+
+    An input topic that is caught up and idle stops holding a partition's
+    watermark back (``INPUT_IDLE_S``) without any new event to process, so
+    the events it held and the deadlines it passed are acted on here.
+    """
+    async with processing:
+        watermark, release_at = await watermarks(list(last_anchor))
+        before = {p: closing for p, (closing, _) in advanced_to.items()}
+        moved = [p for p in watermark if (watermark[p], release_at[p]) > advanced_to.get(p, (0, 0))]
+        state = _BatchState(new_moments(), new_segmenter(), before, watermark, release_at)
+        for partition in moved:
+            anchor = last_anchor.get(partition)  # None: revoked meanwhile
+            if anchor is not None:
+                _advance_partition(state, partition, anchor)
+        _send_outputs(state)
+
+
+class _BatchState:
+    """What the customers of one batch share: collectors and watermarks."""
+
+    def __init__(
+        self,
+        moments: Moments,
+        segmenter: Segmenter,
+        watermark_before: dict[int, int],
+        watermark: dict[int, int],
+        release_at: dict[int, int],
+    ) -> None:
+        self.moments = moments
+        self.segmenter = segmenter
+        self.watermark_before = watermark_before  # closing watermark before the batch
+        self.watermark = watermark  # closing watermark: windows, carts, deadlines
+        self.release_at = release_at  # release watermark: held events
+
+
+def _advance_customer(
+    state: _BatchState, customer_id: str, arrived: list[dict[str, Any]], partition: int, anchor: Any
+) -> None:
+    """Apply a customer's events the watermark has reached; hold the rest."""
+    pop_key = population_key(partition)
+    population = population_cache.get(pop_key, anchor) or new_population()
+    holding = population.get("held_customers", 0) > 0
+    held = (held_cache.get(customer_id, anchor) or []) if holding else []
+    ready, still, forced = release(
+        held, arrived, state.release_at[partition], settings.reorder_max_held
+    )
+    if forced:
+        metrics.held_released_early.inc(forced)
+    if still != held:
+        _hold(customer_id, held, still, population, partition, anchor)
+    if not ready:
+        if still != held:
+            population_cache.put(pop_key, population, anchor)
+        return
+    profile, outcomes = update_customer(
+        profile_cache.get(customer_id, anchor),
+        ready,
+        population,
+        PROFILE_CONFIG,
+        compound,
+        state.watermark_before.get(partition, 0),
+        customer_id,
+        state.moments,
+        state.segmenter,
+    )
+    population["watermark_ms"] = max(population.get("watermark_ms", 0), int(ready[-1]["ts"]))
+    for fields, outcome in zip(ready, outcomes, strict=True):
+        if outcome == "duplicate":
+            metrics.duplicate_events.labels(fields["topic"]).inc()
+        elif outcome == "late":
+            metrics.late_events.labels(fields["topic"]).inc()
+    if any(outcome != "duplicate" for outcome in outcomes):
+        index = deadline_index(partition, anchor)
+        refile_deadline(index, customer_id, profile, state.moments, state.segmenter)
+        profile_cache.put(customer_id, profile, anchor)
+    population_cache.put(pop_key, population, anchor)
+
+
+def _hold(
+    customer_id: str,
+    held: list[dict[str, Any]],
+    still: list[dict[str, Any]],
+    population: dict[str, Any],
+    partition: int,
+    anchor: Any,
+) -> None:
+    """Keep a customer's held events (with the index entry of the oldest) and
+    the partition's count of customers holding any."""
+    was_held = {fields["event_id"] for fields in held}
+    for fields in still:
+        if fields["event_id"] not in was_held:
+            metrics.held_events.labels(fields["topic"]).inc()
+    if still:
+        held_cache.put(customer_id, still, anchor)
+        first = first_held_ms(still)
+        if first is not None and first != first_held_ms(held):
+            held_index(partition, anchor).schedule(customer_id, first)
+    else:
+        held_cache.delete_on_commit(customer_id, anchor)
+    population["held_customers"] = population.get("held_customers", 0) + (
+        (1 if still else 0) - (1 if held else 0)
+    )
 
 
 def publish_segments(segmenter: Segmenter) -> None:
@@ -317,6 +464,9 @@ async def _forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
     # Written when the rebalance started; a batch that finished since is
     # written now, then the revoked partitions' entries are forgotten.
     partitions = {tp.partition for tp in revoked if tp.topic in ROLE_BY_TOPIC}
+    for partition in partitions:
+        last_anchor.pop(partition, None)
+        advanced_to.pop(partition, None)
     for cache in CACHES:
         try:
             cache.flush()
@@ -389,6 +539,14 @@ async def erase_customers(stream: Any) -> None:
             continue
         erased: list[str] = []
         if request.customer_id is not None:
+            if held_cache.get(request.customer_id, event):
+                # Events not applied yet: the index entry is ignored once they are gone.
+                pop_key = population_key(message.partition)
+                population = population_cache.get(pop_key, event) or new_population()
+                population["held_customers"] = max(population.get("held_customers", 0) - 1, 0)
+                population_cache.put(pop_key, population, event)
+                held_cache.delete(request.customer_id, event)
+                erased.append("held_events")
             profile = profile_cache.get(request.customer_id, event)
             if profile is not None:
                 pop_key = population_key(message.partition)

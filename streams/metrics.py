@@ -42,6 +42,19 @@ late_events = Counter(
     ["topic"],
     registry=registry,
 )
+held_events = Counter(
+    "segstream_held_events",
+    "Events held until the partition's input watermark reached them (read ahead "
+    "of another input topic), by topic role.",
+    ["topic"],
+    registry=registry,
+)
+held_released_early = Counter(
+    "segstream_held_released_early",
+    "Held events applied before the watermark reached them because a customer "
+    "held more than REORDER_MAX_HELD.",
+    registry=registry,
+)
 anonymous_events = Counter(
     "segstream_anonymous_events",
     "Anonymous clickstream events, by what happened to them.",

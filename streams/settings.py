@@ -189,9 +189,23 @@ class Settings(BaseSettings):
     )
     input_idle_s: float = Field(
         10.0,
-        gt=0,
-        description="Wall-clock seconds after which a caught-up input topic partition "
-        "stops holding back the partition's event-time watermark.",
+        ge=0,
+        description="Wall-clock seconds a caught-up input topic partition keeps holding back "
+        "the watermark that closes windows, sessions and carts and fires deadlines.",
+    )
+    reorder_idle_s: float = Field(
+        0.0,
+        ge=0,
+        description="Wall-clock seconds a caught-up input topic partition keeps holding back "
+        "the release of events read ahead of it (0: not at all, as Kafka Streams' "
+        "max.task.idle.ms). More keeps live decisions exact when producers send one topic "
+        "late, at up to that much latency.",
+    )
+    reorder_max_held: int = Field(
+        200,
+        ge=0,
+        description="Events a customer may hold while another input topic catches up in "
+        "event time; past it the oldest are applied early.",
     )
     anonymous_buffer_events: int = Field(
         200, ge=0, description="Anonymous events held per anonymous id until an identify."

@@ -36,6 +36,11 @@ def population_key(partition: int) -> str:
     return f"p{partition}"
 
 
+# customer_id -> [event, ...]: events read ahead of the partition's input
+# watermark, applied once it reaches them (models.reorder).
+held_table = app.Table("held", **_options)
+
 # "<partition>:<bucket>" -> [[due_ms, customer_id], ...] and "<partition>:from"
-# -> oldest bucket: the partition's deadline index (models.deadlines).
+# -> oldest bucket: the partition's deadline index (models.deadlines); the
+# same keys prefixed "h" index held events by event time.
 deadlines_table = app.Table("deadlines", **_options)
