@@ -266,8 +266,8 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
             input_watermarks.observe(message, None)  # read, so not holding anything back
             await _send_dead_letter(role, message, exc)
             continue
-        metrics.events_consumed.labels(role, record.type).inc()
-        metrics.event_lag.labels(role).observe(max(received_ms - int(record.ts), 0) / 1000)
+        metrics.child(metrics.events_consumed, role, record.type).inc()
+        metrics.child(metrics.event_lag, role).observe(max(received_ms - int(record.ts), 0) / 1000)
         input_watermarks.observe(message, int(record.ts))
         if isinstance(record, ClickEvent) and (
             record.customer_id is None or record.type == "identify"
@@ -321,7 +321,7 @@ def _send_outputs(state: _BatchState) -> None:
     """Training examples, segment changes and triggers of a batch; state if not written back."""
     for example in state.moments.examples:
         training_examples_topic.send_soon(value=orjson.dumps(example))
-        metrics.training_examples_sent.labels(example["kind"]).inc()
+        metrics.child(metrics.training_examples_sent, example["kind"]).inc()
     publish_segments(state.segmenter)
     if not settings.write_back:
         for cache in CACHES:
@@ -407,9 +407,9 @@ def _advance_customer(
     population["watermark_ms"] = max(population.get("watermark_ms", 0), int(ready[-1]["ts"]))
     for fields, outcome in zip(ready, outcomes, strict=True):
         if outcome == "duplicate":
-            metrics.duplicate_events.labels(fields["topic"]).inc()
+            metrics.child(metrics.duplicate_events, fields["topic"]).inc()
         elif outcome == "late":
-            metrics.late_events.labels(fields["topic"]).inc()
+            metrics.child(metrics.late_events, fields["topic"]).inc()
     if any(outcome != "duplicate" for outcome in outcomes):
         index = deadline_index(partition, anchor)
         refile_deadline(index, customer_id, profile, state.moments, state.segmenter)
@@ -430,7 +430,7 @@ def _hold(
     was_held = {fields["event_id"] for fields in held}
     for fields in still:
         if fields["event_id"] not in was_held:
-            metrics.held_events.labels(fields["topic"]).inc()
+            metrics.child(metrics.held_events, fields["topic"]).inc()
     if still:
         held_cache.put(customer_id, still, anchor)
         first = first_held_ms(still)
@@ -451,12 +451,12 @@ def publish_segments(segmenter: Segmenter) -> None:
         segment_changes_topic.send_soon(
             key=record.customer_id.encode(), value=msgspec.json.encode(record)
         )
-        metrics.segment_changes.labels(record.dimension, record.to_segment).inc()
+        metrics.child(metrics.segment_changes, record.dimension, record.to_segment).inc()
         metrics.change_lag.observe(max(sent_ms - record.ts, 0) / 1000)
     for trigger in segmenter.triggers:
         fired = Trigger(**trigger)
         triggers_topic.send_soon(key=fired.customer_id.encode(), value=msgspec.json.encode(fired))
-        metrics.triggers.labels(fired.kind).inc()
+        metrics.child(metrics.triggers, fired.kind).inc()
 
 
 @app.on_partitions_revoked.connect

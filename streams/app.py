@@ -12,10 +12,11 @@ from typing import Any
 
 import faust
 from faust.auth import SASLCredentials, SSLCredentials
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from faust.sensors.prometheus import FaustMetrics
 
 from streams import metrics
 from streams.auth import check_web_auth
+from streams.faust_sensor import CachedPrometheusMonitor
 from streams.settings import Settings, load_settings
 
 
@@ -111,7 +112,9 @@ settings = load_settings()
 app = create_app(settings)
 # Faust's own Prometheus sensor (rebalances, recoveries, commits, sends,
 # per-topic offsets), in our registry under segstream_faust_*.
-app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(metrics.registry, "segstream_faust"))
+app.monitor = CachedPrometheusMonitor(
+    metrics=FaustMetrics.create(metrics.registry, "segstream_faust")
+)
 
 
 @app.on_worker_init.connect

@@ -12,6 +12,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 registry = CollectorRegistry()
 
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: the hot path counts per event,
+    and prometheus-client's ``labels`` takes a lock and builds a key each call."""
+    key = (id(metric), labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
+
+
 events_consumed = Counter(
     "segstream_events_consumed",
     "Input events accepted, by topic role and event type.",
