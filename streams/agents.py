@@ -43,6 +43,7 @@ from typing import Any
 
 import msgspec
 import orjson
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from models.deadlines import DeadlineIndex
@@ -196,7 +197,10 @@ class InputWatermarks:
         key = (message.topic, message.partition)
         if ts is not None:
             self.frontier[key] = max(self.frontier.get(key, ts), ts)
-        highwater = app.consumer.highwater(message.tp) if app.consumer else None
+        try:
+            highwater = app.consumer.highwater(message.tp) if app.consumer else None
+        except (AssertionError, KafkaError):  # revoked meanwhile
+            highwater = None
         caught_up = highwater is not None and message.offset + 1 >= highwater
         # Idle means caught up with nothing new for idle_s: every message
         # restarts the clock.
@@ -228,8 +232,11 @@ class InputWatermarks:
         if self.caught_up_since.get(key) is not None or app.consumer is None:
             return
         tp = TP(*key)
-        highwater = app.consumer.highwater(tp)
-        position = await app.consumer.position(tp)
+        try:
+            highwater = app.consumer.highwater(tp)
+            position = await app.consumer.position(tp)
+        except (AssertionError, KafkaError):  # not assigned (any more): not idle
+            return
         if highwater is not None and position is not None and position >= highwater:
             self.caught_up_since[key] = time.monotonic()
 
@@ -344,6 +351,8 @@ async def advance_idle_partitions() -> None:
     watermark back (``INPUT_IDLE_S``) without any new event to process, so
     the events it held and the deadlines it passed are acted on here.
     """
+    if app.rebalancing:
+        return  # partitions are moving; the next batch or tick moves them on
     async with processing:
         watermark, release_at = await watermarks(list(last_anchor))
         before = {p: closing for p, (closing, _) in advanced_to.items()}

@@ -10,9 +10,11 @@ commits offsets, so every committed offset has its state in the changelog:
 * crash (kill -9): unflushed entries are lost *and* their offsets were never
   committed, so the events are consumed again — their effect is rebuilt, and
   any part that had reached the changelog is dropped by event-id dedup;
-* rebalance: the caches are written when the rebalance starts, before
-  Faust revokes partitions; the new owner restores the table from the
-  changelog, and anything it consumes again is dropped by dedup.
+* rebalance: Faust commits before it revokes partitions, and the caches are
+  written at that commit (on the event loop, like every write — Faust's
+  rebalance-start hook runs in its consumer thread, where a write would race
+  the agent); the new owner restores the table from the changelog, and
+  anything it consumes again is dropped by dedup.
 
 Clean entries stay as a bounded LRU read cache, so a busy customer is not
 decoded from RocksDB on every batch.
@@ -177,13 +179,6 @@ class FlushOnCommit(Sensor):
         self.caches = caches
 
     def on_commit_initiated(self, consumer: Any) -> Any:
-        for cache in self.caches:
-            cache.flush()
-        return None
-
-    def on_rebalance_start(self, app: Any) -> Any:
-        # Before Faust revokes partitions: what was processed is written, so
-        # whoever owns a partition next restores it from the changelog.
         for cache in self.caches:
             cache.flush()
         return None
