@@ -206,7 +206,7 @@ class InputWatermarks:
         # restarts the clock.
         self.caught_up_since[key] = time.monotonic() if caught_up else None
 
-    async def watermark(self, partition: int, idle_s: float) -> int:
+    def watermark(self, partition: int, idle_s: float) -> int:
         """The partition's input watermark; 0 while an input may still bring older data."""
         now = time.monotonic()
         frontiers: list[int] = []
@@ -222,32 +222,37 @@ class InputWatermarks:
             elif not idle:
                 # Never read from in this process: unread data, or an empty
                 # partition whose idleness clock starts now.
-                await self._start_idle_clock_if_empty(key)
+                self._start_idle_clock_if_empty(key)
                 return 0
         if not frontiers:
             return 0
         return min(holding) if holding else max(frontiers)
 
-    async def _start_idle_clock_if_empty(self, key: tuple[str, int]) -> None:
+    def _start_idle_clock_if_empty(self, key: tuple[str, int]) -> None:
+        # Synchronous on purpose: asking the consumer thread (``position``)
+        # while holding the processing lock deadlocks a rebalance, whose
+        # revocation waits on the event loop for the batch to finish. The
+        # offset Faust seeked to at assignment (the committed one) stands in
+        # for the position of a partition nothing was read from yet.
         if self.caught_up_since.get(key) is not None or app.consumer is None:
             return
         tp = TP(*key)
         try:
             highwater = app.consumer.highwater(tp)
-            position = await app.consumer.position(tp)
         except (AssertionError, KafkaError):  # not assigned (any more): not idle
             return
-        if highwater is not None and position is not None and position >= highwater:
+        committed = getattr(app.consumer, "_committed_offset", {}).get(tp)
+        if highwater is not None and (highwater == 0 or (committed or 0) >= highwater):
             self.caught_up_since[key] = time.monotonic()
 
 
 input_watermarks = InputWatermarks()
 
 
-async def watermarks(partitions: Iterable[int]) -> tuple[dict[int, int], dict[int, int]]:
+def watermarks(partitions: Iterable[int]) -> tuple[dict[int, int], dict[int, int]]:
     """Per partition: the cautious watermark (windows, deadlines) and the release one."""
-    closing = {p: await input_watermarks.watermark(p, settings.input_idle_s) for p in partitions}
-    release = {p: await input_watermarks.watermark(p, settings.reorder_idle_s) for p in closing}
+    closing = {p: input_watermarks.watermark(p, settings.input_idle_s) for p in partitions}
+    release = {p: input_watermarks.watermark(p, settings.reorder_idle_s) for p in closing}
     # Never release below what is closed: a window closed against an event time
     # has every event up to it applied.
     return closing, {p: max(release[p], closing[p]) for p in closing}
@@ -257,7 +262,7 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
     # The watermark is what was read *before* this batch: every event of a
     # customer up to it has been applied already.
     watermark_before = {
-        p: await input_watermarks.watermark(p, settings.input_idle_s)
+        p: input_watermarks.watermark(p, settings.input_idle_s)
         for p in {e.message.partition for e in batch}
     }
     by_customer: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -288,7 +293,7 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         anchors[message.partition] = event
     # by_customer: {customer_id: [event fields, ...]} in arrival order
 
-    watermark, release_at = await watermarks(anchors)
+    watermark, release_at = watermarks(anchors)
     state = _BatchState(new_moments(), new_segmenter(), watermark_before, watermark, release_at)
     for customer_id, arrived in by_customer.items():
         partition = partition_of_customer[customer_id]
@@ -354,7 +359,7 @@ async def advance_idle_partitions() -> None:
     if app.rebalancing:
         return  # partitions are moving; the next batch or tick moves them on
     async with processing:
-        watermark, release_at = await watermarks(list(last_anchor))
+        watermark, release_at = watermarks(list(last_anchor))
         before = {p: closing for p, (closing, _) in advanced_to.items()}
         moved = [p for p in watermark if (watermark[p], release_at[p]) > advanced_to.get(p, (0, 0))]
         state = _BatchState(new_moments(), new_segmenter(), before, watermark, release_at)

@@ -21,14 +21,14 @@ class CachedPrometheusMonitor(PrometheusMonitor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._children: dict[tuple[str, tuple[Any, ...]], Any] = {}
+        self._labelled: dict[tuple[str, tuple[Any, ...]], Any] = {}
         self._stream_labels: dict[int, str] = {}
 
     def _child(self, family: str, **labels: Any) -> Any:
         key = (family, tuple(labels.items()))
-        child = self._children.get(key)
+        child = self._labelled.get(key)
         if child is None:
-            child = self._children[key] = getattr(self._metrics, family).labels(**labels)
+            child = self._labelled[key] = getattr(self._metrics, family).labels(**labels)
         return child
 
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:

@@ -157,7 +157,10 @@ def await_event_counts(
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         for customer_id in list(pending):
-            profile = fetch_profile(worker, customer_id)
+            try:
+                profile = fetch_profile(worker, customer_id)
+            except OSError:  # a reset while the worker rebalances: ask again
+                continue
             if profile is not None and profile["event_counts"] == dict(expected[customer_id]):
                 profiles[customer_id] = profile
                 del pending[customer_id]

@@ -378,7 +378,11 @@ def settled(
     profiles: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        profiles = {c: fetch_profile(worker, c) or {} for c in expected}
+        try:
+            profiles = {c: fetch_profile(worker, c) or {} for c in expected}
+        except OSError:  # a reset while the worker rebalances: ask again
+            time.sleep(1)
+            continue
         if all(p.get("as_of_ms") == as_of_ms for p in profiles.values()):
             return profiles
         time.sleep(1)
