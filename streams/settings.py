@@ -183,6 +183,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Profiles a worker keeps decoded in memory (LRU) besides unwritten ones.",
     )
+    rocksdb_write_buffer_mb: int = Field(
+        8,
+        ge=1,
+        description="RocksDB memtable size per table partition, MiB, at most two of them "
+        "(Faust's default: 64 MiB, three).",
+    )
+    rocksdb_block_cache_mb: int = Field(
+        16,
+        ge=1,
+        description="RocksDB block cache per table partition, MiB (Faust's default: 2 GiB, "
+        "plus 500 MiB compressed).",
+    )
     audit_hash_key: SecretStr = Field(
         SecretStr("change-me"),
         description="Key of the HMAC that pseudonymises ids in erasure audit events.",
@@ -316,6 +328,16 @@ class Settings(BaseSettings):
             "model_snapshots",
         )
         return {role: self.topic_prefix + role.replace("_", "-") for role in roles}
+
+    def rocksdb_options(self) -> dict[str, int]:
+        """Options of every table's RocksDB store: bounded memory per table partition."""
+        mib = 1024 * 1024
+        return {
+            "write_buffer_size": self.rocksdb_write_buffer_mb * mib,
+            "max_write_buffer_number": 2,
+            "block_cache_size": self.rocksdb_block_cache_mb * mib,
+            "block_cache_compressed_size": self.rocksdb_block_cache_mb * mib // 4,
+        }
 
     def decode_limits(self) -> DecodeLimits:
         """Bounds for :func:`schemas.decode.decode_event`."""

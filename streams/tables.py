@@ -19,6 +19,9 @@ _options = {
     "partitions": settings.input_partitions,
     "key_type": str,
     "extra_topic_configs": dict(settings.changelog_topic_configs),
+    # Faust's RocksDB defaults allow 3 × 64 MiB of memtables and a 2 GiB
+    # block cache for every table partition; bounded here.
+    "options": settings.rocksdb_options(),
 }
 
 profiles_table = app.Table("profiles", **_options)

@@ -76,3 +76,26 @@ def test_plaintext_has_no_credentials() -> None:
     settings = Settings(_env_file=None)
     assert broker_credentials(settings) is None
     assert "sasl_mechanism" not in settings.kafka_python_config()
+
+
+def test_every_table_store_gets_bounded_rocksdb_memory(tmp_path: object) -> None:
+    from faust.stores.rocksdb import RocksDBOptions
+
+    from streams import tables
+
+    settings = Settings(_env_file=None, rocksdb_write_buffer_mb=4, rocksdb_block_cache_mb=8)
+    options = RocksDBOptions(**settings.rocksdb_options())
+    assert options.write_buffer_size == 4 * 1024 * 1024
+    assert options.max_write_buffer_number == 2
+    assert options.block_cache_size == 8 * 1024 * 1024
+    # Far below Faust's defaults (3 × 64 MiB memtables, 2 GiB + 500 MiB caches).
+    assert options.block_cache_size + options.block_cache_compressed_size < 500 * 1024 * 1024
+    app_settings = tables.settings
+    for table in (
+        tables.profiles_table,
+        tables.identities_table,
+        tables.population_table,
+        tables.held_table,
+        tables.deadlines_table,
+    ):
+        assert table.options == app_settings.rocksdb_options(), table.name
