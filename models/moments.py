@@ -69,6 +69,11 @@ class Moments:
         Least event time between two activity moments.
     quiet_ticks_ms
         Silences after the last event at which a quiet tick is taken.
+    sample_rate
+        Share of examples sent to the trainer, chosen by example id, so a
+        replay (or a batch consumed again after a crash) keeps the same ones.
+        Moments and pending churn labels are kept for every customer either
+        way; only the examples are thinned, for the one trainer's sake.
     """
 
     scorer: Scorer
@@ -77,12 +82,17 @@ class Moments:
     id_key: bytes
     moment_interval_ms: int = 7 * DAY_MS
     quiet_ticks_ms: tuple[int, ...] = tuple(week * 7 * DAY_MS for week in range(1, 13))
+    sample_rate: float = 1.0
     examples: list[Example] = field(default_factory=list)
 
     def example_id(self, customer_id: str, kind: str, moment_ms: int) -> str:
         """Deterministic, pseudonymous id of an example."""
         message = f"{customer_id}|{kind}|{moment_ms}".encode()
         return hmac.new(self.id_key, message, hashlib.sha256).hexdigest()[:20]
+
+    def sampled(self, example_id: str) -> bool:
+        """Whether the example with this id goes to the trainer (``sample_rate``)."""
+        return self.sample_rate >= 1.0 or int(example_id[:8], 16) < self.sample_rate * 16**8
 
     def before_event(self, customer_id: str, profile: Profile, event: Mapping[str, Any]) -> None:
         """Resolve labels and take an activity moment before ``event`` is applied."""
@@ -127,10 +137,9 @@ class Moments:
     def _moment(self, customer_id: str, profile: Profile, ts: int) -> None:
         profile["moment_ms"] = ts
         x = feature_vector(profile, self.profile_config, ts)
-        self.examples.append(
-            {"example_id": self.example_id(customer_id, "cluster", ts), "kind": "cluster",
-             "x": x, "ts": ts}
-        )  # fmt: skip
+        example_id = self.example_id(customer_id, "cluster", ts)
+        if self.sampled(example_id):
+            self.examples.append({"example_id": example_id, "kind": "cluster", "x": x, "ts": ts})
         pending: list[dict[str, Any]] = profile.setdefault("churn_pending", [])
         if profile["last_order_ms"] is not None and len(pending) < MAX_PENDING:
             scores = self.scorer.score(x)
@@ -157,9 +166,12 @@ class Moments:
         self, customer_id: str, profile: Profile, pending: dict[str, Any], y: int, ts: int
     ) -> None:
         profile["churn_pending"].remove(pending)
+        example_id = self.example_id(customer_id, "churn", pending["scored_ms"])
+        if not self.sampled(example_id):
+            return
         self.examples.append(
             {
-                "example_id": self.example_id(customer_id, "churn", pending["scored_ms"]),
+                "example_id": example_id,
                 "kind": "churn",
                 "x": dict(zip(FEATURES, pending["x"], strict=True)),
                 "y": y,

@@ -147,6 +147,7 @@ def new_moments() -> Moments:
         horizon_ms=HORIZON_MS,
         profile_config=PROFILE_CONFIG,
         id_key=EXAMPLE_ID_KEY,
+        sample_rate=settings.training_sample_rate,
     )
 
 

@@ -68,6 +68,7 @@ class OfflineRun:
             horizon_ms=int(model_config.horizon_days * DAY_MS),
             profile_config=self._profile_config,
             id_key=self.settings.model_snapshot_key.get_secret_value().encode(),
+            sample_rate=self.settings.training_sample_rate,
         )
         self.segments = Segmenter(
             config=self.settings.segment_config(),

@@ -195,6 +195,13 @@ class Settings(BaseSettings):
         description="RocksDB block cache per table partition, MiB (Faust's default: 2 GiB, "
         "plus 500 MiB compressed).",
     )
+    training_sample_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Share of training examples sent to the one trainer, chosen by example "
+        "id (deterministic); lower it when the trainer cannot keep up.",
+    )
     audit_hash_key: SecretStr = Field(
         SecretStr("change-me"),
         description="Key of the HMAC that pseudonymises ids in erasure audit events.",

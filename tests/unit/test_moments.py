@@ -100,3 +100,27 @@ def test_features_are_bounded_complete_and_neutral_when_missing() -> None:
     for name in ("aov", "discount_share", "dissatisfaction", "detraction"):
         assert x[name] == MISSING[name]
     assert x["has_ordered"] == 0.0 and x["days_since_order"] == 1.0
+
+
+def test_sampling_keeps_a_deterministic_share_of_examples_and_every_label() -> None:
+    def feed(rate: float) -> tuple[Moments, dict[str, Any]]:
+        m = Moments(ModelBundle(ModelConfig(horizon_days=30)), H, CONFIG, b"k", sample_rate=rate)
+        profiles: dict[str, Any] = {}
+        population = new_population()
+        for c in range(300):
+            customer = f"c{c}"
+            for day in (0, 8, 16, 60):
+                e = order(day, c * 10 + day) if day in (0, 60) else view(day, c * 10 + day)
+                profiles[customer], _ = update_customer(
+                    profiles.get(customer), [e], population, CONFIG, None, None, customer, m
+                )
+        return m, profiles
+
+    everything, all_profiles = feed(1.0)
+    quarter, quarter_profiles = feed(0.25)
+    ids = {e["example_id"] for e in quarter.examples}
+    # The same examples a full run makes, thinned by id: a replay keeps the same ones.
+    assert ids == {e["example_id"] for e in everything.examples if quarter.sampled(e["example_id"])}
+    assert 0.18 < len(ids) / len(everything.examples) < 0.32
+    # Moments and pending labels are the same for everyone; only examples are thinned.
+    assert quarter_profiles == all_profiles
