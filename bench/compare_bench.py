@@ -105,7 +105,7 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
-from bench.machine import describe
+from bench.machine import describe, save_results
 from bench.pipeline_bench import dir_size_mb, metric_sum, peak_rss_mb, run_faust_floor
 from models.identity import apply_anonymous
 from models.simulator import SimConfig, simulate
@@ -988,9 +988,7 @@ def main() -> None:
             "profile": profile,
             "profile_notes": profile_notes(profile) if profile else [],
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
-        print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+        save_results(results, args.out, echo=True)
     finally:
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)

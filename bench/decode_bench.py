@@ -25,7 +25,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bench.machine import describe
+from bench.machine import describe, save_results
 from models.simulator import SimConfig, simulate
 from schemas.decode import DecodeLimits, decode_event
 from schemas.event_time import parse_event_time
@@ -120,8 +120,7 @@ def main() -> None:
     }
     results["target_met"] = results["us_per_event"]["segstream"] <= results["target_us"]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
-    print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+    save_results(results, RESULTS, echo=True)
 
 
 if __name__ == "__main__":

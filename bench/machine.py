@@ -6,7 +6,10 @@ import os
 import platform
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 
 def describe() -> dict[str, Any]:
@@ -34,3 +37,12 @@ def describe() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def save_results(results: dict[str, Any], out: Path, echo: bool = False) -> None:
+    """Write a benchmark's results as indented JSON (and print them with ``echo``)."""
+    text = orjson.dumps(results, option=orjson.OPT_INDENT_2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(text + b"\n")
+    if echo:
+        print(text.decode())

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bench.machine import describe
+from bench.machine import describe, save_results
 from bench.pipeline_bench import dir_size_mb, metric_sum, peak_rss_mb
 from schemas.decode import DecodeLimits, decode_event
 from streams.admin import create_topics
@@ -353,12 +353,6 @@ def recovery(
     return result
 
 
-def save(results: dict[str, Any], out: Path) -> None:
-    """Write the results so far (every phase adds to them)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
-
-
 def source_state() -> dict[str, Any]:
     """The commit the worker code is at, and the files changed since (a shared tree)."""
 
@@ -526,7 +520,7 @@ def main() -> None:
             "progress": progress,
         }
         results["consumption"] = consumption
-        save(results, args.out)
+        save_results(results, args.out)  # so far: every phase adds to them
         print("consumption", {k: v for k, v in consumption.items() if k != "progress"}, flush=True)
 
         # -- (a) kill -9, restart on the same data directory -------------------------
@@ -536,7 +530,7 @@ def main() -> None:
         results["restart_same_data_dir"] = recovery(
             "restart_same_data_dir", restarted, workload, sample, 1800
         )
-        save(results, args.out)
+        save_results(results, args.out)  # so far: every phase adds to them
         restarted.stop()
 
         # -- (b) a fresh worker with an empty data directory, same group -------------
@@ -564,7 +558,7 @@ def main() -> None:
             ],
         }
         results["total_s"] = round(time.monotonic() - began, 1)
-        save(results, args.out)
+        save_results(results, args.out)  # so far: every phase adds to them
         print_summary(results)
     except BaseException:
         for worker in workers:

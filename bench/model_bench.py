@@ -24,9 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from bench.machine import describe
+from bench.machine import describe, save_results
 from models.features import feature_vector
 from models.pipeline import new_population, update_customer
 from models.simulator import SimConfig, simulate
@@ -121,8 +119,7 @@ def main() -> None:
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    save_results(result, args.out, echo=True)
 
 
 def _builtins(record: Any) -> dict[str, Any]:

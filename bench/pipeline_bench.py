@@ -42,7 +42,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from bench.machine import describe
+from bench.machine import describe, save_results
 from models.pipeline import new_population, update_customer
 from models.sentiment import compound
 from models.simulator import SimConfig, simulate
@@ -258,9 +258,7 @@ def main() -> None:
             results["batched_over_faust_floor"] = round(
                 modes["batched"]["events_per_s"] / modes["faust_floor"]["events_per_s"], 2
             )
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
-        print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
+        save_results(results, args.out, echo=True)
     finally:
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
