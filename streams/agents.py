@@ -39,6 +39,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -269,6 +270,8 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
     by_customer: dict[str, list[dict[str, Any]]] = defaultdict(list)
     partition_of_customer: dict[str, int] = {}
     anchors: dict[int, Any] = {}  # partition -> an event of it: where writes land
+    # (topic, partition) -> its last message in the batch and latest event time
+    read: dict[tuple[str, int], tuple[Any, int | None]] = {}
     received_ms = now_ms()
     for event in batch:
         message = event.message
@@ -276,12 +279,13 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         try:
             record = decode_event(role, message.key, message.value, LIMITS, now_ms())
         except DecodeError as exc:
-            input_watermarks.observe(message, None)  # read, so not holding anything back
+            # Read all the same, so it holds nothing back.
+            read[(message.topic, message.partition)] = (message, _latest(read, message, None))
             await _send_dead_letter(role, message, exc)
             continue
         metrics.child(metrics.events_consumed, role, record.type).inc()
         metrics.child(metrics.event_lag, role).observe(max(received_ms - int(record.ts), 0) / 1000)
-        input_watermarks.observe(message, int(record.ts))
+        read[(message.topic, message.partition)] = (message, _latest(read, message, int(record.ts)))
         if isinstance(record, ClickEvent) and (
             record.customer_id is None or record.type == "identify"
         ):
@@ -293,6 +297,8 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         partition_of_customer[str(record.customer_id)] = message.partition
         anchors[message.partition] = event
     # by_customer: {customer_id: [event fields, ...]} in arrival order
+    for message, ts in read.values():
+        input_watermarks.observe(message, ts)
 
     watermark, release_at = watermarks(anchors)
     state = _BatchState(new_moments(), new_segmenter(), watermark_before, watermark, release_at)
@@ -303,6 +309,16 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         _advance_partition(state, partition, anchor)
         last_anchor[partition] = anchor
     _send_outputs(state)
+
+
+def _latest(
+    read: dict[tuple[str, int], tuple[Any, int | None]], message: Any, ts: int | None
+) -> int | None:
+    """The latest event time read from the message's topic partition in this batch."""
+    before = read.get((message.topic, message.partition), (None, None))[1]
+    if before is None or ts is None:
+        return ts if before is None else before
+    return max(before, ts)
 
 
 def _advance_partition(state: _BatchState, partition: int, anchor: Any) -> None:
@@ -363,6 +379,8 @@ async def advance_idle_partitions() -> None:
         watermark, release_at = watermarks(list(last_anchor))
         before = {p: closing for p, (closing, _) in advanced_to.items()}
         moved = [p for p in watermark if (watermark[p], release_at[p]) > advanced_to.get(p, (0, 0))]
+        if not moved:
+            return
         state = _BatchState(new_moments(), new_segmenter(), before, watermark, release_at)
         for partition in moved:
             anchor = last_anchor.get(partition)  # None: revoked meanwhile
@@ -371,22 +389,15 @@ async def advance_idle_partitions() -> None:
         _send_outputs(state)
 
 
+@dataclass
 class _BatchState:
     """What the customers of one batch share: collectors and watermarks."""
 
-    def __init__(
-        self,
-        moments: Moments,
-        segmenter: Segmenter,
-        watermark_before: dict[int, int],
-        watermark: dict[int, int],
-        release_at: dict[int, int],
-    ) -> None:
-        self.moments = moments
-        self.segmenter = segmenter
-        self.watermark_before = watermark_before  # closing watermark before the batch
-        self.watermark = watermark  # closing watermark: windows, carts, deadlines
-        self.release_at = release_at  # release watermark: held events
+    moments: Moments
+    segmenter: Segmenter
+    watermark_before: dict[int, int]  # closing watermark before the batch
+    watermark: dict[int, int]  # closing watermark: windows, carts, deadlines
+    release_at: dict[int, int]  # release watermark: held events
 
 
 def _advance_customer(
@@ -404,9 +415,8 @@ def _advance_customer(
         metrics.held_released_early.inc(forced)
     if still != held:
         _hold(customer_id, held, still, population, partition, anchor)
+        population_cache.put(pop_key, population, anchor)
     if not ready:
-        if still != held:
-            population_cache.put(pop_key, population, anchor)
         return
     profile, outcomes = update_customer(
         profile_cache.get(customer_id, anchor),
