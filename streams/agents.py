@@ -72,7 +72,8 @@ from schemas.records import (
 from streams import metrics
 from streams.app import app, settings
 from streams.model_sync import holder
-from streams.state_cache import FlushOnCommit, WriteBackCache, partition_of
+from streams.outbox import Outbox
+from streams.state_cache import FlushOnCommit, TableWriter, WriteBackCache, flush_all, partition_of
 from streams.tables import (
     deadlines_table,
     held_table,
@@ -102,12 +103,22 @@ DEADLINE_BUCKET_MS = settings.deadline_bucket_s * 1000
 EXAMPLE_ID_KEY = settings.model_snapshot_key.get_secret_value().encode()
 SEGMENT_CONFIG = settings.segment_config()
 
-profile_cache = WriteBackCache(profiles_table, max_clean=settings.profile_cache_size)
-population_cache = WriteBackCache(population_table, max_clean=settings.input_partitions * 2)
-deadline_cache = WriteBackCache(deadlines_table, max_clean=settings.input_partitions * 64)
-held_cache = WriteBackCache(held_table, max_clean=settings.input_partitions * 256)
+# Changelog writes and outputs go to Faust's producer in whole batches
+# (streams.outbox), not through Faust's per-message send path.
+outbox = Outbox(lambda: app.producer._ensure_producer())
+
+
+def _cache(table: Any, max_clean: int) -> WriteBackCache:
+    return WriteBackCache(table, max_clean=max_clean, writer=TableWriter(table, outbox))
+
+
+profile_cache = _cache(profiles_table, settings.profile_cache_size)
+population_cache = _cache(population_table, settings.input_partitions * 2)
+deadline_cache = _cache(deadlines_table, settings.input_partitions * 64)
+held_cache = _cache(held_table, settings.input_partitions * 256)
 CACHES = (profile_cache, population_cache, deadline_cache, held_cache)
-app.sensors.add(FlushOnCommit(list(CACHES)))
+app.sensors.add(FlushOnCommit(list(CACHES), outbox))
+OUTPUT_TOPICS = (training_examples_topic, segment_changes_topic, triggers_topic)
 
 
 class CachedStore:
@@ -308,7 +319,7 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
     for partition, anchor in anchors.items():
         _advance_partition(state, partition, anchor)
         last_anchor[partition] = anchor
-    _send_outputs(state)
+    await _send_outputs(state)
 
 
 def _latest(
@@ -346,15 +357,18 @@ def _advance_partition(state: _BatchState, partition: int, anchor: Any) -> None:
     advanced_to[partition] = (watermark, state.release_at[partition])
 
 
-def _send_outputs(state: _BatchState) -> None:
+async def _send_outputs(state: _BatchState) -> None:
     """Training examples, segment changes and triggers of a batch; state if not written back."""
+    for topic in OUTPUT_TOPICS:
+        await outbox.learn_partitions(topic.get_topic_name())
+    examples_topic = training_examples_topic.get_topic_name()
     for example in state.moments.examples:
-        training_examples_topic.send_soon(value=orjson.dumps(example))
+        outbox.append_keyed(examples_topic, None, orjson.dumps(example))
         metrics.child(metrics.training_examples_sent, example["kind"]).inc()
     publish_segments(state.segmenter)
     if not settings.write_back:
-        for cache in CACHES:
-            cache.flush()
+        flush_all(CACHES)
+    outbox.hand_off()
 
 
 # Per owned input partition: its latest event (where state writes land when
@@ -386,7 +400,7 @@ async def advance_idle_partitions() -> None:
             anchor = last_anchor.get(partition)  # None: revoked meanwhile
             if anchor is not None:
                 _advance_partition(state, partition, anchor)
-        _send_outputs(state)
+        await _send_outputs(state)
 
 
 @dataclass
@@ -471,16 +485,16 @@ def _hold(
 def publish_segments(segmenter: Segmenter) -> None:
     """Send a batch's segment changes and triggers, keyed by customer."""
     sent_ms = now_ms()
+    changes_topic = segment_changes_topic.get_topic_name()
     for change in segmenter.changes:
         record = SegmentChange(**change)
-        segment_changes_topic.send_soon(
-            key=record.customer_id.encode(), value=msgspec.json.encode(record)
-        )
+        outbox.append_keyed(changes_topic, record.customer_id.encode(), msgspec.json.encode(record))
         metrics.child(metrics.segment_changes, record.dimension, record.to_segment).inc()
         metrics.change_lag.observe(max(sent_ms - record.ts, 0) / 1000)
+    fired_topic = triggers_topic.get_topic_name()
     for trigger in segmenter.triggers:
         fired = Trigger(**trigger)
-        triggers_topic.send_soon(key=fired.customer_id.encode(), value=msgspec.json.encode(fired))
+        outbox.append_keyed(fired_topic, fired.customer_id.encode(), msgspec.json.encode(fired))
         metrics.child(metrics.triggers, fired.kind).inc()
 
 
@@ -498,6 +512,7 @@ async def _forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
         except Exception:  # a store already closed for revoked partitions
             log.exception("flush on revoke failed; those events will be consumed again")
         cache.discard_partitions(partitions)
+    outbox.hand_off()
 
 
 async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:

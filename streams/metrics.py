@@ -172,6 +172,17 @@ triggers = Counter(
     ["kind"],
     registry=registry,
 )
+outbox_records = Counter(
+    "segstream_outbox_records",
+    "Records sent in batches straight to the producer (changelogs and outputs), by topic.",
+    ["topic"],
+    registry=registry,
+)
+outbox_batches = Counter(
+    "segstream_outbox_batches",
+    "Record batches handed to the producer by the outbox.",
+    registry=registry,
+)
 change_lag = Histogram(
     "segstream_segment_change_lag_seconds",
     "Event time of a segment change to its publication (wall clock); large in a backfill.",

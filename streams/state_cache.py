@@ -24,15 +24,24 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from faust.sensors.base import Sensor
 from faust.streams import _current_event
+from faust.types import TP
+
+from streams.outbox import Outbox
 
 # The cached value of a key whose removal waits for the next commit.
 _DELETED: Any = object()
+
+
+class Writer(Protocol):
+    """Writes a cache's dirty entries of one partition (``None``: delete)."""
+
+    def write(self, partition: int, items: list[tuple[str, Any]]) -> None: ...
 
 
 class WriteBackCache:
@@ -47,9 +56,10 @@ class WriteBackCache:
         evicted before they are written.
     """
 
-    def __init__(self, table: Any, max_clean: int) -> None:
+    def __init__(self, table: Any, max_clean: int, writer: Writer | None = None) -> None:
         self.table = table
         self.max_clean = max_clean
+        self.writer = writer
         self._values: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._dirty: dict[int, set[str]] = {}
         self._anchor: dict[int, Any] = {}
@@ -113,20 +123,30 @@ class WriteBackCache:
         for partition, keys in self._dirty.items():
             if not keys:
                 continue
-            with partition_of(self._anchor[partition]):
-                for key in keys:
-                    value = self._values[key][1]
-                    if value is not _DELETED:
-                        self.table[key] = value
-                    else:
-                        del self._values[key]
-                        if self.table.get(key) is not None:
-                            del self.table[key]
-                    written += 1
+            items = [(key, self._values[key][1]) for key in keys]
+            for key, value in items:
+                if value is _DELETED:
+                    del self._values[key]
+            if self.writer is not None:
+                self.writer.write(
+                    partition, [(key, None if v is _DELETED else v) for key, v in items]
+                )
+            else:
+                self._write_through_table(self._anchor[partition], items)
+            written += len(items)
             keys.clear()
         self._anchor.clear()
         self._evict()
         return written
+
+    def _write_through_table(self, anchor: Any, items: list[tuple[str, Any]]) -> None:
+        # Faust's own path: a store write and a changelog record per key.
+        with partition_of(anchor):
+            for key, value in items:
+                if value is not _DELETED:
+                    self.table[key] = value
+                elif self.table.get(key) is not None:
+                    del self.table[key]
 
     def discard_partitions(self, partitions: Iterable[int]) -> None:
         """Forget everything of partitions this worker no longer owns."""
@@ -171,14 +191,77 @@ class FlushOnCommit(Sensor):
 
     ``on_commit_initiated`` runs synchronously before Faust reads which
     offsets are acknowledged, so every offset it then commits has its state
-    written, and Faust flushes the producer before committing.
+    written; the changelog records are handed to the producer here too, and
+    Faust flushes the producer before committing.
     """
 
-    def __init__(self, caches: list[WriteBackCache], **kwargs: Any) -> None:
+    def __init__(
+        self, caches: list[WriteBackCache], outbox: Outbox | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.caches = caches
+        self.outbox = outbox
 
     def on_commit_initiated(self, consumer: Any) -> Any:
-        for cache in self.caches:
-            cache.flush()
+        flush_all(self.caches, self.outbox)
         return None
+
+
+def flush_all(caches: Iterable[WriteBackCache], outbox: Outbox | None = None) -> int:
+    """Write every cache back and hand the changelog records to the producer."""
+    written = sum(cache.flush() for cache in caches)
+    if outbox is not None:
+        outbox.hand_off()
+    return written
+
+
+class TableWriter:
+    """Writes a Faust table's entries as Faust does, but sends through an outbox.
+
+    Each entry goes to the partition's store (RocksDB, or the memory store's
+    dict) and, encoded with the table's own serializers, to the table's
+    changelog topic in the same partition — the record Faust's recovery and
+    standby replicas read back. The changelog offset the store has durably
+    behind it (Faust's "persisted offset", where a restart resumes reading
+    the changelog) is set when the broker acknowledges the batch, as Faust
+    does for its own changelog records.
+    """
+
+    def __init__(self, table: Any, outbox: Outbox) -> None:
+        self.table = table
+        self.outbox = outbox
+        self._persisted: dict[int, Callable[[int], None]] = {}
+
+    def write(self, partition: int, items: list[tuple[str, Any]]) -> None:
+        """Write ``(key, value)`` pairs of one partition; ``None`` deletes the key."""
+        store = self.table.data
+        topic = self.table.changelog_topic.get_topic_name()
+        db = store._db_for_partition(partition) if hasattr(store, "_db_for_partition") else None
+        on_delivered = self._persisted.get(partition)
+        if on_delivered is None:
+            on_delivered = self._persist_offset(store, topic, partition)
+            self._persisted[partition] = on_delivered
+        for key, value in items:
+            key_bytes = store._encode_key(key)
+            value_bytes = None if value is None else store._encode_value(value)
+            if db is not None:
+                if value_bytes is None:
+                    db.delete(key_bytes)
+                else:
+                    db.put(key_bytes, value_bytes)
+            elif value is None:
+                store.data.pop(key, None)
+            else:
+                store.data[key] = value
+            self.outbox.append(topic, partition, key_bytes, value_bytes, on_delivered)
+
+    @staticmethod
+    def _persist_offset(store: Any, topic: str, partition: int) -> Callable[[int], None]:
+        tp = TP(topic, partition)
+
+        def persist(offset: int) -> None:
+            open_dbs = getattr(store, "_dbs", None)
+            if open_dbs is None or partition in open_dbs:  # not revoked meanwhile
+                store.set_persisted_offset(tp, offset)
+
+        return persist

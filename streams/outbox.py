@@ -1,0 +1,182 @@
+"""Records appended straight to aiokafka's record batches: one future per batch.
+
+Faust sends every record — a table's changelog write as much as an agent's
+output — through its own per-message path: a ``FutureMessage``, a producer
+buffer, a task, a future and a callback per record. A sparse customer base
+sends several records per event (the profile's changelog write, segment
+changes, the weekly training examples), and that path cost more CPU than
+everything segstream computes (README, "Worker throughput"). The outbox
+appends records to aiokafka ``BatchBuilder`` objects instead — a C call per
+record — and hands each builder to the producer's accumulator as one batch.
+
+Delivery is at-least-once, as with Faust's own sends: the batches sit in the
+same aiokafka producer as Faust's records, and Faust flushes that producer
+before it commits offsets, so no offset is committed before the records of
+the events behind it are acknowledged. A batch the broker never
+acknowledges (after the producer's own retries) stops the worker at once,
+without a commit, so those events are consumed again on restart — state must
+never run ahead of what reached Kafka.
+
+Handing a builder over is synchronous (the accumulator's ``_append_batch``,
+the step of ``AIOKafkaProducer.send_batch`` after its wait for room) because
+the table write-back runs in Faust's synchronous ``on_commit_initiated``
+hook; aiokafka is pinned in ``pyproject.toml`` for that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka.errors import ProducerClosed
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import TopicPartition
+
+from streams import metrics
+
+log = logging.getLogger(__name__)
+
+# Room for ~60 profiles per batch, well under the broker's 1 MiB default
+# message.max.bytes and the producer's max_request_size.
+BATCH_BYTES = 256 * 1024
+
+# Record batches uncompressed (aiokafka's codec number 0), like the records
+# Faust sends with its default settings.
+NO_COMPRESSION = 0
+
+OnDelivered = Callable[[int], None]  # called with the offset of a batch's last record
+
+
+class Outbox:
+    """Records of a worker waiting to be handed to the producer, per topic partition.
+
+    Parameters
+    ----------
+    producer
+        Returns the started ``AIOKafkaProducer`` (Faust's, so that Faust's
+        flush before a commit covers these records too).
+    exit_on_failure
+        What to do when a batch is not delivered; the default ends the
+        process at once (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        producer: Callable[[], Any],
+        exit_on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._producer = producer
+        self._open: dict[TopicPartition, BatchBuilder] = {}
+        self._on_delivered: dict[TopicPartition, list[OnDelivered]] = {}
+        self._partitions: dict[str, list[int]] = {}
+        self._partitioner = DefaultPartitioner()
+        self._fail = exit_on_failure or _exit_without_commit
+
+    @property
+    def pending(self) -> int:
+        """Records appended and not yet handed to the producer."""
+        return sum(builder.record_count() for builder in self._open.values())
+
+    async def learn_partitions(self, topic: str) -> None:
+        """Look up ``topic``'s partitions once, for :meth:`append_keyed`."""
+        if topic not in self._partitions:
+            partitions = await self._producer().partitions_for(topic)
+            self._partitions[topic] = sorted(partitions)
+
+    def append_keyed(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Append a record to the partition Kafka's default partitioner picks for ``key``.
+
+        :meth:`learn_partitions` must have been awaited for ``topic``.
+        """
+        partitions = self._partitions[topic]
+        partition = self._partitioner(key, partitions, partitions)
+        self.append(topic, partition, key, value)
+
+    def append(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        on_delivered: OnDelivered | None = None,
+    ) -> None:
+        """Append one record (``value`` ``None``: a tombstone).
+
+        ``on_delivered`` is called once with the offset of the last record of
+        the batch this record ends up in, when the broker acknowledges it.
+        """
+        tp = TopicPartition(topic, partition)
+        builder = self._open.get(tp)
+        if builder is None:
+            builder = self._open[tp] = self._new_builder()
+        if builder.append(timestamp=None, key=key, value=value) is None:
+            self._hand_off(tp)
+            builder = self._open[tp] = self._new_builder()
+            if builder.append(timestamp=None, key=key, value=value) is None:
+                raise ValueError(
+                    f"record of {len(value or b'')} bytes for {topic} does not fit "
+                    f"a {BATCH_BYTES}-byte batch"
+                )
+        if on_delivered is not None:
+            callbacks = self._on_delivered.setdefault(tp, [])
+            if on_delivered not in callbacks:
+                callbacks.append(on_delivered)
+
+    def hand_off(self) -> int:
+        """Hand every open batch to the producer; returns the records handed over."""
+        handed = 0
+        for tp in list(self._open):
+            handed += self._hand_off(tp)
+        return handed
+
+    def discard(self) -> None:
+        """Drop what was not handed over (the producer is gone)."""
+        self._open.clear()
+        self._on_delivered.clear()
+
+    def _new_builder(self) -> BatchBuilder:
+        return BatchBuilder(BATCH_BYTES, NO_COMPRESSION, is_transactional=False)
+
+    def _hand_off(self, tp: TopicPartition) -> int:
+        builder = self._open.pop(tp)
+        callbacks = self._on_delivered.pop(tp, [])
+        count = builder.record_count()
+        if count == 0:
+            return 0
+        accumulator = self._producer()._message_accumulator
+        if accumulator._closed:
+            raise ProducerClosed()
+        if accumulator._exception is not None:
+            raise accumulator._exception
+        batch = accumulator._append_batch(builder, tp)
+        batch.future.add_done_callback(lambda future: self._delivered(future, tp, count, callbacks))
+        metrics.child(metrics.outbox_records, tp.topic).inc(count)
+        metrics.outbox_batches.inc()
+        return count
+
+    def _delivered(
+        self, future: Any, tp: TopicPartition, count: int, callbacks: list[OnDelivered]
+    ) -> None:
+        if future.cancelled():
+            self._fail(RuntimeError(f"batch of {count} records to {tp} was cancelled"))
+            return
+        error = future.exception()
+        if error is not None:
+            self._fail(error)
+            return
+        last_offset = future.result().offset + count - 1
+        for callback in callbacks:
+            callback(last_offset)
+
+
+def _exit_without_commit(error: BaseException) -> None:
+    log.critical(
+        "a batch of records was not delivered (%r): stopping now, without committing "
+        "offsets, so the events behind it are consumed again",
+        error,
+    )
+    logging.shutdown()
+    os._exit(70)
