@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # Room for ~60 profiles per batch, well under the broker's 1 MiB default
 # message.max.bytes and the producer's max_request_size.
 BATCH_BYTES = 256 * 1024
+# A record larger than this is refused here rather than by the broker.
+MAX_RECORD_BYTES = 1_000_000
 
 # Record batches uncompressed (aiokafka's codec number 0), like the records
 # Faust sends with its default settings.
@@ -108,6 +110,12 @@ class Outbox:
         ``on_delivered`` is called once with the offset of the last record of
         the batch this record ends up in, when the broker acknowledges it.
         """
+        size = len(key or b"") + len(value or b"")
+        if size > MAX_RECORD_BYTES:
+            raise ValueError(
+                f"record of {size} bytes for {topic} is over the {MAX_RECORD_BYTES}-byte limit "
+                "(the broker's default message.max.bytes)"
+            )
         tp = TopicPartition(topic, partition)
         builder = self._open.get(tp)
         if builder is None:
@@ -115,11 +123,8 @@ class Outbox:
         if builder.append(timestamp=None, key=key, value=value) is None:
             self._hand_off(tp)
             builder = self._open[tp] = self._new_builder()
-            if builder.append(timestamp=None, key=key, value=value) is None:
-                raise ValueError(
-                    f"record of {len(value or b'')} bytes for {topic} does not fit "
-                    f"a {BATCH_BYTES}-byte batch"
-                )
+            # An empty batch takes any record, however large.
+            builder.append(timestamp=None, key=key, value=value)
         if on_delivered is not None:
             callbacks = self._on_delivered.setdefault(tp, [])
             if on_delivered not in callbacks:
