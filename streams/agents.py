@@ -109,7 +109,10 @@ outbox = Outbox(lambda: app.producer._ensure_producer())
 
 
 def _cache(table: Any, max_clean: int) -> WriteBackCache:
-    return WriteBackCache(table, max_clean=max_clean, writer=TableWriter(table, outbox))
+    # WRITE_BACK=false is the benchmarks' model of Faust's usual pattern:
+    # every write through the table, a changelog record each, Faust's send path.
+    writer = TableWriter(table, outbox) if settings.write_back else None
+    return WriteBackCache(table, max_clean=max_clean, writer=writer)
 
 
 profile_cache = _cache(profiles_table, settings.profile_cache_size)
