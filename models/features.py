@@ -54,7 +54,7 @@ import math
 from collections.abc import Mapping
 from typing import Final
 
-from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, window_totals
+from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes
 
 FEATURES: Final = (
     "tenure",
@@ -107,6 +107,17 @@ def _capped(value: float) -> float:
     return min(max(value, 0.0), 1.0)
 
 
+def _events_in_window(buckets: Mapping[str, Mapping[str, float]], today: int, days: int) -> float:
+    """Input events counted in the day buckets of the last ``days`` days up to ``today``."""
+    total: float = 0
+    for key, bucket in buckets.items():
+        if today - days < int(key) <= today:
+            for name, value in bucket.items():
+                if name.startswith(_EVENT_PREFIXES):
+                    total += value
+    return total
+
+
 def feature_vector(profile: Profile, config: ProfileConfig, as_of_ms: int) -> FeatureVector:
     """The customer's model features as of ``as_of_ms`` (event time), rounded to 4 digits.
 
@@ -118,80 +129,99 @@ def feature_vector(profile: Profile, config: ProfileConfig, as_of_ms: int) -> Fe
         The profile settings (sessions still open count as if ended now).
     as_of_ms
         The moment the customer is described at; never before their last event.
+
+    Called at every decision and every moment of every customer, so written
+    for speed: one pass over the day buckets for both activity windows, and
+    each feature rounded as it is computed.
     """
     totals = profile["totals"]
     lifetime = profile["lifetime"]
-    as_of = max(as_of_ms, profile["last_seen_ms"] or as_of_ms)
+    last_seen = profile["last_seen_ms"]
+    as_of = max(as_of_ms, last_seen or as_of_ms)
     tenure_days = (as_of - (profile["first_seen_ms"] or as_of)) / DAY_MS
     per_month = 30.0 / max(tenure_days, 30.0)
     orders = totals.get("orders", 0)
-    revenue = totals.get("revenue", 0.0)
     open_sessions = profile["sessions"]
     sessions = totals.get("sessions", 0) + len(open_sessions)
-    pages = totals.get("session_pages", 0) + sum(s["pages"] for s in open_sessions)
-    recent = window_totals(profile, 7, as_of)
-    month = window_totals(profile, 30, as_of)
-    events_7d = sum(v for k, v in recent.items() if k.startswith(_EVENT_PREFIXES))
-    events_30d = sum(v for k, v in month.items() if k.startswith(_EVENT_PREFIXES))
+    today = as_of // DAY_MS
+    buckets = profile["buckets"]
+    events_7d = _events_in_window(buckets, today, 7)
+    events_30d = _events_in_window(buckets, today, 30)
     # Carts decided by as_of count whether or not the worker has finalised
     # them yet (that depends on its input watermark, not on the data).
-    decided, _ = cart_episodes(
-        profile["cart_adds"], profile["recent_orders_ms"], config.cart_timeout_ms, as_of
-    )
+    adds = profile["cart_adds"]
+    decided: list[tuple[int, bool]] = []
+    if adds:
+        decided, _ = cart_episodes(adds, profile["recent_orders_ms"], config.cart_timeout_ms, as_of)
     abandoned = totals.get("carts_abandoned", 0) + sum(1 for _, ok in decided if not ok)
     carts = totals.get("carts_converted", 0) + totals.get("carts_abandoned", 0) + len(decided)
     opens = lifetime.get("clickstream.email_open", 0)
     csat_n = lifetime.get("support.csat_response", 0)
     texts = totals.get("sentiment_texts", 0)
     last_order = profile["last_order_ms"]
+    nps = profile["nps_last"]
+    if sessions:
+        pages = totals.get("session_pages", 0) + sum(s["pages"] for s in open_sessions)
+        pages_per_session = _log_scaled(pages / sessions, 20)
+    else:
+        pages_per_session = MISSING["pages_per_session"]
 
-    x: FeatureVector = {
-        "tenure": _capped(tenure_days / 30),
-        "days_since_seen": _capped((as_of - (profile["last_seen_ms"] or as_of)) / DAY_MS / 60),
+    return {
+        "tenure": round(_capped(tenure_days / 30), 4),
+        "days_since_seen": round(_capped((as_of - (last_seen or as_of)) / DAY_MS / 60), 4),
         "days_since_order": (
-            _capped((as_of - last_order) / DAY_MS / 90) if last_order is not None else 1.0
+            round(_capped((as_of - last_order) / DAY_MS / 90), 4) if last_order is not None else 1.0
         ),
         "has_ordered": 1.0 if orders else 0.0,
-        "orders_per_month": _log_scaled(orders * per_month, 8),
-        "aov": _log_scaled(revenue / orders, 1000) if orders else MISSING["aov"],
+        "orders_per_month": round(_log_scaled(orders * per_month, 8), 4),
+        "aov": (
+            round(_log_scaled(totals.get("revenue", 0.0) / orders, 1000), 4)
+            if orders
+            else MISSING["aov"]
+        ),
         "discount_share": (
-            totals.get("discounted_orders", 0) / orders if orders else MISSING["discount_share"]
+            round(float(totals.get("discounted_orders", 0) / orders), 4)
+            if orders
+            else MISSING["discount_share"]
         ),
         "refund_share": (
-            _capped(totals.get("refunds", 0) / orders) if orders else MISSING["refund_share"]
+            round(_capped(totals.get("refunds", 0) / orders), 4)
+            if orders
+            else MISSING["refund_share"]
         ),
-        "sessions_per_month": _log_scaled(sessions * per_month, 30),
-        "pages_per_session": (
-            _log_scaled(pages / sessions, 20) if sessions else MISSING["pages_per_session"]
-        ),
+        "sessions_per_month": round(_log_scaled(sessions * per_month, 30), 4),
+        "pages_per_session": round(float(pages_per_session), 4),
         "activity_trend": (
-            _capped(events_7d / (events_30d * 7 / 30) / 2)
+            round(_capped(events_7d / (events_30d * 7 / 30) / 2), 4)
             if events_30d
             else MISSING["activity_trend"]
         ),
         "email_ctr": (
-            _capped(lifetime.get("clickstream.email_click", 0) / opens)
+            round(_capped(lifetime.get("clickstream.email_click", 0) / opens), 4)
             if opens
             else MISSING["email_ctr"]
         ),
-        "cart_abandonment": abandoned / carts if carts else MISSING["cart_abandonment"],
-        "tickets_per_month": _log_scaled(lifetime.get("support.ticket_opened", 0) * per_month, 5),
-        "complaints_per_month": _log_scaled(lifetime.get("support.complaint", 0) * per_month, 3),
+        "cart_abandonment": (
+            round(float(abandoned / carts), 4) if carts else MISSING["cart_abandonment"]
+        ),
+        "tickets_per_month": round(
+            _log_scaled(lifetime.get("support.ticket_opened", 0) * per_month, 5), 4
+        ),
+        "complaints_per_month": round(
+            _log_scaled(lifetime.get("support.complaint", 0) * per_month, 3), 4
+        ),
         "dissatisfaction": (
-            _capped((5 - totals.get("csat_sum", 0) / csat_n) / 4)
+            round(_capped((5 - totals.get("csat_sum", 0) / csat_n) / 4), 4)
             if csat_n
             else MISSING["dissatisfaction"]
         ),
         "detraction": (
-            _capped((10 - profile["nps_last"]) / 10)
-            if profile["nps_last"] is not None
-            else MISSING["detraction"]
+            round(_capped((10 - nps) / 10), 4) if nps is not None else MISSING["detraction"]
         ),
         "negative_sentiment": (
-            _capped((1 - totals.get("sentiment_sum", 0) / texts) / 2)
+            round(_capped((1 - totals.get("sentiment_sum", 0) / texts) / 2), 4)
             if texts
             else MISSING["negative_sentiment"]
         ),
-        "open_tickets": _capped(len(profile["open_tickets"]) / 3),
+        "open_tickets": round(_capped(len(profile["open_tickets"]) / 3), 4),
     }
-    return {name: round(float(x[name]), 4) for name in FEATURES}

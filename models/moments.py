@@ -30,13 +30,12 @@ holding personal data.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from models.features import FEATURES, feature_vector
+from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig
 
 Example = dict[str, Any]
@@ -87,8 +86,7 @@ class Moments:
 
     def example_id(self, customer_id: str, kind: str, moment_ms: int) -> str:
         """Deterministic, pseudonymous id of an example."""
-        message = f"{customer_id}|{kind}|{moment_ms}".encode()
-        return hmac.new(self.id_key, message, hashlib.sha256).hexdigest()[:20]
+        return keyed_id(self.id_key, f"{customer_id}|{kind}|{moment_ms}", 20)
 
     def sampled(self, example_id: str) -> bool:
         """Whether the example with this id goes to the trainer (``sample_rate``)."""

@@ -35,14 +35,13 @@ topic until the watermark reaches them (:mod:`models.reorder`).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from models.clv import simple_clv
 from models.features import feature_vector
+from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes
 from models.profile_summary import nps_category
 from models.quantiles import (
@@ -436,8 +435,7 @@ class Segmenter:
         return sketch_rank(sketch, clv)
 
     def _id(self, *parts: object) -> str:
-        message = "|".join(map(str, parts)).encode()
-        return hmac.new(self.id_key, message, hashlib.sha256).hexdigest()[:32]
+        return keyed_id(self.id_key, "|".join(map(str, parts)), 32)
 
     def _change(
         self,
