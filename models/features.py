@@ -107,15 +107,18 @@ def _capped(value: float) -> float:
     return min(max(value, 0.0), 1.0)
 
 
-def _events_in_window(buckets: Mapping[str, Mapping[str, float]], today: int, days: int) -> float:
-    """Input events counted in the day buckets of the last ``days`` days up to ``today``."""
-    total: float = 0
+def _recent_events(buckets: Mapping[str, Mapping[str, float]], today: int) -> tuple[float, float]:
+    """Input events in the day buckets of the last 7 and the last 30 days up to ``today``."""
+    week: float = 0
+    month: float = 0
     for key, bucket in buckets.items():
-        if today - days < int(key) <= today:
-            for name, value in bucket.items():
-                if name.startswith(_EVENT_PREFIXES):
-                    total += value
-    return total
+        age = today - int(key)
+        if 0 <= age < 30:
+            events = sum(v for name, v in bucket.items() if name.startswith(_EVENT_PREFIXES))
+            month += events
+            if age < 7:
+                week += events
+    return week, month
 
 
 def feature_vector(profile: Profile, config: ProfileConfig, as_of_ms: int) -> FeatureVector:
@@ -145,8 +148,7 @@ def feature_vector(profile: Profile, config: ProfileConfig, as_of_ms: int) -> Fe
     sessions = totals.get("sessions", 0) + len(open_sessions)
     today = as_of // DAY_MS
     buckets = profile["buckets"]
-    events_7d = _events_in_window(buckets, today, 7)
-    events_30d = _events_in_window(buckets, today, 30)
+    events_7d, events_30d = _recent_events(buckets, today)
     # Carts decided by as_of count whether or not the worker has finalised
     # them yet (that depends on its input watermark, not on the data).
     adds = profile["cart_adds"]
