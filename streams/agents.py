@@ -515,7 +515,11 @@ async def _forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
         except Exception:  # a store already closed for revoked partitions
             log.exception("flush on revoke failed; those events will be consumed again")
         cache.discard_partitions(partitions)
-    outbox.hand_off()
+    try:
+        outbox.hand_off()
+    except Exception:  # the producer is stopping: nothing written is committed either
+        log.exception("hand-off on revoke failed; those events will be consumed again")
+        outbox.discard()
 
 
 async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:
