@@ -123,14 +123,9 @@ class WriteBackCache:
         for partition, keys in self._dirty.items():
             if not keys:
                 continue
-            items = [(key, self._values[key][1]) for key in keys]
-            for key, value in items:
-                if value is _DELETED:
-                    del self._values[key]
+            items = [(key, self._value_to_write(key)) for key in keys]
             if self.writer is not None:
-                self.writer.write(
-                    partition, [(key, None if v is _DELETED else v) for key, v in items]
-                )
+                self.writer.write(partition, items)
             else:
                 self._write_through_table(self._anchor[partition], items)
             written += len(items)
@@ -139,11 +134,19 @@ class WriteBackCache:
         self._evict()
         return written
 
+    def _value_to_write(self, key: str) -> Any:
+        # ``None`` deletes; a key removed on commit leaves the cache now.
+        value = self._values[key][1]
+        if value is _DELETED:
+            del self._values[key]
+            return None
+        return value
+
     def _write_through_table(self, anchor: Any, items: list[tuple[str, Any]]) -> None:
         # Faust's own path: a store write and a changelog record per key.
         with partition_of(anchor):
             for key, value in items:
-                if value is not _DELETED:
+                if value is not None:
                     self.table[key] = value
                 elif self.table.get(key) is not None:
                     del self.table[key]
