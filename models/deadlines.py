@@ -95,6 +95,11 @@ class DeadlineIndex:
         else:
             self.store.delete(key)
 
+    def may_have_due(self, watermark_ms: int) -> bool:
+        """Whether :meth:`pop_due` could find anything (one read: the oldest bucket)."""
+        oldest = self.store.get(self._from_key)
+        return oldest is not None and int(oldest) <= watermark_ms // self.bucket_ms
+
     def pop_due(self, watermark_ms: int) -> list[tuple[int, str]]:
         """Remove and return every ``(due_ms, customer_id)`` with ``due_ms <= watermark_ms``."""
         oldest = self.store.get(self._from_key)

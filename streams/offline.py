@@ -1,10 +1,12 @@
-"""``segstream evaluate``: the worker's logic over a history file, no broker.
+"""``segstream evaluate``: the worker's engine over a history file, no broker.
 
-Every event goes through the same functions the worker calls — the same
-encoding and keying as our producers, ``decode_event``, identity stitching,
-``update_customer`` per input partition, ``summarise`` — so a profile
-written here equals the one a single worker serves after consuming the same
-history (``tests/integration/test_profiles.py`` compares them).
+Every event goes the way it goes in the worker — the same encoding and
+keying as our producers, ``decode_event``, then the :class:`PartitionEngine`
+of its partition over an in-memory store — so a profile written here equals
+the one a single worker serves after consuming the same history
+(``tests/integration/test_profiles_and_recovery.py`` compares them). A file
+is one ordered input: everything before a line has been read when it is
+applied, so the watermarks are the latest event time so far.
 """
 
 from __future__ import annotations
@@ -17,149 +19,128 @@ from typing import Any
 import msgspec
 from river import metrics
 
-from models.deadlines import DeadlineIndex, DictStore
-from models.identity import apply_anonymous
-from models.moments import Moments
+from models.engine import (
+    Outputs,
+    PartitionEngine,
+    PartitionStores,
+    Watermarks,
+    population_key,
+)
 from models.pipeline import (
     PopulationState,
     combined_bgnbd,
     combined_rfm,
     customer_view,
-    fire_deadlines,
     new_population,
-    refile_deadline,
-    update_customer,
 )
-from models.profile import DAY_MS, Profile
+from models.profile import Profile
 from models.profile_summary import Population
-from models.segments import Segmenter
-from models.sentiment import compound
 from models.simulator import CustomerTruth
 from models.training import ModelBundle
 from schemas.decode import DecodeError, decode_event
 from schemas.event_time import parse_event_time
-from schemas.records import ClickEvent
 from streams.partitioning import partition_for_key
 from streams.producer import encode_event
 from streams.settings import Settings
 
+ROLES = ("clickstream", "purchases", "support")
+
 
 @dataclass
 class OfflineRun:
-    """State of an offline replay: what a worker holding every partition would hold."""
+    """An offline replay: one engine per input partition, as one worker holding all."""
 
     settings: Settings
-    profiles: dict[str, Profile] = field(default_factory=dict)
-    identities: dict[str, Any] = field(default_factory=dict)
-    populations: dict[int, PopulationState] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
+    # The latest event time of a customer event, and the input watermark
+    # (``None`` until the first customer event).
     watermark_ms: int = 0
     input_watermark_ms: int | None = None
+    # Everything the engines published, in order.
+    outputs: Outputs = field(default_factory=Outputs)
 
     def __post_init__(self) -> None:
         self._limits = self.settings.decode_limits()
-        self._profile_config = self.settings.profile_config()
-        model_config = self.settings.learning_config()
         # One process plays every worker and the trainer: examples are learned
         # as soon as they are produced, and scores use the model as it is then.
-        self.models = ModelBundle(model_config)
-        self.moments = Moments(
-            scorer=self.models,
-            horizon_ms=int(model_config.horizon_days * DAY_MS),
-            profile_config=self._profile_config,
-            id_key=self.settings.model_snapshot_key.get_secret_value().encode(),
-            sample_rate=self.settings.training_sample_rate,
-        )
-        self.segments = Segmenter(
-            config=self.settings.segment_config(),
-            profile_config=self._profile_config,
-            scorer=self.models,
-            id_key=self.moments.id_key,
-        )
-        self._deadline_store = DictStore()
-        self._deadlines = {
-            p: DeadlineIndex(self._deadline_store, p, self.settings.deadline_bucket_s * 1000)
+        self.models = ModelBundle(self.settings.learning_config())
+        config = self.settings.engine_config()
+        self.engines = {
+            p: PartitionEngine(p, PartitionStores.in_memory(), config, lambda: self.models)
             for p in range(self.settings.input_partitions)
+        }
+
+    @property
+    def profiles(self) -> dict[str, Profile]:
+        """Every customer's profile state."""
+        merged: dict[str, Profile] = {}
+        for engine in self.engines.values():
+            merged.update(engine.stores.profiles.data)  # type: ignore[attr-defined]
+        return merged
+
+    @property
+    def populations(self) -> dict[int, PopulationState]:
+        """Every partition's population (an empty one where nothing happened)."""
+        return {
+            p: engine.stores.population.get(population_key(p)) or new_population()
+            for p, engine in self.engines.items()
         }
 
     def feed(self, line: dict[str, Any]) -> None:
         """Process one event line (simulator/replay format, with ``"topic"``)."""
         role, key, value = encode_event(line)
-        if role not in ("clickstream", "purchases", "support"):
+        if role not in ROLES:
             return
         try:
             record = decode_event(role, key, value, self._limits, time.time_ns() // 1_000_000)
         except DecodeError as exc:
             self.rejected[exc.kind] = self.rejected.get(exc.kind, 0) + 1
             return
-        if isinstance(record, ClickEvent) and (
-            record.customer_id is None or record.type == "identify"
-        ):
-            anonymous_id = str(record.anonymous_id)
-            state, released, _ = apply_anonymous(
-                self.identities.get(anonymous_id),
-                msgspec.to_builtins(record),
-                self.settings.anonymous_buffer_events,
-            )
-            self.identities[anonymous_id] = state
-            for fields in released:
-                self.feed({"topic": "clickstream", **fields})
-            return
         fields = msgspec.to_builtins(record)
         fields["topic"] = role
-        customer_id = str(record.customer_id)
-        partition = partition_for_key(customer_id, self.settings.input_partitions)
-        population = self.populations.get(partition)
-        if population is None:
-            population = self.populations[partition] = new_population()
-        # A file is one ordered input: everything before this line has been read.
-        profile, _ = update_customer(
-            self.profiles.get(customer_id),
-            [fields],
-            population,
-            self._profile_config,
-            compound,
-            self.input_watermark_ms,
-            customer_id,
-            self.moments,
-            self.segments,
+        partition = partition_for_key((key or b"").decode(), self.settings.input_partitions)
+        stitching = role == "clickstream" and (
+            fields.get("customer_id") is None or fields.get("type") == "identify"
         )
-        assert profile is not None  # noqa: S101 - update_customer returns one for any event
-        self.profiles[customer_id] = profile
-        refile_deadline(
-            self._deadlines[partition], customer_id, profile, self.moments, self.segments
-        )
-        population["watermark_ms"] = max(population.get("watermark_ms", 0), int(record.ts))
-        self.watermark_ms = max(self.watermark_ms, int(record.ts))
-        self.input_watermark_ms = max(self.input_watermark_ms or 0, int(record.ts))
-        for p, index in self._deadlines.items():
-            if p not in self.populations:
-                self.populations[p] = new_population()
-            fire_deadlines(
-                index,
-                self.input_watermark_ms,
-                self.profiles.get,
-                self.moments,
-                self.segments,
-                self.populations[p],
-            )
-        for example in self.moments.examples:
+        before = self.input_watermark_ms
+        if stitching:
+            # Identity stitching moves no watermark.
+            now = before or 0
+        else:
+            self.watermark_ms = max(self.watermark_ms, int(record.ts))
+            now = max(before or 0, int(record.ts))
+            self.input_watermark_ms = now
+        marks = Watermarks(before=before, closing=now, release=now)
+        step = self.engines[partition].submit([fields], marks)
+        if not stitching:
+            for p, engine in self.engines.items():
+                if p != partition:
+                    step.extend(engine.advance(marks))
+        self._publish(step)
+        for fields in step.rekeyed:
+            self.feed({"topic": "clickstream", **fields})
+
+    def _publish(self, step: Outputs) -> None:
+        for example in step.examples:
             self.models.learn(example)
-        self.moments.examples.clear()
+        step.examples.clear()
+        step.rekeyed, rekeyed = [], step.rekeyed
+        self.outputs.extend(step)
+        step.rekeyed = rekeyed
 
     def summaries(self, as_of_ms: int | None = None) -> Iterator[dict[str, Any]]:
         """Every customer's profile as of ``as_of_ms`` (default: the last event)."""
         as_of = self.watermark_ms if as_of_ms is None else as_of_ms
-        population = Population(
-            rfm=combined_rfm(self.populations.values()),
-            bgnbd=combined_bgnbd(self.populations.values()),
-        )
+        populations = self.populations.values()
+        population = Population(rfm=combined_rfm(populations), bgnbd=combined_bgnbd(populations))
         value_config = self.settings.value_config()
-        for customer_id in sorted(self.profiles):
+        config = self.settings.profile_config()
+        profiles = self.profiles
+        for customer_id in sorted(profiles):
             yield customer_view(
                 customer_id,
-                self.profiles[customer_id],
-                self._profile_config,
+                profiles[customer_id],
+                config,
                 as_of,
                 population,
                 value_config,

@@ -19,7 +19,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.engine import EngineConfig
 from models.profile import (
+    DAY_MS,
     DEFAULT_SLA_FIRST_RESPONSE_S,
     DEFAULT_SLA_RESOLUTION_S,
     ProfileConfig,
@@ -407,6 +409,19 @@ class Settings(BaseSettings):
             trigger_interval_ms=self.trigger_min_interval_s * 1000,
             negative_text=self.detractor_sentiment,
             expected_lifespan_years=self.expected_lifespan_days / 365,
+        )
+
+    def engine_config(self) -> EngineConfig:
+        """Settings of the partition engine (models.engine)."""
+        return EngineConfig(
+            profile=self.profile_config(),
+            segments=self.segment_config(),
+            horizon_ms=int(self.churn_horizon_days * DAY_MS),
+            deadline_bucket_ms=self.deadline_bucket_s * 1000,
+            reorder_max_held=self.reorder_max_held,
+            anonymous_buffer_events=self.anonymous_buffer_events,
+            id_key=self.model_snapshot_key.get_secret_value().encode(),
+            training_sample_rate=self.training_sample_rate,
         )
 
     def kafka_python_config(self) -> dict[str, Any]:

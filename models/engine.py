@@ -1,0 +1,423 @@
+"""The partition engine: everything that happens to one input partition.
+
+The worker and ``segstream evaluate`` both hand decoded records to a
+:class:`PartitionEngine` and act on what it returns; neither has any
+orchestration of its own, so an offline replay equals the live worker by
+construction. The engine imports neither Faust nor aiokafka: its state lives
+behind the :class:`models.deadlines.Store` protocol (a write-back cache over
+a Faust table in the worker, a dict offline), and the watermarks it needs
+are passed in.
+
+One batch of a partition::
+
+    decoded records ─┬─ anonymous / identify ──► identity state;
+                     │                           re-keyed events (Outputs.rekeyed)
+                     └─ by customer ──► release: events up to the release
+                                        watermark, in event time; the rest held
+                          ──► update_customer (profile + population)
+                          ──► refile the customer's deadline
+    then: held events the release watermark reached, and deadlines the
+    closing watermark passed ──► segment changes, triggers, training examples
+
+Examples
+--------
+>>> from models.profile import event
+>>> engine = PartitionEngine(0, PartitionStores.in_memory(), EngineConfig.default())
+>>> order = dict(event("purchases", "order", 10 * 86_400_000, "e1", amount=20.0),
+...              customer_id="c1")
+>>> out = engine.submit([order], Watermarks.up_to(10 * 86_400_000))
+>>> engine.stores.profiles.get("c1")["lifetime"]
+{'purchases.order': 1}
+>>> [change["dimension"] for change in out.changes][:2]
+['lifecycle', 'rfm_segment']
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.deadlines import DeadlineIndex, DictStore, Store
+from models.identity import apply_anonymous
+from models.moments import Moments, Scorer
+from models.pipeline import (
+    erase_customer,
+    fire_deadlines,
+    new_population,
+    refile_deadline,
+    update_customer,
+)
+from models.profile import DAY_MS, ProfileConfig
+from models.reorder import first_held_ms, release
+from models.segments import SegmentConfig, Segmenter
+from models.sentiment import compound
+from models.training import ModelBundle, ModelConfig
+
+# The population of a partition lives under one key of the population store.
+POPULATION_KEY_PREFIX = "p"
+
+
+def population_key(partition: int) -> str:
+    """The population store's key of an input partition."""
+    return f"{POPULATION_KEY_PREFIX}{partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything the engine needs to know that is not state (all from Settings)."""
+
+    profile: ProfileConfig
+    segments: SegmentConfig
+    horizon_ms: int
+    deadline_bucket_ms: int
+    reorder_max_held: int
+    anonymous_buffer_events: int
+    id_key: bytes
+    training_sample_rate: float = 1.0
+
+    @classmethod
+    def default(cls) -> EngineConfig:
+        """The defaults of every setting (tests and examples)."""
+        return cls(
+            profile=ProfileConfig(),
+            segments=SegmentConfig(),
+            horizon_ms=90 * DAY_MS,
+            deadline_bucket_ms=3_600_000,
+            reorder_max_held=256,
+            anonymous_buffer_events=50,
+            id_key=b"engine-example-key",
+        )
+
+
+@dataclass(slots=True)
+class PartitionStores:
+    """The keyed state of one partition, one store per kind."""
+
+    profiles: Store  # customer_id -> profile (models.profile)
+    population: Store  # "p<partition>" -> population (models.pipeline)
+    held: Store  # customer_id -> events held until the watermark reaches them
+    deadlines: Store  # deadline and held-event indexes (models.deadlines)
+    identities: Store  # anonymous_id -> identity state (models.identity)
+
+    @classmethod
+    def in_memory(cls) -> PartitionStores:
+        """Dict-backed stores (``segstream evaluate``, tests)."""
+        return cls(DictStore(), DictStore(), DictStore(), DictStore(), DictStore())
+
+
+@dataclass(frozen=True, slots=True)
+class Watermarks:
+    """The partition's input watermarks for one step (event time, epoch ms).
+
+    ``before`` is the closing watermark before the batch was read (``None``:
+    a customer's own latest event stands in, as in an ordered replay);
+    ``closing`` closes windows, sessions and carts and fires deadlines;
+    ``release`` lets held events through and is never below ``closing``.
+    """
+
+    before: int | None
+    closing: int
+    release: int
+
+    @classmethod
+    def up_to(cls, ts: int, before: int | None = None) -> Watermarks:
+        """Everything up to ``ts`` has been read (an ordered input)."""
+        return cls(before=before, closing=ts, release=ts)
+
+
+@dataclass
+class Outputs:
+    """What one step of the engine produced, for the caller to send and count.
+
+    ``counts`` holds ``(what, label) -> n`` for the worker's metrics:
+    ``duplicate``/``late``/``held`` by topic, ``forced`` and ``anonymous``
+    by outcome.
+    """
+
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    rekeyed: list[dict[str, Any]] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.changes or self.triggers or self.examples or self.rekeyed or self.aliases
+        )
+
+    def extend(self, other: Outputs) -> None:
+        """Append another step's outputs after these."""
+        if other:
+            self.changes.extend(other.changes)
+            self.triggers.extend(other.triggers)
+            self.examples.extend(other.examples)
+            self.rekeyed.extend(other.rekeyed)
+            self.aliases.extend(other.aliases)
+        if other.counts:
+            self.counts.update(other.counts)
+
+
+class PartitionEngine:
+    """The state machine of one input partition.
+
+    Parameters
+    ----------
+    partition
+        The input partition this engine owns.
+    stores
+        Its keyed state.
+    config
+        Settings.
+    scorer
+        Returns the model bundle to score with now (the newest snapshot live).
+    sentiment
+        Text → compound sentiment of support texts.
+    """
+
+    def __init__(
+        self,
+        partition: int,
+        stores: PartitionStores,
+        config: EngineConfig,
+        scorer: Callable[[], Scorer] | None = None,
+        sentiment: Callable[[str], float] = compound,
+    ) -> None:
+        self.partition = partition
+        self.stores = stores
+        self.config = config
+        self._scorer = scorer or _default_scorer()
+        self._sentiment = sentiment
+        self._pop_key = population_key(partition)
+        self.deadlines = DeadlineIndex(stores.deadlines, partition, config.deadline_bucket_ms)
+        # Held events by event time, beside the deadlines in the same store.
+        self.held_index = DeadlineIndex(
+            stores.deadlines, partition, config.deadline_bucket_ms, namespace="h"
+        )
+        # The watermarks this partition was last advanced to.
+        self.advanced_to: tuple[int, int] = (0, 0)
+
+    # -- steps ---------------------------------------------------------------------
+
+    def submit(self, records: Sequence[Mapping[str, Any]], marks: Watermarks) -> Outputs:
+        """Apply a batch of decoded records (as dicts with ``topic``), then advance.
+
+        Records without a ``customer_id``, and ``identify`` clicks, go to
+        identity stitching; the events they release come back in
+        ``Outputs.rekeyed``, to be read again under the customer's key.
+        """
+        step = _Step(self._moments, self._segmenter)
+        by_customer: dict[str, list[dict[str, Any]]] = {}
+        for fields in records:
+            if fields["topic"] == "clickstream" and (
+                fields.get("customer_id") is None or fields.get("type") == "identify"
+            ):
+                self._stitch(fields, step.outputs)
+                continue
+            by_customer.setdefault(str(fields["customer_id"]), []).append(dict(fields))
+        # by_customer: {customer_id: [event fields, ...]} in arrival order
+        for customer_id, arrived in by_customer.items():
+            self._advance_customer(step, customer_id, arrived, marks)
+        self._advance(step, marks)
+        return step.collect()
+
+    def advance(self, marks: Watermarks) -> Outputs:
+        """The watermarks moved with no new event: held events and deadlines."""
+        step = _Step(self._moments, self._segmenter)
+        self._advance(step, marks)
+        return step.collect()
+
+    def erase_customer(self, customer_id: str) -> tuple[Outputs, list[str]]:
+        """Remove every trace of a customer from this partition's state.
+
+        Returns the outputs (the customer's aliases to erase in their own
+        partitions) and what was erased.
+        """
+        outputs = Outputs()
+        erased: list[str] = []
+        population = self._population()
+        if self.stores.held.get(customer_id):
+            # The held-index entry is ignored once the events are gone.
+            population["held_customers"] = max(population.get("held_customers", 0) - 1, 0)
+            self.stores.held.delete(customer_id)
+            erased.append("held_events")
+        profile = self.stores.profiles.get(customer_id)
+        if profile is not None:
+            erase_customer(profile, population, self._segmenter())
+            if profile.get("deadline_ms") is not None:
+                self.deadlines.unschedule(customer_id, profile["deadline_ms"])
+            self.stores.profiles.delete(customer_id)
+            erased.append("profile")
+            outputs.aliases.extend(profile.get("anonymous_ids", []))
+        if erased:
+            self.stores.population.put(self._pop_key, population)
+        return outputs, erased
+
+    def erase_alias(self, anonymous_id: str) -> list[str]:
+        """Remove an anonymous id's identity state; what was erased."""
+        if self.stores.identities.get(anonymous_id) is None:
+            return []
+        self.stores.identities.delete(anonymous_id)
+        return ["identity"]
+
+    # -- inside a step -------------------------------------------------------------
+
+    def _moments(self) -> Moments:
+        return Moments(
+            scorer=self._scorer(),
+            horizon_ms=self.config.horizon_ms,
+            profile_config=self.config.profile,
+            id_key=self.config.id_key,
+            sample_rate=self.config.training_sample_rate,
+        )
+
+    def _segmenter(self) -> Segmenter:
+        return Segmenter(
+            config=self.config.segments,
+            profile_config=self.config.profile,
+            scorer=self._scorer(),
+            id_key=self.config.id_key,
+        )
+
+    def _population(self) -> dict[str, Any]:
+        population: dict[str, Any] | None = self.stores.population.get(self._pop_key)
+        return population if population is not None else new_population()
+
+    def _stitch(self, fields: Mapping[str, Any], outputs: Outputs) -> None:
+        anonymous_id = str(fields["anonymous_id"])
+        event = {key: value for key, value in fields.items() if key != "topic"}
+        state, released, outcome = apply_anonymous(
+            self.stores.identities.get(anonymous_id), event, self.config.anonymous_buffer_events
+        )
+        self.stores.identities.put(anonymous_id, state)
+        outputs.counts["anonymous", outcome] += 1
+        outputs.rekeyed.extend(released)
+
+    def _advance_customer(
+        self, step: _Step, customer_id: str, arrived: list[dict[str, Any]], marks: Watermarks
+    ) -> None:
+        """Apply a customer's events the release watermark has reached; hold the rest."""
+        population = self._population()
+        holding = population.get("held_customers", 0) > 0
+        held = (self.stores.held.get(customer_id) or []) if holding else []
+        ready, still, forced = release(held, arrived, marks.release, self.config.reorder_max_held)
+        if forced:
+            step.outputs.counts["forced", ""] += forced
+        if still != held:
+            self._hold(step.outputs, customer_id, held, still, population)
+            self.stores.population.put(self._pop_key, population)
+        if not ready:
+            return
+        profile, outcomes = update_customer(
+            self.stores.profiles.get(customer_id),
+            ready,
+            population,
+            self.config.profile,
+            self._sentiment,
+            marks.before,
+            customer_id,
+            step.moments,
+            step.segmenter,
+        )
+        population["watermark_ms"] = max(population.get("watermark_ms", 0), int(ready[-1]["ts"]))
+        for fields, outcome in zip(ready, outcomes, strict=True):
+            if outcome != "applied":
+                step.outputs.counts[outcome, fields["topic"]] += 1
+        if any(outcome != "duplicate" for outcome in outcomes):
+            refile_deadline(self.deadlines, customer_id, profile, step.moments, step.segmenter)
+            self.stores.profiles.put(customer_id, profile)
+        self.stores.population.put(self._pop_key, population)
+
+    def _hold(
+        self,
+        outputs: Outputs,
+        customer_id: str,
+        held: list[dict[str, Any]],
+        still: list[dict[str, Any]],
+        population: dict[str, Any],
+    ) -> None:
+        """Keep a customer's held events (with the index entry of the oldest) and
+        the partition's count of customers holding any."""
+        was_held = {fields["event_id"] for fields in held}
+        for fields in still:
+            if fields["event_id"] not in was_held:
+                outputs.counts["held", fields["topic"]] += 1
+        if still:
+            self.stores.held.put(customer_id, still)
+            first = first_held_ms(still)
+            if first is not None and first != first_held_ms(held):
+                self.held_index.schedule(customer_id, first)
+        else:
+            self.stores.held.delete(customer_id)
+        population["held_customers"] = population.get("held_customers", 0) + (
+            (1 if still else 0) - (1 if held else 0)
+        )
+
+    def _advance(self, step: _Step, marks: Watermarks) -> None:
+        """What the watermarks reached: held events, then deadlines."""
+        # Events held for customers with nothing new, now that the watermark reached them.
+        if self.held_index.may_have_due(marks.release):
+            for due, customer_id in self.held_index.pop_due(marks.release):
+                if first_held_ms(self.stores.held.get(customer_id) or []) == due:
+                    self._advance_customer(step, customer_id, [], marks)
+        self.advanced_to = (marks.closing, marks.release)
+        if not self.deadlines.may_have_due(marks.closing):
+            return
+        # Customers who went quiet change state as the watermark passes their deadlines.
+        population = self._population()
+        fired = fire_deadlines(
+            self.deadlines,
+            marks.closing,
+            self.stores.profiles.get,
+            step.moments,
+            step.segmenter,
+            population,
+        )
+        for customer_id, profile in fired:
+            self.stores.profiles.put(customer_id, profile)
+        if fired:
+            self.stores.population.put(self._pop_key, population)
+
+
+class _Step:
+    """The collectors one step shares between its customers, made when first needed
+    (most partitions have nothing due at most steps)."""
+
+    __slots__ = ("_moments", "_new_moments", "_new_segmenter", "_segmenter", "outputs")
+
+    def __init__(
+        self, new_moments: Callable[[], Moments], new_segmenter: Callable[[], Segmenter]
+    ) -> None:
+        self._new_moments = new_moments
+        self._new_segmenter = new_segmenter
+        self._moments: Moments | None = None
+        self._segmenter: Segmenter | None = None
+        self.outputs = Outputs()
+
+    @property
+    def moments(self) -> Moments:
+        if self._moments is None:
+            self._moments = self._new_moments()
+        return self._moments
+
+    @property
+    def segmenter(self) -> Segmenter:
+        if self._segmenter is None:
+            self._segmenter = self._new_segmenter()
+        return self._segmenter
+
+    def collect(self) -> Outputs:
+        if self._segmenter is not None:
+            self.outputs.changes.extend(self._segmenter.changes)
+            self.outputs.triggers.extend(self._segmenter.triggers)
+        if self._moments is not None:
+            self.outputs.examples.extend(self._moments.examples)
+        return self.outputs
+
+
+def _default_scorer() -> Callable[[], Scorer]:
+    bundle = ModelBundle(ModelConfig())
+    return lambda: bundle
+
