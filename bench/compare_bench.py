@@ -114,7 +114,7 @@ from streams.admin import create_topics
 from streams.local_kafka import LocalKafka, free_port
 from streams.process import WorkerProcess
 from streams.producer import encode_event, make_consumer, make_producer, send_events
-from streams.settings import Settings
+from streams.settings import Settings, throwaway_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -329,6 +329,7 @@ def start_workers(
     run_id = uuid.uuid4().hex[:6]
     app_id = f"cmp-{name}-{run_id}"
     token = secrets.token_urlsafe(32)  # required by a worker; shared like a deployment's
+    keys = throwaway_secrets()  # likewise: a worker refuses the placeholders
     workers = []
     for index in range(count):
         env = {
@@ -342,6 +343,7 @@ def start_workers(
             # sets the root logger to DEBUG to drive its terminal spinner, and
             # every aiokafka debug call then builds a log record.
             "WEB_TOKEN": token,
+            **keys,
         }
         log_path = workdir / f"{name}-{run_id}-{index}.log"
         workers.append(WorkerProcess(env=env, log_path=log_path).start())

@@ -63,7 +63,7 @@ from streams.admin import create_topics
 from streams.local_kafka import LocalKafka, free_port
 from streams.process import WorkerProcess, WorkerStartError
 from streams.producer import encode_event, make_producer
-from streams.settings import Settings
+from streams.settings import Settings, throwaway_secrets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -428,6 +428,8 @@ def main() -> None:
             "LOG_LEVEL": args.log_level,
             # Profiles are read with it; a worker refuses to start without one.
             "WEB_TOKEN": secrets.token_urlsafe(32),
+            # And real keys: a worker refuses the placeholders.
+            **throwaway_secrets(),
         }
         results: dict[str, Any] = {
             "benchmark": "million",

@@ -51,7 +51,7 @@ from streams.admin import create_topics
 from streams.local_kafka import LocalKafka, free_port
 from streams.process import WorkerProcess
 from streams.producer import encode_event, make_producer, send_events
-from streams.settings import Settings
+from streams.settings import Settings, throwaway_secrets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -116,6 +116,8 @@ def run_mode(
         "LOG_LEVEL": "warning",
         # Only the open /readyz and /metrics are read, but a worker needs a token.
         "WEB_TOKEN": secrets.token_urlsafe(32),
+        # And real keys: a worker refuses the placeholders.
+        **throwaway_secrets(),
     }
     if mode == "naive":
         env["BATCH_MAX_EVENTS"] = "1"

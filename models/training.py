@@ -7,18 +7,24 @@ newest snapshot it has verified (:func:`decode_snapshot`). ``segstream
 evaluate`` trains and scores one bundle in process.
 
 Snapshots are pickles, so each carries an HMAC-SHA256 of its bytes under a
-key from the settings, checked before anything is unpickled.
+key from the settings, checked before anything is unpickled. The key is not
+the only defence: the snapshot is then read by a restricted unpickler that
+resolves only the classes a bundle is made of (see :func:`decode_snapshot`),
+so even a correctly signed snapshot cannot run code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib
+import io
 import pickle
+import random
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from river import drift, metrics, utils
 
@@ -215,13 +221,14 @@ def encode_snapshot(bundle: ModelBundle, key: bytes) -> bytes:
 
 
 def decode_snapshot(data: bytes, key: bytes) -> ModelBundle:
-    """Verify a snapshot's HMAC, then unpickle it.
+    """Verify a snapshot's HMAC, then unpickle it with the restricted unpickler.
 
     Raises
     ------
     SnapshotError
         If the framing is wrong or the HMAC does not match (wrong key or
-        tampered bytes); nothing is unpickled then.
+        tampered bytes) — nothing is unpickled then — or if the signed pickle
+        names anything outside the bundle's allow-list, or cannot be loaded.
     """
     head = len(SNAPSHOT_MAGIC)
     if not data.startswith(SNAPSHOT_MAGIC) or len(data) < head + _DIGEST_BYTES:
@@ -229,7 +236,137 @@ def decode_snapshot(data: bytes, key: bytes) -> ModelBundle:
     digest, payload = data[head : head + _DIGEST_BYTES], data[head + _DIGEST_BYTES :]
     if not hmac.compare_digest(digest, hmac.new(key, payload, hashlib.sha256).digest()):
         raise SnapshotError("model snapshot failed its HMAC check (wrong key or tampered)")
-    bundle = pickle.loads(payload)  # noqa: S301 - verified above
+    try:
+        bundle = _BundleUnpickler(payload).load()
+    except SnapshotError:
+        raise
+    except Exception as exc:  # truncated or malformed pickle, state this version cannot take
+        raise SnapshotError(f"model snapshot unloadable: {type(exc).__name__}") from exc
     if not isinstance(bundle, ModelBundle):
         raise SnapshotError(f"snapshot holds {type(bundle).__name__}, not a ModelBundle")
     return bundle
+
+
+# --- What a snapshot may hold -----------------------------------------------
+# Unpickling calls whatever the pickle names, so a pickle can run any function
+# it can name. The unpickler below resolves only these names; the list is what
+# a trained bundle references (every global of one, listed with pickletools,
+# is checked by tests/unit/test_security.py). Update it, and SNAPSHOT_MAGIC,
+# when the bundle's classes change.
+
+# River packages our models are built from. Not all of River: river.stream
+# and river.datasets hold classes that read and write files.
+_RIVER_PACKAGES: Final = (
+    "river._river_rust",
+    "river.cluster",
+    "river.compose",
+    "river.drift",
+    "river.linear_model",
+    "river.metrics",
+    "river.optim",
+    "river.preprocessing",
+    "river.stats",
+    "river.utils",
+)
+_STDLIB_GLOBALS: Final = frozenset(
+    {
+        ("builtins", "bool"), ("builtins", "bytearray"), ("builtins", "bytes"),
+        ("builtins", "complex"), ("builtins", "dict"), ("builtins", "float"),
+        ("builtins", "frozenset"), ("builtins", "int"), ("builtins", "list"),
+        ("builtins", "object"), ("builtins", "range"), ("builtins", "set"),
+        ("builtins", "slice"), ("builtins", "str"), ("builtins", "tuple"),
+        ("collections", "Counter"), ("collections", "OrderedDict"),
+        ("collections", "defaultdict"), ("collections", "deque"),
+        ("copyreg", "_reconstructor"), ("functools", "partial"), ("random", "Random"),
+    }
+)  # fmt: skip
+# A bound method pickles as getattr(instance, name). River's KMeans holds one:
+# new centre coordinates come from functools.partial(rng.gauss, mu, sigma).
+# A free getattr would reach any function through __globals__, so getattr
+# resolves to a stand-in that returns only these methods.
+_BOUND_METHODS: Final[dict[type, frozenset[str]]] = {random.Random: frozenset({"gauss"})}
+
+
+def _bound_method(instance: object, name: str) -> Any:
+    """``getattr`` as a snapshot may use it: only the methods in ``_BOUND_METHODS``."""
+    if name in _BOUND_METHODS.get(type(instance), frozenset()):
+        return getattr(instance, name)
+    raise SnapshotError(
+        f"model snapshot asks for the attribute {name!r} of a {type(instance).__name__}, "
+        "which a model bundle never holds"
+    )
+
+
+def _is_model_module(module: str) -> bool:
+    """Whether classes of ``module`` may appear in a bundle (River's model packages, ours)."""
+    return any(
+        module == package or module.startswith(package + ".")
+        for package in ("models", *_RIVER_PACKAGES)
+    )
+
+
+def allowed_global(module: str, name: str) -> Any:
+    """What a snapshot's ``module.name`` resolves to, if the allow-list has it.
+
+    A stdlib name must be on the explicit list. Otherwise the module must be
+    one of ours or one of River's model packages, and the name a public class
+    defined there: functions are refused, and so are objects a module merely
+    imports (a module that imports ``os.system`` or ``subprocess.Popen`` does
+    not lend it to a snapshot).
+
+    >>> allowed_global("river.cluster.k_means", "KMeans").__name__
+    'KMeans'
+    >>> try:
+    ...     allowed_global("posix", "system")
+    ... except SnapshotError as refused:
+    ...     print(refused)
+    model snapshot refers to 'posix.system', which is not part of a model bundle
+    """
+    if (module, name) == ("builtins", "getattr"):
+        return _bound_method
+    if (module, name) in _STDLIB_GLOBALS:
+        return getattr(importlib.import_module(module), name)
+    refused = SnapshotError(
+        f"model snapshot refers to {module + '.' + name!r}, which is not part of a model bundle"
+    )
+    # Identifiers without a leading underscore: no dotted paths, no dunders.
+    if not _is_model_module(module) or not name.isidentifier() or name.startswith("_"):
+        raise refused
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise refused from exc
+    if not (isinstance(found, type) and found.__module__ == module and found.__qualname__ == name):
+        raise refused
+    return found
+
+
+# The pure-Python unpickler, for one reason: its opcodes can be overridden.
+# BUILD sets attributes on the object below it, and with a class there it
+# would change that class for the whole worker (Counter.update = ...). About
+# ten times slower than the C unpickler, which a snapshot can afford.
+_UNPICKLER: Final[Any] = pickle._Unpickler
+_PLAIN_BUILD: Final[Callable[[Any], None]] = _UNPICKLER.dispatch[pickle.BUILD[0]]
+
+
+class _BundleUnpickler(_UNPICKLER):  # type: ignore[misc]
+    """Unpickles a model bundle and nothing else (see :func:`allowed_global`)."""
+
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(_UNPICKLER.dispatch)
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__(io.BytesIO(payload))
+        self._globals: set[int] = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = allowed_global(module, name)
+        self._globals.add(id(found))
+        return found
+
+    def _load_build(self) -> None:
+        target = self.stack[-2]
+        if isinstance(target, type) or id(target) in self._globals:
+            raise SnapshotError("model snapshot sets attributes of a class or function")
+        _PLAIN_BUILD(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build

@@ -17,7 +17,7 @@ from faust.sensors.prometheus import FaustMetrics
 from streams import metrics
 from streams.auth import check_web_auth
 from streams.faust_sensor import CachedPrometheusMonitor
-from streams.settings import Settings, load_settings
+from streams.settings import Settings, check_secrets, load_settings
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -118,10 +118,11 @@ app.monitor = CachedPrometheusMonitor(
 
 
 @app.on_worker_init.connect
-def _refuse_open_web_endpoints(sender: faust.App, **kwargs: Any) -> None:
+def _refuse_unsafe_settings(sender: faust.App, **kwargs: Any) -> None:
     # `faust -A streams.app worker` sends this before serving; `segstream
-    # worker` runs the same check itself, before Faust is involved.
+    # worker` runs the same checks itself, before Faust is involved.
     check_web_auth(settings)
+    check_secrets(settings)
 
 
 # Registering topics, tables, agents and views needs `app` defined above.

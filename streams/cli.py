@@ -112,9 +112,11 @@ def worker() -> None:
 
     from streams.app import app, settings
     from streams.auth import check_web_auth
+    from streams.settings import check_secrets
 
     try:
         check_web_auth(settings)
+        check_secrets(settings)
     except SegstreamError as exc:
         _fail(exc)
     logging.basicConfig(level=settings.log_level.upper())

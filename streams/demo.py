@@ -35,7 +35,7 @@ from streams.admin import create_topics
 from streams.local_kafka import LocalKafka, free_port
 from streams.process import WorkerProcess
 from streams.producer import make_consumer, send_events
-from streams.settings import ENV_PREFIX, Settings, load_settings
+from streams.settings import ENV_PREFIX, Settings, load_settings, throwaway_secrets
 from streams.tail import describe_record
 
 DEMO_DIR = Path("var/demo")
@@ -97,6 +97,8 @@ def run_demo(
                 "TOPIC_PREFIX": prefix,
                 # A throwaway token: the demo uses the API the way a client must.
                 "WEB_TOKEN": token,
+                # Fresh keys too: a worker refuses the public placeholders.
+                **throwaway_secrets(),
             },
             log_path=DEMO_DIR / "worker.log",
         ).start()

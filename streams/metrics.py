@@ -94,7 +94,7 @@ training_examples_learned = Counter(
 )
 model_snapshots_rejected = Counter(
     "segstream_model_snapshots_rejected",
-    "Model snapshots refused because their HMAC did not verify.",
+    "Model snapshots refused: HMAC not verified, or anything but a model bundle inside.",
     registry=registry,
 )
 model_version = Gauge(

@@ -56,14 +56,12 @@ class ModelHolder:
     def offer(self, data: bytes) -> bool:
         """Load a snapshot if it verifies and is newer; ``True`` if loaded."""
         try:
+            # Verified, then read by the restricted unpickler: a signed
+            # snapshot holding anything but a model bundle is refused too.
             bundle = decode_snapshot(data, _SIGNING_KEY)
         except SnapshotError as exc:
             metrics.model_snapshots_rejected.inc()
             log.warning("model snapshot rejected reason=%s", exc)
-            return False
-        except Exception as exc:  # a verified snapshot this version cannot load
-            metrics.model_snapshots_rejected.inc()
-            log.warning("model snapshot unloadable error=%s", type(exc).__name__)
             return False
         if bundle.version <= self.bundle.version:
             return False
@@ -74,10 +72,6 @@ class ModelHolder:
 
 
 holder = ModelHolder()
-if settings.model_snapshot_key.get_secret_value() == "change-me":
-    log.warning("SEGSTREAM_MODEL_SNAPSHOT_KEY is the placeholder: set a secret of your own")
-if settings.audit_hash_key.get_secret_value() == "change-me":
-    log.warning("SEGSTREAM_AUDIT_HASH_KEY is the placeholder: set a secret of your own")
 
 
 @app.task

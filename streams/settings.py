@@ -13,6 +13,7 @@ so this class is the single source of truth.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from models.profile_summary import ValueConfig
 from models.segments import SegmentConfig
 from models.training import ModelConfig
 from schemas.decode import DecodeLimits
+from schemas.errors import ConfigError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -37,6 +39,8 @@ StoreKind = Literal["rocksdb", "memory"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 ENV_PREFIX = "SEGSTREAM_"
+# The public default of the secret keys: a worker refuses to start with it.
+SECRET_PLACEHOLDER = "change-me"  # noqa: S105 - public on purpose, refused
 
 
 class Settings(BaseSettings):
@@ -205,8 +209,9 @@ class Settings(BaseSettings):
         "id (deterministic); lower it when the trainer cannot keep up.",
     )
     audit_hash_key: SecretStr = Field(
-        SecretStr("change-me"),
-        description="Key of the HMAC that pseudonymises ids in erasure audit events.",
+        SecretStr(SECRET_PLACEHOLDER),
+        description="Key of the HMAC that pseudonymises ids in erasure audit events; a "
+        "worker refuses to start with the placeholder.",
     )
     input_idle_s: float = Field(
         10.0,
@@ -256,8 +261,9 @@ class Settings(BaseSettings):
         1000, ge=10, description="Resolved labels the rolling AUC and log loss cover."
     )
     model_snapshot_key: SecretStr = Field(
-        SecretStr("change-me"),
-        description="Key of the HMAC that signs model snapshots; verified before unpickling.",
+        SecretStr(SECRET_PLACEHOLDER),
+        description="Key of the HMAC that signs model snapshots; verified before unpickling. "
+        "The same on every worker; a worker refuses to start with the placeholder.",
     )
     deadline_bucket_s: int = Field(
         3600, ge=1, description="Event-time granularity of the per-partition deadline index."
@@ -454,3 +460,48 @@ def _as_str(path: Path | None) -> str | None:
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings from the environment, with explicit overrides on top."""
     return Settings(**overrides)
+
+
+# Secret keys whose default is the public placeholder. With it, anyone could
+# sign a model snapshot every worker loads, or reverse the audit hashes.
+PLACEHOLDER_SECRETS = ("model_snapshot_key", "audit_hash_key")
+
+
+def placeholder_secrets(settings: Settings) -> list[str]:
+    """Variables of the secret keys still at the placeholder (or blank).
+
+    >>> s = Settings(_env_file=None, model_snapshot_key="change-me", audit_hash_key="k3y")
+    >>> placeholder_secrets(s)
+    ['SEGSTREAM_MODEL_SNAPSHOT_KEY']
+    """
+    unset = []
+    for field in PLACEHOLDER_SECRETS:
+        value: SecretStr = getattr(settings, field)
+        if value.get_secret_value().strip() in ("", SECRET_PLACEHOLDER):
+            unset.append(ENV_PREFIX + field.upper())
+    return unset
+
+
+def check_secrets(settings: Settings) -> None:
+    """Raise :class:`ConfigError` naming every secret key still at its placeholder.
+
+    Called before a worker starts, as :func:`streams.auth.check_web_auth` is.
+    The demo, the tests and the benchmarks give their workers
+    :func:`throwaway_secrets`.
+    """
+    unset = placeholder_secrets(settings)
+    if unset:
+        raise ConfigError(
+            f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} still the public "
+            f"placeholder {SECRET_PLACEHOLDER!r}: set each to a random secret, the same on "
+            "every worker (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+
+
+def throwaway_secrets() -> dict[str, str]:
+    """Random secret keys for a short-lived worker, as ``WorkerProcess`` env (no prefix).
+
+    >>> sorted(throwaway_secrets())
+    ['AUDIT_HASH_KEY', 'MODEL_SNAPSHOT_KEY']
+    """
+    return {field.upper(): secrets.token_urlsafe(32) for field in PLACEHOLDER_SECRETS}

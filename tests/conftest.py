@@ -18,7 +18,7 @@ import pytest
 
 from streams.local_kafka import LocalKafka, free_port, kafka_version
 from streams.process import WorkerProcess
-from streams.settings import ENV_PREFIX, Settings
+from streams.settings import ENV_PREFIX, Settings, throwaway_secrets
 
 EXTERNAL_BOOTSTRAP = os.environ.get(ENV_PREFIX + "KAFKA_BOOTSTRAP")
 
@@ -56,11 +56,20 @@ def kafka_bootstrap(
 
 
 @pytest.fixture
-def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+def secret_keys() -> dict[str, str]:
+    """Random secret keys (``WorkerProcess`` env names), shared by one test's
+    settings and workers: a worker refuses the placeholders, and snapshots
+    the test reads must verify with the workers' key."""
+    return throwaway_secrets()
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path, secret_keys: dict[str, str]) -> Callable[..., Settings]:
     """Settings isolated from the environment, with overrides."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {"data_dir": tmp_path / "data", "store": "memory"}
+        values.update({name.lower(): key for name, key in secret_keys.items()})
         values.update(overrides)
         return Settings(_env_file=None, **values)
 
@@ -75,7 +84,7 @@ def topic_prefix() -> str:
 
 @pytest.fixture
 def worker_factory(
-    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, secret_keys: dict[str, str]
 ) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real ``segstream worker`` processes; all are stopped at teardown."""
     started: list[WorkerProcess] = []
@@ -95,6 +104,8 @@ def worker_factory(
             "GROUP_SESSION_TIMEOUT_S": "6",
             # The profile endpoints require one; worker.get sends it.
             "WEB_TOKEN": web_token,
+            # A worker refuses the placeholder keys.
+            **secret_keys,
         }
         values.update(env)
         worker = WorkerProcess(env=values, log_path=tmp_path / name / "worker.log").start()

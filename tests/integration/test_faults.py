@@ -218,7 +218,9 @@ def own_broker(tmp_path: Path) -> Iterator[LocalKafka]:
 class Workers:
     """Incarnations of one worker: same data dir and group, a fresh process each time."""
 
-    def __init__(self, tmp_path: Path, bootstrap: str, topic_prefix: str) -> None:
+    def __init__(
+        self, tmp_path: Path, bootstrap: str, topic_prefix: str, secret_keys: dict[str, str]
+    ) -> None:
         self.tmp_path = tmp_path
         self.env = {
             "KAFKA_BOOTSTRAP": bootstrap,
@@ -230,6 +232,7 @@ class Workers:
             "INPUT_IDLE_S": str(INPUT_IDLE_S),
             "REORDER_IDLE_S": str(INPUT_IDLE_S),
             "WEB_TOKEN": f"test-token-{uuid.uuid4().hex}",
+            **secret_keys,
             **{name.upper(): str(value) for name, value in LIFECYCLE.items()},
         }
         self.started: list[WorkerProcess] = []
@@ -253,6 +256,7 @@ def test_chaos_kill_9_and_broker_restart_lose_nothing_and_publish_every_change(
     own_broker: LocalKafka,
     topic_prefix: str,
     settings_factory: Callable[..., Settings],
+    secret_keys: dict[str, str],
     tmp_path: Path,
 ) -> None:
     settings = settings_factory(
@@ -277,7 +281,7 @@ def test_chaos_kill_9_and_broker_restart_lose_nothing_and_publish_every_change(
     cuts = sorted(rng.sample(range(len(events) // 20, len(events) * 19 // 20), len(faults)))
     chunks = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
 
-    workers = Workers(tmp_path, own_broker.bootstrap, topic_prefix)
+    workers = Workers(tmp_path, own_broker.bootstrap, topic_prefix, secret_keys)
     try:
         worker = workers.start()
         for chunk, fault in zip(chunks, [*faults, None], strict=True):

@@ -1,6 +1,8 @@
 """Issue 8, security, on the real broker: the profile and admin endpoints
 need the bearer token, probes and metrics stay open, a worker without a
-token refuses to start, and customer ids stay out of the worker's log."""
+token refuses to start, and customer ids stay out of the worker's log.
+Issue 14: a correctly signed snapshot that runs code is refused, and a
+worker with a placeholder key refuses to start."""
 
 from __future__ import annotations
 
@@ -9,16 +11,20 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
+from models.training import ModelBundle, ModelConfig, encode_snapshot
 from streams.admin import create_topics
 from streams.auth import WWW_AUTHENTICATE
 from streams.process import WorkerProcess
 from streams.producer import make_producer, send_events
 from streams.settings import Settings
 from tests.conftest import fetch_profile
+from tests.unit.test_security import exploits, malicious_snapshot
 
 CANARY = "pii-canary-customer-5f1c"
 CANARY_ANONYMOUS = "pii-canary-anonymous-9b2e"
@@ -122,3 +128,84 @@ def test_with_auth_switched_off_and_no_token_the_profile_endpoint_is_open(
     worker = worker_factory("open", WEB_TOKEN="", WEB_AUTH="false")
     worker.wait_ready()
     assert call(worker, "/customers/x")[0] == 404
+
+
+# --- Issue 14: no code from the wire ------------------------------------------
+
+
+def rejected_snapshots(worker: WorkerProcess) -> float:
+    """``segstream_model_snapshots_rejected_total`` on the worker's /metrics."""
+    status, body = worker.get("/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name == "segstream_model_snapshots_rejected":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    raise AssertionError("segstream_model_snapshots_rejected is not exposed")
+
+
+def model_version(worker: WorkerProcess) -> float:
+    status, body = worker.get("/models")
+    assert status == 200, body
+    return float(orjson.loads(body)["version"])
+
+
+def test_a_correctly_signed_snapshot_that_runs_commands_is_refused_by_a_live_worker(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    settings_factory: Callable[..., Settings],
+    worker_factory: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Issue 14's exploit: a pickle signed with the worker's own key, on the
+    snapshot topic, that runs `id`, a subprocess, exec, eval, or exec
+    reached by getattr alone."""
+    settings = settings_factory(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
+    create_topics(settings)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    payloads = exploits(markers)
+    # The attacker knows the key (the old default was public): the worker's own.
+    key = settings.model_snapshot_key.get_secret_value()
+    topic = settings.topic_names()["model_snapshots"]
+    producer = make_producer(settings)
+
+    def publish(data: bytes) -> None:
+        producer.send(topic, key=b"models", value=data).get(timeout=30)
+
+    # One waits on the compacted topic before the worker starts (read at
+    # every start), the others arrive while it runs.
+    first, *later = payloads
+    publish(malicious_snapshot(payloads[first], key.encode()))
+    worker = worker_factory()
+    assert worker.env["MODEL_SNAPSHOT_KEY"] == key
+    worker.wait_ready()
+    for route in later:
+        publish(malicious_snapshot(payloads[route], key.encode()))
+    # A genuine snapshot after them: the key is right and the follower reads on.
+    genuine = ModelBundle(ModelConfig())
+    genuine.version = 3
+    publish(encode_snapshot(genuine, key.encode()))
+    producer.close()
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if rejected_snapshots(worker) >= len(payloads) and model_version(worker) == 3:
+            break
+        time.sleep(0.5)
+    assert rejected_snapshots(worker) == len(payloads), worker.tail_log()
+    assert model_version(worker) == 3
+    assert sorted(p.name for p in markers.iterdir()) == []  # nothing ran
+    assert worker.alive()
+    log = worker.log_path.read_text(errors="replace")
+    assert log.count("model snapshot rejected") == len(payloads), log
+
+
+def test_a_worker_with_a_placeholder_key_refuses_to_start_and_names_it(
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    worker = worker_factory("placeholder", MODEL_SNAPSHOT_KEY="change-me")
+    assert worker.proc is not None
+    assert worker.proc.wait(timeout=120) != 0
+    log = worker.log_path.read_text(errors="replace")
+    assert "SEGSTREAM_MODEL_SNAPSHOT_KEY" in log, log
+    assert "SEGSTREAM_AUDIT_HASH_KEY" not in log  # that one was set

@@ -4,6 +4,7 @@ address, and no personal data in metric labels or log lines."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import socket
@@ -347,3 +348,225 @@ def test_the_snapshot_follower_gets_the_same_kafka_security_settings() -> None:
         "sasl_plain_username": "svc",
         "sasl_plain_password": "pw",
     }
+
+
+# --- No code from the wire: model snapshots and secret keys -----------------
+
+SNAPSHOT_KEY = b"the-deployment-key"
+
+
+class Calls:
+    """Pickles as ``fn(*args)``: an attacker's ``__reduce__``."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.fn, self.args
+
+    def __call__(self, *args: Any) -> Any:
+        # Only so the pickler accepts a Calls as the callable of another.
+        raise NotImplementedError
+
+
+def attribute(obj: Any, name: str) -> Calls:
+    return Calls(getattr, obj, name)
+
+
+def exploits(marker_dir: Path) -> dict[str, Any]:
+    """Objects whose unpickling writes the file ``marker_dir / name``, one per route to code."""
+    from models.training import ModelBundle
+
+    def marker(name: str) -> str:
+        return str(marker_dir / name)
+
+    # No forbidden name at all: getattr from a class we do allow, through a
+    # function's globals to the builtins and exec.
+    builtins_of_models = Calls(
+        attribute(attribute(attribute(ModelBundle, "__init__"), "__globals__"), "get"),
+        "__builtins__",
+    )
+    exec_via_getattr = Calls(attribute(builtins_of_models, "get"), "exec")
+    return {
+        "os.system": Calls(os.system, f"id > {marker('os.system')}"),
+        "subprocess": Calls(subprocess.check_call, ["touch", marker("subprocess")]),
+        "exec": Calls(exec, f"open({marker('exec')!r}, 'w').close()"),
+        "eval": Calls(eval, f"__import__('os').system('touch {marker('eval')}')"),
+        "getattr": Calls(exec_via_getattr, f"open({marker('getattr')!r}, 'w').close()"),
+    }
+
+
+def malicious_snapshot(payload: Any, key: bytes, version: int = 7) -> bytes:
+    """A genuine-looking bundle, correctly signed with ``key``, carrying ``payload``."""
+    from models.training import ModelBundle, ModelConfig, encode_snapshot
+
+    bundle = ModelBundle(ModelConfig())
+    bundle.version = version
+    bundle.created_ms = payload
+    return encode_snapshot(bundle, key)
+
+
+@pytest.mark.parametrize("route", ["os.system", "subprocess", "exec", "eval", "getattr"])
+def test_a_correctly_signed_snapshot_that_runs_code_is_refused_and_nothing_runs(
+    tmp_path: Path, route: str
+) -> None:
+    import pickle
+
+    from models.training import SNAPSHOT_MAGIC, SnapshotError, decode_snapshot
+
+    data = malicious_snapshot(exploits(tmp_path)[route], SNAPSHOT_KEY)
+    with pytest.raises(SnapshotError, match="model snapshot"):
+        decode_snapshot(data, SNAPSHOT_KEY)
+    assert not (tmp_path / route).exists()
+    # The same bytes through a plain unpickler do run the command: the
+    # exploit is real, and the test would catch the old loader.
+    pickle.loads(data[len(SNAPSHOT_MAGIC) + 32 :])  # noqa: S301 - proving the exploit
+    assert (tmp_path / route).exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("posix", "system"),
+        ("os", "system"),
+        ("subprocess", "Popen"),
+        ("builtins", "eval"),
+        ("builtins", "exec"),
+        ("builtins", "__import__"),
+        ("builtins", "open"),
+        ("importlib", "import_module"),
+        ("sys", "modules"),
+        ("pickle", "loads"),
+        # Functions and imported names of allowed modules.
+        ("models.simulator", "write_outputs"),  # a function that writes files
+        ("models.simulator", "Path"),  # pathlib.Path, imported there
+        ("river.cluster.k_means", "functools"),  # a module, imported there
+        ("river.utils.pandas", "importlib"),
+        # Dotted and dunder paths from an allowed class.
+        ("models.training", "ModelBundle.__init__"),
+        ("models.training", "__builtins__"),
+        # River outside the model packages: Cache reads and writes pickles.
+        ("river.stream.cache", "Cache"),
+        ("river.datasets.base", "RemoteDataset"),
+        ("no.such.module", "Thing"),
+    ],
+)
+def test_the_snapshot_loader_resolves_no_name_outside_the_bundle_allow_list(
+    module: str, name: str
+) -> None:
+    from models.training import SnapshotError, allowed_global
+
+    with pytest.raises(SnapshotError, match="not part of a model bundle"):
+        allowed_global(module, name)
+
+
+def test_a_snapshot_cannot_change_a_class_for_the_whole_worker() -> None:
+    """BUILD on a class would set its attributes (``Counter.update = float``)."""
+    from collections import Counter
+
+    from models.training import SnapshotError, decode_snapshot
+
+    update = Counter.update
+    payload = (
+        b"\x80\x04"
+        b"ccollections\nCounter\n"  # the class itself
+        b"N}X\x06\x00\x00\x00updatecbuiltins\nfloat\ns\x86"  # (None, {"update": float})
+        b"b."  # BUILD: setattr(Counter, "update", float)
+    )
+    data = signed(payload)
+    with pytest.raises(SnapshotError, match="attributes of a class"):
+        decode_snapshot(data, SNAPSHOT_KEY)
+    assert Counter.update is update
+
+
+def signed(payload: bytes) -> bytes:
+    """``payload`` framed and signed as a snapshot, whatever it holds."""
+    import hashlib
+    import hmac
+
+    from models.training import SNAPSHOT_MAGIC
+
+    return SNAPSHOT_MAGIC + hmac.new(SNAPSHOT_KEY, payload, hashlib.sha256).digest() + payload
+
+
+def test_a_trained_bundle_round_trips_through_the_restricted_loader() -> None:
+    import random
+
+    from models.training import decode_snapshot, encode_snapshot
+    from tests.unit.test_model_contracts import label, train_bundle, vectors
+
+    bundle = train_bundle(vectors(21, 600))
+    rng = random.Random(4)
+    for i, x in enumerate(vectors(22, 1500)):  # fills the rolling quality windows
+        y = label(x) if rng.random() < 0.8 else 1 - label(x)
+        bundle.learn(
+            {"example_id": f"q{i}", "kind": "churn", "x": x, "y": y, "p": rng.random(),
+             "source": rng.choice(["prior", "model"])}
+        )  # fmt: skip
+    description = bundle.describe()
+    assert description["clusters_ready"] and description["churn"]["source"] == "model"
+    assert description["churn"]["quality"]["roc_auc"] is not None
+
+    loaded = decode_snapshot(encode_snapshot(bundle, SNAPSHOT_KEY), SNAPSHOT_KEY)
+
+    assert loaded.describe() == description
+    probes = vectors(23, 50)
+    assert [loaded.score(x) for x in probes] == [bundle.score(x) for x in probes]
+    # It keeps learning exactly as the original, River internals included
+    # (KMeans draws new coordinates from its pickled random generator).
+    for model in (bundle, loaded):
+        for i, x in enumerate(vectors(24, 200)):
+            model.learn({"example_id": f"n{i}", "kind": "cluster", "x": x})
+            model.learn(
+                {"example_id": f"m{i}", "kind": "churn", "x": x, "y": label(x), "p": 0.5,
+                 "source": "model"}
+            )  # fmt: skip
+    assert loaded.describe() == bundle.describe()
+    assert [loaded.score(x) for x in probes] == [bundle.score(x) for x in probes]
+
+
+def test_a_signed_snapshot_of_something_else_than_a_bundle_is_refused() -> None:
+    import pickle
+
+    from models.training import SnapshotError, decode_snapshot
+
+    with pytest.raises(SnapshotError, match="not a ModelBundle"):
+        decode_snapshot(signed(pickle.dumps({"version": 99})), SNAPSHOT_KEY)
+    with pytest.raises(SnapshotError, match="unloadable"):
+        decode_snapshot(signed(b"\x80\x04\x95"), SNAPSHOT_KEY)  # truncated
+
+
+def test_a_worker_refuses_placeholder_secret_keys_and_names_each() -> None:
+    from schemas.errors import ConfigError
+    from streams.settings import check_secrets, placeholder_secrets, throwaway_secrets
+
+    real = {field.lower(): value for field, value in throwaway_secrets().items()}
+    defaults = Settings(_env_file=None, model_snapshot_key="change-me", audit_hash_key="change-me")
+    with pytest.raises(ConfigError) as raised:
+        check_secrets(defaults)
+    message = str(raised.value)
+    assert "SEGSTREAM_MODEL_SNAPSHOT_KEY" in message and "SEGSTREAM_AUDIT_HASH_KEY" in message
+    assert "token_urlsafe" in message  # says how to make one
+
+    for field in ("model_snapshot_key", "audit_hash_key"):
+        for placeholder in ("change-me", "", "   "):
+            settings = Settings(_env_file=None, **{**real, field: placeholder})
+            assert placeholder_secrets(settings) == [f"SEGSTREAM_{field.upper()}"]
+            with pytest.raises(ConfigError, match=f"SEGSTREAM_{field.upper()}"):
+                check_secrets(settings)
+
+    check_secrets(Settings(_env_file=None, **real))
+    assert throwaway_secrets() != throwaway_secrets()
+
+
+def test_compose_takes_every_secret_key_from_the_host() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        if service.get("command") != ["segstream", "worker"]:
+            continue
+        env = service["environment"]
+        for variable in ("SEGSTREAM_MODEL_SNAPSHOT_KEY", "SEGSTREAM_AUDIT_HASH_KEY"):
+            # `${VAR:?message}`: Compose refuses to start without it.
+            assert str(env.get(variable, "")).startswith(f"${{{variable}:?"), (name, variable)
