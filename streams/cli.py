@@ -8,6 +8,7 @@ what to do.
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 
 from schemas.errors import SegstreamError
-from streams.local_kafka import LocalKafka, free_port, port_open
+from streams.local_kafka import DEFAULT_BROKER_PORT, KAFKA_TOOLS, LocalKafka, tool_command
 from streams.settings import load_settings
 
 console = Console()
@@ -42,21 +43,43 @@ def _fail(exc: SegstreamError) -> None:
 
 @kafka_cli.command("start")
 def kafka_start(
-    port: Annotated[int, typer.Option(help="Broker port; 0 picks a free one.")] = 9092,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="Broker port. Default: the one this broker had last time, else 9092; "
+            "0 picks a free one. A port in use is replaced by a free one."
+        ),
+    ] = None,
 ) -> None:
-    """Start a local Kafka broker in the background (fetches the jars once)."""
+    """Start the local Kafka broker in the background, with the data it had.
+
+    The first start fetches the jars and formats a new broker in
+    SEGSTREAM_KAFKA_HOME; later starts (after `kafka stop`, a crash or a
+    reboot) keep its topics, records and committed offsets.
+    `segstream kafka reset` is the only command that deletes them.
+    """
     settings = load_settings()
     existing = LocalKafka.from_state(settings.kafka_home)
     if existing is not None and existing.running():
         console.print(f"already running: {existing.bootstrap}")
         return
-    if port and port_open("127.0.0.1", port):
-        port = free_port()
+    broker = LocalKafka.for_home(settings.kafka_home, port)
+    resuming = broker.formatted
     try:
-        broker = LocalKafka(home=settings.kafka_home, broker_port=port).start()
+        broker.start()
     except SegstreamError as exc:
         _fail(exc)
         return
+    if resuming:
+        console.print(
+            f"Started again with its data in {broker.home} (cluster id {broker.cluster_id()})",
+            soft_wrap=True,
+        )
+    else:
+        console.print(f"Formatted a new broker in {broker.home}", soft_wrap=True)
+    wanted = port if port is not None else existing.broker_port if existing else DEFAULT_BROKER_PORT
+    if wanted and wanted != broker.broker_port:
+        console.print(f"note: port {wanted} is in use; the broker listens on {broker.broker_port}")
     console.print(f"Kafka {broker.version} running at {broker.bootstrap} (pid {broker.pid})")
     console.print(f"export SEGSTREAM_KAFKA_BOOTSTRAP={broker.bootstrap}")
 
@@ -80,6 +103,80 @@ def kafka_status() -> None:
         console.print("no local broker running")
         raise typer.Exit(1)
     console.print(f"Kafka {broker.version} running at {broker.bootstrap} (pid {broker.pid})")
+
+
+@kafka_cli.command("reset")
+def kafka_reset(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete the local broker's data: every topic, record and committed offset.
+
+    Refuses while the broker runs (stop it with `segstream kafka stop`
+    first). The next `segstream kafka start` formats a new, empty broker.
+    """
+    home = load_settings().kafka_home
+    broker = LocalKafka.from_state(home) or LocalKafka(home=home)
+    if broker.running():
+        console.print(
+            f"[red]error:[/red] the broker is running (pid {broker.pid}); "
+            "stop it first with `segstream kafka stop`"
+        )
+        raise typer.Exit(1)
+    if not home.exists():
+        console.print(f"nothing to delete: {home} does not exist")
+        return
+    if not yes and not typer.confirm(
+        f"Delete every topic, record and committed offset of the broker in {home}?",
+        default=False,
+    ):
+        console.print("nothing deleted")
+        raise typer.Exit(1)
+    try:
+        broker.reset()
+    except SegstreamError as exc:
+        _fail(exc)
+        return
+    console.print(
+        f"deleted {home}; the next `segstream kafka start` formats a new broker", soft_wrap=True
+    )
+
+
+@kafka_cli.command(
+    "tool",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def kafka_tool(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None,
+        typer.Argument(help=f"One of: {', '.join(KAFKA_TOOLS)}.", show_default=False),
+    ] = None,
+) -> None:
+    """Run one of Kafka's own command-line tools on the cached jars.
+
+    `segstream kafka tool kafka-topics --list` runs what `kafka-topics.sh
+    --list` runs in a Kafka distribution; every argument after the name goes
+    to the tool (`--help` too). Without `--bootstrap-server`, the local
+    broker is used when it runs, else SEGSTREAM_KAFKA_BOOTSTRAP.
+    """
+    if name is None:
+        console.print("usage: segstream kafka tool NAME [ARGS]...")
+        console.print(f"tools: {', '.join(KAFKA_TOOLS)}")
+        raise typer.Exit(2)
+    settings = load_settings()
+    local = LocalKafka.from_state(settings.kafka_home)
+    bootstrap = local.bootstrap if local is not None and local.running() else None
+    try:
+        argv = tool_command(name, ctx.args, bootstrap or settings.kafka_bootstrap)
+    except SegstreamError as exc:
+        _fail(exc)
+        return
+    try:
+        code = subprocess.run(argv, check=False).returncode  # noqa: S603 - fixed argv, no shell
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
 
 
 @topics_cli.command("create")

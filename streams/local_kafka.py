@@ -1,16 +1,21 @@
 """A real single-node Apache Kafka broker on loopback, without Docker.
 
 The jars come from Maven Central through ``ops/kafka/pom.xml`` and are cached
-under ``~/.cache/segstream/kafka-<version>``. A broker gets a fresh KRaft data
-directory, free ports and a small heap; it is stopped with SIGTERM, then
-SIGKILL after a timeout. The CLI (``segstream kafka start|stop|status``), the
-test fixtures, the demo and the benchmarks all use this module.
+under ``~/.cache/segstream/kafka-<version>``. A broker keeps its KRaft data in
+its home directory: the first start formats it, every later start (after a
+stop, a crash or a kill -9) runs on the same data, and only :meth:`LocalKafka.reset`
+deletes it. It listens on loopback with a small heap and is stopped with
+SIGTERM, then SIGKILL after a timeout. The same jars run Kafka's own
+command-line tools (:func:`tool_command`). The CLI
+(``segstream kafka start|stop|status|reset|tool``), the test fixtures, the
+demo and the benchmarks all use this module.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -19,8 +24,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +41,30 @@ POM = KAFKA_OPS_DIR / "pom.xml"
 TEMPLATE = KAFKA_OPS_DIR / "server.properties.template"
 LOG4J_CONFIG = KAFKA_OPS_DIR / "log4j2.yaml"
 STATE_FILE = "broker.json"
+# log.dirs in server.properties.template; formatting writes meta.properties there.
+LOG_DIR = "logs"
+META_FILE = "meta.properties"
+DEFAULT_BROKER_PORT = 9092
+# Server logs of earlier runs kept beside the current one (server.<ns>.log).
+KEPT_SERVER_LOGS = 5
+
+# Kafka's command-line tools in 4.1: the bin/<name>.sh scripts of the Kafka
+# distribution each run one of these main classes (kafka-tools jar, or the
+# broker jar for the kafka.* ones).
+KAFKA_TOOLS: dict[str, str] = {
+    "kafka-topics": "org.apache.kafka.tools.TopicCommand",
+    "kafka-consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "kafka-console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "kafka-console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "kafka-get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+    "kafka-configs": "kafka.admin.ConfigCommand",
+    "kafka-delete-records": "org.apache.kafka.tools.DeleteRecordsCommand",
+    "kafka-log-dirs": "org.apache.kafka.tools.LogDirsCommand",
+    "kafka-metadata-quorum": "org.apache.kafka.tools.MetadataQuorumCommand",
+    "kafka-dump-log": "kafka.tools.DumpLogSegments",
+}
+# The tools above that read segments from disk instead of talking to a broker.
+OFFLINE_TOOLS = frozenset({"kafka-dump-log"})
 
 MISSING_TOOLS_HINT = (
     "{what} was not found; the local Kafka broker needs Java 17+ and Maven "
@@ -71,40 +102,104 @@ def check_tools() -> None:
         )
 
 
+def jar_manifest() -> str:
+    """What a complete jar cache was fetched from: the version and the POM's digest.
+
+    The cache's ``.complete`` marker holds it, so a cache fetched from an
+    older POM (one without kafka-tools, say) is completed on the next use.
+    """
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
+    return f"{kafka_version()} pom-sha256:{digest}"
+
+
 def ensure_jars() -> Path:
-    """Fetch the broker jars with Maven unless they are cached already."""
+    """Fetch the broker's and the tools' jars with Maven unless they are cached.
+
+    Maven copies them into a scratch directory first; each jar the cache
+    lacks is then renamed into it, so a broker starting from the cache
+    meanwhile never sees a half-written jar, and jars in use are never
+    replaced.
+    """
     target = jar_dir()
     marker = target / ".complete"
-    if marker.exists():
+    manifest = jar_manifest()
+    if marker.exists() and marker.read_text().strip() == manifest:
         return target
     check_tools()
     mvn = shutil.which("mvn")
+    if mvn is None and marker.exists():
+        # A complete cache from an older POM still runs the broker.
+        log.warning("kafka jar cache predates %s and mvn is missing; using it as is", POM)
+        return target
     if mvn is None:
         raise LocalKafkaError(MISSING_TOOLS_HINT.format(what="Maven (mvn)"))
     target.mkdir(parents=True, exist_ok=True)
     log.info("fetching kafka jars version=%s into=%s", kafka_version(), target)
-    result = subprocess.run(  # noqa: S603 - fixed argv, no shell
-        [
-            mvn,
-            "-q",
-            "-B",
-            "-f",
-            str(POM),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={target}",
-            "-DincludeScope=runtime",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise LocalKafkaError(
-            f"mvn could not fetch the Kafka jars (exit {result.returncode}): "
-            f"{(result.stdout + result.stderr)[-2000:]}"
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-fetch-", dir=target.parent))
+    try:
+        result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={scratch}",
+                "-DincludeScope=runtime",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
-    marker.write_text(kafka_version())
+        if result.returncode != 0:
+            raise LocalKafkaError(
+                f"mvn could not fetch the Kafka jars (exit {result.returncode}): "
+                f"{(result.stdout + result.stderr)[-2000:]}"
+            )
+        for jar in sorted(scratch.glob("*.jar")):
+            if not (target / jar.name).exists():
+                os.replace(jar, target / jar.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    marker.write_text(manifest)
     return target
+
+
+def tool_command(name: str, args: Sequence[str], bootstrap: str | None = None) -> list[str]:
+    """The java command line that runs Kafka's tool ``name`` on the cached jars.
+
+    ``name`` is the name of the script in Kafka's ``bin/`` (``kafka-topics``,
+    with or without ``.sh``); ``args`` go to the tool unchanged. When the tool
+    talks to a broker and ``args`` name none, ``--bootstrap-server bootstrap``
+    is added.
+
+    >>> argv = tool_command("kafka-topics", ["--list"], "127.0.0.1:9092")  # doctest: +SKIP
+    >>> argv[-4:]  # doctest: +SKIP
+    ['org.apache.kafka.tools.TopicCommand', '--list', '--bootstrap-server', '127.0.0.1:9092']
+    """
+    tool = name.removesuffix(".sh")
+    main_class = KAFKA_TOOLS.get(tool)
+    if main_class is None:
+        raise LocalKafkaError(
+            f"unknown Kafka tool {name!r}; known tools: {', '.join(sorted(KAFKA_TOOLS))}"
+        )
+    lib = ensure_jars()
+    check_tools()
+    if not any(lib.glob("kafka-tools-*.jar")):
+        raise LocalKafkaError(
+            f"{lib} has no kafka-tools jar; install Maven so that it can be fetched"
+        )
+    java = shutil.which("java") or "java"
+    argv = [java, "-Xmx256m", "-cp", f"{lib}/*", main_class, *args]
+    named = {arg.split("=", 1)[0] for arg in args}
+    if (
+        bootstrap
+        and tool not in OFFLINE_TOOLS
+        and not named & {"--bootstrap-server", "--bootstrap-controller"}
+    ):
+        argv += ["--bootstrap-server", bootstrap]
+    return argv
 
 
 def free_port() -> int:
@@ -119,6 +214,35 @@ def port_open(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
         return True
     return False
+
+
+def _usable_port(port: int) -> int:
+    """``port`` when nothing listens on it; otherwise (or for 0) a free one."""
+    if port and not port_open("127.0.0.1", port):
+        return port
+    return free_port()
+
+
+def _is_broker_process(pid: int) -> bool:
+    """Whether the live process ``pid`` is a Kafka broker.
+
+    After a kill -9 or a reboot the recorded PID can belong to an unrelated
+    process, or to a zombie nobody reaps (the CLI's broker is re-parented);
+    its command line says which. Without /proc, a live PID counts as ours.
+    """
+    proc = Path("/proc")
+    if not (proc / "self").exists():
+        return True
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        cmdline = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+    # The state letter follows the command name, which is in parentheses.
+    if stat.rpartition(")")[2].split()[:1] == ["Z"]:
+        return False
+    # Empty while the process is still being exec'ed: not a different program.
+    return not cmdline or b"kafka.Kafka" in cmdline.split(b"\0")
 
 
 def _cluster_id() -> str:
@@ -136,6 +260,9 @@ def _cluster_id() -> str:
 @dataclass
 class LocalKafka:
     """One local KRaft broker+controller process.
+
+    The data in ``home`` outlives the process: :meth:`start` formats a home
+    only once, and only :meth:`reset` deletes it.
 
     Parameters
     ----------
@@ -162,13 +289,35 @@ class LocalKafka:
     def version(self) -> str:
         return kafka_version()
 
+    @property
+    def formatted(self) -> bool:
+        """Whether ``home`` holds KRaft storage, i.e. a broker's data."""
+        return (self.home / LOG_DIR / META_FILE).exists()
+
+    def cluster_id(self) -> str | None:
+        """The KRaft cluster id the storage in ``home`` was formatted with."""
+        meta = self.home / LOG_DIR / META_FILE
+        if not meta.exists():
+            return None
+        for line in meta.read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "cluster.id":
+                return value.strip()
+        return None
+
     def start(self, timeout_s: float = 90.0) -> LocalKafka:
-        """Format a fresh data dir, start the broker and wait for its port."""
+        """Start the broker on the data in ``home`` and wait until it serves.
+
+        A home without KRaft storage is formatted first, with a new cluster
+        id. A formatted one is started as it is, whatever stopped it: same
+        cluster id, topics, records and committed offsets; only
+        ``server.properties`` is written again, with this object's ports.
+        """
         lib = ensure_jars()
         check_tools()
-        if self.home.exists():
-            shutil.rmtree(self.home)
-        self.home.mkdir(parents=True)
+        if self.running():
+            raise LocalKafkaError(f"the broker of {self.home} already runs (pid {self.pid})")
+        self.home.mkdir(parents=True, exist_ok=True)
         self.broker_port = self.broker_port or free_port()
         self.controller_port = self.controller_port or free_port()
         config = self.home / "server.properties"
@@ -179,6 +328,17 @@ class LocalKafka:
                 data_dir=self.home,
             )
         )
+        if self.formatted:
+            log.info("kafka resuming home=%s cluster_id=%s", self.home, self.cluster_id())
+        else:
+            self._format(lib, config)
+        # The started marker is read from server.log: give this run a new one.
+        self._rotate_server_log()
+        self._launch(lib)
+        self._wait_started(timeout_s)
+        return self
+
+    def _format(self, lib: Path, config: Path) -> None:
         java = shutil.which("java") or "java"
         fmt = subprocess.run(  # noqa: S603 - fixed argv, no shell
             [
@@ -199,13 +359,18 @@ class LocalKafka:
         )
         if fmt.returncode != 0:
             raise LocalKafkaError(f"formatting the KRaft storage failed: {fmt.stderr}")
-        self._launch(lib, mode="wb")
-        self._wait_started(timeout_s)
-        return self
 
-    def _launch(self, lib: Path, mode: str) -> None:
+    def _rotate_server_log(self) -> None:
+        server_log = self.home / "server.log"
+        if server_log.exists():
+            server_log.rename(self.home / f"server.{time.time_ns()}.log")
+        earlier = sorted(self.home.glob("server.*.log"))
+        for old in earlier[:-KEPT_SERVER_LOGS]:
+            old.unlink()
+
+    def _launch(self, lib: Path) -> None:
         java = shutil.which("java") or "java"
-        with open(self.home / "stdout.log", mode) as out:
+        with open(self.home / "stdout.log", "ab") as out:
             proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 [
                     java,
@@ -271,7 +436,7 @@ class LocalKafka:
             done, _ = os.waitpid(self.pid, os.WNOHANG)
             if done:
                 return False
-        return True
+        return _is_broker_process(self.pid)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM the broker, SIGKILL it if it has not exited in time."""
@@ -292,10 +457,35 @@ class LocalKafka:
     def restart(self, timeout_s: float = 90.0) -> None:
         """Stop and start the same broker, keeping its data and ports."""
         self.stop()
-        # The started marker is read from server.log; start the new one afresh.
-        (self.home / "server.log").rename(self.home / f"server.{time.time_ns()}.log")
-        self._launch(ensure_jars(), mode="ab")
-        self._wait_started(timeout_s)
+        self.start(timeout_s)
+
+    def is_broker_home(self) -> bool:
+        """Whether ``home`` looks like a directory this module made."""
+        return any(
+            (self.home / name).exists()
+            for name in (STATE_FILE, "server.properties", f"{LOG_DIR}/{META_FILE}")
+        )
+
+    def reset(self) -> None:
+        """Delete the broker's data: every topic, record, committed offset and the cluster id.
+
+        Refuses while the broker runs, and refuses a directory that holds no
+        broker, so a mistyped ``SEGSTREAM_KAFKA_HOME`` cannot wipe anything
+        else. The next :meth:`start` formats a new, empty broker.
+        """
+        if self.running():
+            raise LocalKafkaError(
+                f"the broker of {self.home} is running (pid {self.pid}); stop it first"
+            )
+        if not self.home.exists():
+            return
+        if not self.is_broker_home():
+            raise LocalKafkaError(
+                f"{self.home} holds no local Kafka broker (no {STATE_FILE}, "
+                f"server.properties or {LOG_DIR}/{META_FILE}); not deleting it"
+            )
+        shutil.rmtree(self.home)
+        log.info("kafka reset home=%s", self.home)
 
     @classmethod
     def from_state(cls, home: Path) -> LocalKafka | None:
@@ -309,4 +499,23 @@ class LocalKafka:
             broker_port=state["broker_port"],
             controller_port=state["controller_port"],
             pid=state["pid"],
+        )
+
+    @classmethod
+    def for_home(cls, home: Path, broker_port: int | None = None) -> LocalKafka:
+        """The stopped broker of ``home``, with the ports ``segstream kafka start`` gives it.
+
+        Each port is the one the last run recorded, unless something else
+        listens on it now; ``broker_port`` overrides the recorded broker port
+        (0: any free one). A home never started gets ``broker_port``, or 9092,
+        and a free controller port. A port in use is replaced by a free one.
+        """
+        previous = cls.from_state(home)
+        if broker_port is None:
+            broker_port = previous.broker_port if previous else DEFAULT_BROKER_PORT
+        controller_port = previous.controller_port if previous else 0
+        return cls(
+            home=home,
+            broker_port=_usable_port(broker_port),
+            controller_port=_usable_port(controller_port),
         )
