@@ -13,6 +13,15 @@ For every record it
 3. commits the consumer offsets only after the whole polled batch is
    delivered, so a crash never skips a record.
 
+Erasure: a segment change with ``change_kind`` ``customer_erased`` (after one
+``exit`` per segment the customer was in) means the customer exercised the
+right to be forgotten. The notifier delivers the exits and the erasure notice
+(a CRM must forget the customer too), drops every other record of that
+customer still pending — in the same poll, or read later, such as a trigger
+published before the erasure — and makes the sink forget what it kept about
+them: the log sink rewrites its file, keeping only the ids of the customer's
+deliveries (so duplicates are still dropped).
+
 The **log sink** appends one JSON line per delivery and fsyncs; the log *is*
 the record of what was delivered, so delivery and bookkeeping cannot
 disagree, and a restart rebuilds the delivered ids from it. The **webhook
@@ -50,6 +59,8 @@ class Sink(Protocol):
 
     def deliver(self, record_id: str, topic: str, record: dict[str, Any]) -> None: ...
 
+    def forget(self, customer_id: str) -> None: ...
+
 
 class LogSink:
     """Appends deliveries to a JSONL file; the file is the delivery record."""
@@ -77,6 +88,27 @@ class LogSink:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def forget(self, customer_id: str) -> None:
+        """Rewrite the log without the customer's records; their ids stay (deduplication)."""
+        if not self.path.exists():
+            return
+        kept: list[bytes] = []
+        with self.path.open("rb") as handle:
+            for line in handle:
+                try:
+                    entry = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a line cut short by a crash: not delivered
+                if entry.get("record", {}).get("customer_id") == customer_id:
+                    entry["record"] = {}
+                kept.append(orjson.dumps(entry) + b"\n")
+        scratch = self.path.with_suffix(self.path.suffix + ".tmp")
+        with scratch.open("wb") as handle:
+            handle.writelines(kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(scratch, self.path)
+
 
 class WebhookSink:
     """POSTs each record with an ``Idempotency-Key``; remembers ids after a 2xx."""
@@ -103,10 +135,30 @@ class WebhookSink:
                 raise RuntimeError(f"webhook answered {response.status}")
         self.ids.deliver(record_id, topic, {})
 
+    def forget(self, customer_id: str) -> None:
+        # Only ids are kept here; the receiver got the customer_erased record.
+        return None
+
 
 def record_id(record: dict[str, Any]) -> str:
     """The deterministic id a record carries."""
     return str(record.get("change_id") or record["trigger_id"])
+
+
+def is_erasure(record: dict[str, Any]) -> bool:
+    """An erasure's own records: the exits and ``customer_erased`` (delivered, never dropped)."""
+    return record.get("change_kind") in ("exit", "customer_erased")
+
+
+def dropped(record: dict[str, Any], forgotten: set[str]) -> bool:
+    """Whether a record belongs to an erased customer and is not the erasure's own.
+
+    >>> trigger = {"trigger_id": "t", "customer_id": "c1", "kind": "win_back"}
+    >>> erased = {"change_id": "e", "customer_id": "c1", "change_kind": "customer_erased"}
+    >>> dropped(trigger, {"c1"}), dropped(erased, {"c1"}), dropped(trigger, set())
+    (True, False, False)
+    """
+    return not is_erasure(record) and record.get("customer_id") in forgotten
 
 
 def run(settings: Settings, sink: Sink, group_id: str, max_idle_polls: int | None = None) -> None:
@@ -115,6 +167,7 @@ def run(settings: Settings, sink: Sink, group_id: str, max_idle_polls: int | Non
     topics = [names["segment_changes"], names["triggers"]]
     consumer = make_consumer(settings, *topics, group_id=group_id)
     delivered = sink.delivered()
+    forgotten: set[str] = set()  # erased customers, in memory only
     log.info("notifier started group=%s already_delivered=%d", group_id, len(delivered))
     stopping = False
 
@@ -135,13 +188,21 @@ def run(settings: Settings, sink: Sink, group_id: str, max_idle_polls: int | Non
                     break
                 continue
             idle = 0
-            for message in records:
-                record = orjson.loads(message.value)
+            decoded = [(message.topic, orjson.loads(message.value)) for message in records]
+            # Customers erased in this poll: their other records in it are dropped
+            # too, before or after the erasure, and any read later.
+            erased = [
+                r["customer_id"] for _, r in decoded if r.get("change_kind") == "customer_erased"
+            ]
+            forgotten.update(erased)
+            for topic, record in decoded:
                 rid = record_id(record)
-                if rid in delivered:
+                if rid in delivered or dropped(record, forgotten):
                     continue
-                sink.deliver(rid, message.topic, record)
+                sink.deliver(rid, topic, record)
                 delivered.add(rid)
+            for customer_id in erased:
+                sink.forget(customer_id)
             # Only now: everything polled is delivered.
             consumer.commit()
     finally:

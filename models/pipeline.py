@@ -16,6 +16,7 @@ from typing import Any
 from models.clv import bgnbd_learn, new_bgnbd
 from models.deadlines import DeadlineIndex
 from models.features import feature_vector
+from models.ids import keyed_id
 from models.moments import Moments
 from models.profile import DAY_MS, Outcome, Profile, ProfileConfig, apply_event
 from models.profile_summary import Population, ValueConfig, summarise
@@ -98,6 +99,98 @@ def erase_customer(
         rfm_update(population["rfm"], values, None)
     if profile is not None and segments is not None:
         segments.erase(profile, population)
+
+
+def erasure_changes(
+    customer_id: str,
+    profile: Profile | None,
+    request_id: str,
+    erased_at_ms: int,
+    id_key: bytes,
+) -> list[dict[str, Any]]:
+    """The segment-change records of an erasure: an exit per segment, then ``customer_erased``.
+
+    Ids are keyed hashes of the customer, the segment and the request, so a
+    request carried out twice (after a crash) publishes the same ids.
+
+    >>> profile = {"segments": {"lifecycle": {"value": "new", "since_ms": 0}}}
+    >>> [(c["change_kind"], c["dimension"], c["from_segment"], c["to_segment"])
+    ...  for c in erasure_changes("c1", profile, "r1", 5, b"k")]
+    [('exit', 'lifecycle', 'new', None), ('customer_erased', 'customer', None, None)]
+    """
+    segments = profile.get("segments", {}) if profile is not None else {}
+    exits = [
+        ("exit", dim, state["value"], f"erased; left {dim}={state['value']}")
+        for dim, state in sorted(segments.items())
+    ]
+    records = [*exits, ("customer_erased", "customer", None, "erased")]
+    return [
+        {
+            "change_id": keyed_id(id_key, f"{customer_id}|{kind}|{dim}|{value}|{request_id}", 32),
+            "customer_id": customer_id,
+            "dimension": dim,
+            "from_segment": value,
+            "to_segment": None,
+            "ts": erased_at_ms,
+            "reason": reason,
+            "change_kind": kind,
+        }
+        for kind, dim, value, reason in records
+    ]
+
+
+def erased_aliases(profile: Profile | None, held: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Anonymous ids stitched to a customer: from the profile and from held events.
+
+    >>> erased_aliases({"anonymous_ids": ["a1"]}, [{"anonymous_id": "a2"}, {"anonymous_id": "a1"}])
+    ['a1', 'a2']
+    """
+    aliases = list(profile.get("anonymous_ids", [])) if profile is not None else []
+    aliases += [str(e["anonymous_id"]) for e in held if e.get("anonymous_id")]
+    return sorted(set(aliases))
+
+
+def index_without_customer(
+    buckets: Iterable[tuple[str, Any]], customer_id: str
+) -> list[tuple[str, list[Any] | None]]:
+    """Deadline-index buckets that name the customer, rewritten without them.
+
+    ``buckets`` are ``(key, entries)`` of a :class:`models.deadlines.DeadlineIndex`
+    store (held-event indexes included); the ``":from"`` bookkeeping keys are
+    skipped. ``None``: the bucket is now empty and is deleted. Stale entries
+    — deadlines filed before the customer's current one — are found too.
+
+    >>> buckets = [("0:7", [[1, "c1"], [2, "c2"]]), ("0:from", 7), ("0:8", [[3, "c1"]])]
+    >>> index_without_customer(buckets, "c1")
+    [('0:7', [[2, 'c2']]), ('0:8', None)]
+    """
+    rewritten: list[tuple[str, list[Any] | None]] = []
+    for key, entries in buckets:
+        if key.endswith(":from") or not isinstance(entries, list):
+            continue
+        kept = [entry for entry in entries if entry[1] != customer_id]
+        if len(kept) != len(entries):
+            rewritten.append((key, kept or None))
+    return rewritten
+
+
+def suppression_entry(erased_at_ms: int, expiry_ms: int | None) -> dict[str, int | None]:
+    """What the suppression list keeps of an erased id (beside its keyed hash)."""
+    expires = None if expiry_ms is None else erased_at_ms + expiry_ms
+    return {"erased_at_ms": erased_at_ms, "expires_at_ms": expires}
+
+
+def still_suppressed(entry: Mapping[str, Any] | None, now_ms: int) -> bool:
+    """Whether a suppression list entry still drops the id's events.
+
+    >>> never, five_ms = suppression_entry(0, None), suppression_entry(0, 5)
+    >>> still_suppressed(never, 10**15), still_suppressed(five_ms, 6)
+    (True, False)
+    """
+    if entry is None:
+        return False
+    expires = entry.get("expires_at_ms")
+    return expires is None or now_ms < int(expires)
 
 
 def combined_rfm(populations: Iterable[PopulationState]) -> dict[str, Any]:

@@ -176,22 +176,34 @@ class DeadLetter(Struct, frozen=True, kw_only=True):
     schema_version: Literal[1] = SCHEMA_VERSION
 
 
+ChangeKind = Literal["change", "exit", "customer_erased"]
+
+
 class SegmentChange(Struct, frozen=True, kw_only=True):
     """A customer moved from one segment to another in one dimension.
 
     ``change_id`` is deterministic, so consumers drop duplicates by it; ``ts``
     is the event time of the change.
+
+    ``change_kind`` (added in a backward-compatible way: absent means
+    ``change``) marks the records of an erasure. ``exit``: the customer left
+    ``from_segment`` of ``dimension`` because they were erased, ``to_segment``
+    is null. ``customer_erased``: dimension ``customer``, both segments null,
+    sent after the exits; a consumer must forget everything it holds about
+    the customer and drop anything still pending for them. ``ts`` of these
+    two is the wall-clock time of the erasure.
     """
 
     change_id: str
     customer_id: str
     dimension: str
     from_segment: str | None
-    to_segment: str
+    to_segment: str | None
     ts: int
     reason: str
     scores: dict[str, Any] = field(default_factory=dict)
     model_version: int | None = None
+    change_kind: ChangeKind = "change"
     schema_version: Literal[1] = SCHEMA_VERSION
 
 

@@ -33,7 +33,6 @@ deduplication drops any whose effect was not.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import time
@@ -52,9 +51,14 @@ from models.identity import apply_anonymous
 from models.moments import Moments
 from models.pipeline import (
     erase_customer,
+    erased_aliases,
+    erasure_changes,
     fire_deadlines,
+    index_without_customer,
     new_population,
     refile_deadline,
+    still_suppressed,
+    suppression_entry,
     update_customer,
 )
 from models.profile import DAY_MS
@@ -81,6 +85,7 @@ from streams.tables import (
     population_key,
     population_table,
     profiles_table,
+    suppressed_table,
 )
 from streams.topics import (
     ROLE_BY_TOPIC,
@@ -300,6 +305,8 @@ async def _process_batch(stream: Any, batch: list[Any]) -> None:
         metrics.child(metrics.events_consumed, role, record.type).inc()
         metrics.child(metrics.event_lag, role).observe(max(received_ms - int(record.ts), 0) / 1000)
         read[(message.topic, message.partition)] = (message, _latest(read, message, int(record.ts)))
+        if _suppressed(role, record):  # an erased id: dropped and counted (erase_customers)
+            continue
         if isinstance(record, ClickEvent) and (
             record.customer_id is None or record.type == "identify"
         ):
@@ -562,15 +569,231 @@ async def _stitch_identity(stream: Any, event: Any, record: ClickEvent) -> None:
         )
 
 
+# --- Right to be forgotten ----------------------------------------------------
+#
+# An erasure removes the customer from every table (tombstones in each
+# changelog), publishes an exit per segment and `customer_erased`, and adds the
+# id's keyed hash to the suppression list. Then the partition's RocksDB files
+# are compacted and the changelog partitions are made to roll, so the old
+# values leave the disk and the broker within the erasure bound (README, Right
+# to be forgotten).
+
+AUDIT_HASH_KEY = settings.audit_hash_key.get_secret_value().encode()
+SUPPRESSION_EXPIRY_MS = (
+    None
+    if settings.suppression_expiry_days is None
+    else int(settings.suppression_expiry_days * DAY_MS)
+)
+# Keyed hashes of the suppressed ids of this worker's partitions -> expiry (None: never).
+suppressed_hashes: dict[str, int | None] = {}
+# id -> its hash if suppressed, else None: an HMAC costs microseconds, a lookup
+# a tenth of one. Bounded; emptied whenever the list changes.
+_verdicts: dict[str, str | None] = {}
+VERDICTS_MAX = 100_000
+# Written to a changelog partition twice after an erasure, so its segments roll
+# even when nothing else is written there (the broker compacts only rolled
+# segments, and rolls one only at an append after segment.ms): once after
+# segment.ms, so the old values are compacted away; again once the erasure's
+# own tombstones (keyed by the id) are past delete.retention.ms, so a second
+# cleaning drops them. A table never holds this key.
+ROLL_KEY = b"__segstream_roll__"
+_CHANGELOG = settings.changelog_configs()
+ROLL_AFTER_S = int(_CHANGELOG["segment.ms"]) / 1000 + 1
+# After the first cleaning, which follows the first roll within the cleaner's backoff.
+SECOND_ROLL_AFTER_S = max(1.5 * int(_CHANGELOG["delete.retention.ms"]) / 1000, ROLL_AFTER_S)
+# changelog partition -> (monotonic time of the next roll, rolls left)
+roll_due: dict[tuple[str, int], tuple[float, int]] = {}
+try:
+    from rocksdict import BottommostLevelCompaction, CompactOptions
+
+    FORCE_BOTTOMMOST: Any = CompactOptions()
+    FORCE_BOTTOMMOST.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+except ImportError:  # pragma: no cover - memory store only
+    FORCE_BOTTOMMOST = None
+
+
 def subject_hash(subject: str) -> str:
-    """Keyed hash of an erased id for the audit trail (no personal data)."""
-    key = settings.audit_hash_key.get_secret_value().encode()
-    return hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()
+    """Keyed hash of an erased id for the audit trail and the suppression list.
+
+    HMAC-SHA256 under ``AUDIT_HASH_KEY``; one C call, as it runs per event
+    once anything is suppressed.
+    """
+    return hmac.digest(AUDIT_HASH_KEY, subject.encode(), "sha256").hex()
+
+
+def _suppressed(role: str, record: Any) -> bool:
+    """Whether an event's customer (or anonymous id) was erased; such events are counted.
+
+    Nothing is hashed until the first erasure: the suppression list of the
+    worker's partitions is in memory (:data:`suppressed_hashes`), and each id's
+    verdict is remembered.
+    """
+    if not suppressed_hashes:
+        return False
+    subject = record.customer_id or getattr(record, "anonymous_id", None)
+    if subject is None:
+        return False
+    try:
+        hashed = _verdicts[subject]
+    except KeyError:
+        if len(_verdicts) >= VERDICTS_MAX:
+            _verdicts.clear()
+        hashed = subject_hash(str(subject))
+        hashed = _verdicts[subject] = hashed if hashed in suppressed_hashes else None
+    if hashed is None:
+        return False
+    expires = suppressed_hashes.get(hashed)
+    if expires is not None and now_ms() >= expires:
+        return False
+    metrics.child(metrics.suppressed_events, role).inc()
+    return True
+
+
+@suppressed_table.on_recover
+async def _load_suppressed() -> None:
+    # After every rebalance: the suppression list of the partitions now owned.
+    suppressed_hashes.clear()
+    _verdicts.clear()
+    for hashed, entry in suppressed_table.items():
+        if still_suppressed(entry, now_ms()):
+            suppressed_hashes[hashed] = entry.get("expires_at_ms")
+
+
+def _suppress(subject: str, event: Any, erased_at_ms: int) -> None:
+    """Add an id's keyed hash to the suppression list, in the id's partition."""
+    hashed = subject_hash(subject)
+    entry = suppression_entry(erased_at_ms, SUPPRESSION_EXPIRY_MS)
+    with partition_of(event):
+        suppressed_table[hashed] = entry
+    suppressed_hashes[hashed] = entry["expires_at_ms"]
+    _verdicts.clear()
+
+
+def _index_buckets(partition: int, event: Any) -> list[tuple[str, Any]]:
+    """Every bucket of the partition's deadline and held-event indexes, with its entries."""
+    prefixes = (f"{partition}:", f"h{partition}:")
+    with partition_of(event):
+        keys = [key for key in deadlines_table.keys() if key.startswith(prefixes)]
+    return [(key, deadline_cache.get(key, event)) for key in keys]
+
+
+def _erase_state(
+    customer_id: str, event: Any
+) -> tuple[list[str], dict[str, Any] | None, list[Any]]:
+    """Tombstones for everything keyed by, or naming, the customer in their partition.
+
+    Returns what was erased, the profile and the held events as they were.
+    The caches are written out first, so the table holds every index bucket
+    to scan, and again at the end: erasure does not wait for the commit.
+    """
+    partition = event.message.partition
+    flush_all(CACHES, outbox)
+    erased: list[str] = []
+    pop_key = population_key(partition)
+    population = population_cache.get(pop_key, event) or new_population()
+    held = held_cache.get(customer_id, event) or []
+    if held:
+        population["held_customers"] = max(population.get("held_customers", 0) - 1, 0)
+        held_cache.delete_on_commit(customer_id, event)
+        erased.append("held_events")
+    profile = profile_cache.get(customer_id, event)
+    if profile is not None:
+        erase_customer(profile, population, new_segmenter())
+        profile_cache.delete_on_commit(customer_id, event)
+        erased.append("profile")
+    # Every index entry naming the customer, stale ones and held-event ones too.
+    for key, entries in index_without_customer(_index_buckets(partition, event), customer_id):
+        if entries is None:
+            deadline_cache.delete_on_commit(key, event)
+        else:
+            deadline_cache.put(key, entries, event)
+        erased.append("deadline_entry")
+    population_cache.put(pop_key, population, event)
+    flush_all(CACHES, outbox)
+    return erased, profile, held
+
+
+async def _publish_erasure(
+    customer_id: str, profile: dict[str, Any] | None, request_id: str, erased_at_ms: int
+) -> None:
+    """Exits from every segment the customer was in, then ``customer_erased``."""
+    topic = segment_changes_topic.get_topic_name()
+    await outbox.learn_partitions(topic)
+    for change in erasure_changes(customer_id, profile, request_id, erased_at_ms, EXAMPLE_ID_KEY):
+        record = SegmentChange(**change)
+        outbox.append_keyed(topic, customer_id.encode(), msgspec.json.encode(record))
+    outbox.hand_off()
+
+
+def _purge_local_files(partition: int, purge: list[tuple[Any, str | None]]) -> None:
+    """Drop deleted and overwritten values from a partition's RocksDB files.
+
+    ``purge`` lists tables with the key to compact (``None``: all of it).
+    A RocksDB delete only adds a tombstone: the old values stay in the write-
+    ahead log and the table files until a compaction reaches them, and the
+    MANIFEST names each table file's first and last key. So: flush the
+    memtable (the WAL behind it is deleted), compact the key's files down to
+    the last level, where tombstones and what they cover are dropped, and
+    reopen the database, which writes a fresh MANIFEST. The memory store keeps
+    nothing on disk.
+    """
+    for table, key in purge:
+        store = table.data
+        dbs = getattr(store, "_dbs", None)
+        if FORCE_BOTTOMMOST is None or dbs is None or partition not in dbs:
+            continue
+        started = time.monotonic()
+        db = dbs[partition]
+        db.flush()
+        # A customer's keys: one key's files. The deadline index: all of it (small),
+        # as old versions of any bucket may name the customer.
+        edge = None if key is None else store._encode_key(key)
+        db.compact_range(edge, edge, FORCE_BOTTOMMOST)
+        db.close()
+        dbs[partition] = store._open_for_partition(partition)
+        log.info(
+            "erasure purged store table=%s partition=%d seconds=%.3f",
+            table.name,
+            partition,
+            time.monotonic() - started,
+        )
+
+
+def _schedule_roll(tables: Iterable[Any], partition: int) -> None:
+    # A later erasure restarts the rounds: its tombstones may be in a newer segment.
+    due = time.monotonic() + ROLL_AFTER_S
+    for table in tables:
+        roll_due[(table.changelog_topic.get_topic_name(), partition)] = (due, 2)
+
+
+@app.timer(interval=1.0)
+async def roll_erased_changelogs() -> None:
+    """Append a harmless tombstone to changelog partitions an erasure wrote to (see ROLL_KEY).
+
+    In a quiet partition the erased values, and the erasure's own tombstones
+    (keyed by the id), would otherwise stay in the active segment.
+    """
+    now = time.monotonic()
+    due = [(tp, left) for tp, (at, left) in roll_due.items() if at <= now]
+    for (topic, partition), left in due:
+        # Faust's send path, not the outbox: it fetches the topic's metadata
+        # first (the producer may no longer know a changelog's leader).
+        try:
+            await app.producer.send_and_wait(topic, ROLL_KEY, None, partition, None, None)
+        except KafkaError as exc:
+            log.warning("erasure roll failed topic=%s partition=%d: %r", topic, partition, exc)
+            roll_due[(topic, partition)] = (now + ROLL_AFTER_S, left)
+            continue
+        if left > 1:
+            roll_due[(topic, partition)] = (now + SECOND_ROLL_AFTER_S, left - 1)
+        else:
+            del roll_due[(topic, partition)]
+        log.info("erasure roll topic=%s partition=%d", topic, partition)
 
 
 @app.agent(erasure_requests_topic)
 async def erase_customers(stream: Any) -> None:
-    """Right to be forgotten: remove every trace of a customer, then audit it."""
+    """Right to be forgotten: remove every trace of a customer, tell consumers, audit it."""
     async for event in stream.events():
         message = event.message
         try:
@@ -584,43 +807,43 @@ async def erase_customers(stream: Any) -> None:
             error = DecodeError("key_mismatch", "erasure request must be keyed by its subject id")
             await _send_dead_letter("erasure_requests", message, error)
             continue
-        erased: list[str] = []
-        if request.customer_id is not None:
-            if held_cache.get(request.customer_id, event):
-                # Events not applied yet: the index entry is ignored once they are gone.
-                pop_key = population_key(message.partition)
-                population = population_cache.get(pop_key, event) or new_population()
-                population["held_customers"] = max(population.get("held_customers", 0) - 1, 0)
-                population_cache.put(pop_key, population, event)
-                held_cache.delete(request.customer_id, event)
-                erased.append("held_events")
-            profile = profile_cache.get(request.customer_id, event)
-            if profile is not None:
-                pop_key = population_key(message.partition)
-                population = population_cache.get(pop_key, event) or new_population()
-                erase_customer(profile, population, new_segmenter())
-                population_cache.put(pop_key, population, event)
-                if profile.get("deadline_ms") is not None:
-                    index = deadline_index(message.partition, event)
-                    index.unschedule(request.customer_id, profile["deadline_ms"])
-                profile_cache.delete(request.customer_id, event)
-                erased.append("profile")
-                for anonymous_id in profile.get("anonymous_ids", []):
+        erased_at_ms = now_ms()
+        # A batch and an erasure never interleave: neither sees half of the other.
+        async with processing:
+            if request.customer_id is not None:
+                erased, profile, held = _erase_state(request.customer_id, event)
+                await _publish_erasure(
+                    request.customer_id, profile, request.request_id, erased_at_ms
+                )
+                erased.append("segment_exits")
+                for anonymous_id in erased_aliases(profile, held):
                     # The alias lives in the anonymous id's own partition.
                     alias = ErasureRequest(request_id=request.request_id, anonymous_id=anonymous_id)
                     await erasure_requests_topic.send(
                         key=anonymous_id.encode(), value=msgspec.json.encode(alias)
                     )
                     erased.append("alias")
-        else:
-            if identities_table.get(str(request.anonymous_id)) is not None:
-                del identities_table[str(request.anonymous_id)]
-                erased.append("identity")
+                purge: list[tuple[Any, str | None]] = [
+                    (profiles_table, subject),
+                    (held_table, subject),
+                    (deadlines_table, None),
+                ]
+            else:
+                erased = []
+                with partition_of(event):
+                    if identities_table.get(subject) is not None:
+                        del identities_table[subject]
+                        erased.append("identity")
+                purge = [(identities_table, subject)]
+            _suppress(subject, event, erased_at_ms)
+            erased.append("suppressed")
+            _purge_local_files(message.partition, purge)
+            _schedule_roll([table for table, _ in purge], message.partition)
         audit = ErasureAudit(
             request_id=request.request_id,
             subject_hash=subject_hash(subject),
             erased=erased,
-            erased_at_ms=now_ms(),
+            erased_at_ms=erased_at_ms,
         )
         await erasure_audit_topic.send(key=None, value=msgspec.json.encode(audit))
         metrics.erasures.labels("customer" if request.customer_id else "alias").inc()

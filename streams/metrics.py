@@ -80,6 +80,12 @@ erasures = Counter(
     ["subject"],
     registry=registry,
 )
+suppressed_events = Counter(
+    "segstream_suppressed_events",
+    "Input events dropped because their customer (or anonymous id) was erased, by topic role.",
+    ["topic"],
+    registry=registry,
+)
 training_examples_sent = Counter(
     "segstream_training_examples_sent",
     "Training examples sent to the trainer, by kind (cluster, churn).",

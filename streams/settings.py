@@ -177,7 +177,8 @@ class Settings(BaseSettings):
     )
     changelog_topic_configs: dict[str, str] = Field(
         default_factory=dict,
-        description="Extra Kafka configs of the tables' changelog topics (JSON object).",
+        description="Kafka configs of the tables' changelog topics (JSON object), over the "
+        "compaction settings derived from ERASURE_BOUND_HOURS.",
     )
     write_back: bool = Field(
         True,
@@ -212,6 +213,33 @@ class Settings(BaseSettings):
         SecretStr(SECRET_PLACEHOLDER),
         description="Key of the HMAC that pseudonymises ids in erasure audit events; a "
         "worker refuses to start with the placeholder.",
+    )
+    erasure_bound_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Longest an erased customer's id stays in the tables' changelog topics: "
+        "a third each to segment.ms, max.compaction.lag.ms and delete.retention.ms of every "
+        "changelog (README, Right to be forgotten).",
+    )
+    erasure_requests_retention_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Retention of the erasure-requests topic, which carries plain ids; a "
+        "request not carried out within it (workers down that long) is lost.",
+    )
+    suppression_expiry_days: float | None = Field(
+        None,
+        gt=0,
+        description="Days after which an erased id is no longer suppressed (its events are "
+        "accepted again); unset: never.",
+    )
+    dead_letter_retention_days: float = Field(
+        7.0, gt=0, description="Retention of the dead-letters topic, which holds raw input bytes."
+    )
+    output_retention_days: float = Field(
+        7.0,
+        gt=0,
+        description="Retention of the segment-changes and triggers topics (keyed by customer id).",
     )
     input_idle_s: float = Field(
         10.0,
@@ -343,6 +371,43 @@ class Settings(BaseSettings):
             "model_snapshots",
         )
         return {role: self.topic_prefix + role.replace("_", "-") for role in roles}
+
+    def changelog_configs(self) -> dict[str, str]:
+        """Kafka configs of every table changelog: compaction within the erasure bound.
+
+        A value lingers until its segment is rolled (``segment.ms``; the worker
+        appends to a quiet partition so it rolls), the cleaner must take it
+        (``max.compaction.lag.ms``) and a tombstone survives ``delete.retention.ms``
+        after that: a third of ``ERASURE_BOUND_HOURS`` each.
+        ``CHANGELOG_TOPIC_CONFIGS`` overrides any of them.
+
+        >>> Settings(_env_file=None, erasure_bound_hours=3).changelog_configs()["segment.ms"]
+        '3600000'
+        """
+        third_ms = str(int(self.erasure_bound_hours * 3_600_000 / 3))
+        return {
+            "cleanup.policy": "compact",
+            "min.compaction.lag.ms": "0",
+            "segment.ms": third_ms,
+            "max.compaction.lag.ms": third_ms,
+            "delete.retention.ms": third_ms,
+            **self.changelog_topic_configs,
+        }
+
+    def retention_configs(self) -> dict[str, dict[str, str]]:
+        """Kafka configs of the topics that keep customer data for a limited time, by role."""
+
+        def retention(ms: float) -> dict[str, str]:
+            # Retention deletes whole segments: roll them at least as often.
+            return {"retention.ms": str(int(ms)), "segment.ms": str(max(int(ms) // 4, 1000))}
+
+        hour, day = 3_600_000, 86_400_000
+        return {
+            "erasure_requests": retention(self.erasure_requests_retention_hours * hour),
+            "dead_letters": retention(self.dead_letter_retention_days * day),
+            "segment_changes": retention(self.output_retention_days * day),
+            "triggers": retention(self.output_retention_days * day),
+        }
 
     def rocksdb_options(self) -> dict[str, int]:
         """Options of every table's RocksDB store: bounded memory per table partition."""

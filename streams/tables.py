@@ -18,7 +18,8 @@ _options = {
     "default": None,
     "partitions": settings.input_partitions,
     "key_type": str,
-    "extra_topic_configs": dict(settings.changelog_topic_configs),
+    # Compacted within the erasure bound (Settings.changelog_configs).
+    "extra_topic_configs": settings.changelog_configs(),
     # Faust's RocksDB defaults allow 3 × 64 MiB of memtables and a 2 GiB
     # block cache for every table partition; bounded here.
     "options": settings.rocksdb_options(),
@@ -47,3 +48,7 @@ held_table = app.Table("held", **_options)
 # -> oldest bucket: the partition's deadline index (models.deadlines); the
 # same keys prefixed "h" index held events by event time.
 deadlines_table = app.Table("deadlines", **_options)
+
+# subject hash (streams.agents.subject_hash) -> {"erased_at_ms", "expires_at_ms"}:
+# erased ids whose later events are dropped, in the partition of the id.
+suppressed_table = app.Table("suppressed", **_options)
