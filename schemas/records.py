@@ -50,7 +50,8 @@ SupportType = Literal[
 SupportChannel = Literal["email", "chat", "phone", "social"]
 Priority = Literal["low", "normal", "high", "urgent"]
 
-Id = Annotated[str, Meta(min_length=1, max_length=128)]
+MAX_ID_CHARS = 128
+Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
 Text = Annotated[str, Meta(max_length=4096)]
 Money = Annotated[float, Meta(ge=0)]
 
@@ -159,9 +160,13 @@ INPUT_MODELS: dict[str, type[InputEvent]] = {
 class DeadLetter(Struct, frozen=True, kw_only=True):
     """An input message segstream could not accept, with where it came from and why.
 
-    ``key_b64`` and ``value_b64`` hold the original bytes, base64; ``error_kind``
-    is machine-readable (``not_json``, ``key_mismatch``, ...), ``error`` is for
-    people; ``failed_at_ms`` is the wall-clock time of rejection.
+    ``key_b64`` and ``value_b64`` hold the original bytes, base64, or only
+    their first ``SEGSTREAM_DEAD_LETTER_MAX_BYTES`` when ``truncated``;
+    ``key_size_bytes``, ``value_size_bytes`` and the SHA-256 digests
+    (lower-case hex) describe the whole originals. ``error_kind`` is
+    machine-readable (``not_json``, ``key_mismatch``, ...), ``error`` is for
+    people; ``failed_at_ms`` is the wall-clock time of rejection. The size and
+    digest fields are absent from dead letters written before they existed.
     """
 
     source_topic: str
@@ -173,6 +178,11 @@ class DeadLetter(Struct, frozen=True, kw_only=True):
     error: str
     message_timestamp_ms: int | None
     failed_at_ms: int
+    key_size_bytes: int | None = None
+    value_size_bytes: int | None = None
+    key_sha256: str | None = None
+    value_sha256: str | None = None
+    truncated: bool = False
     schema_version: Literal[1] = SCHEMA_VERSION
 
 

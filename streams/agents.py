@@ -539,8 +539,11 @@ async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:
         error=exc,
         message_timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
         failed_at_ms=now_ms(),
+        max_bytes=settings.dead_letter_max_bytes,
     )
-    await dead_letters_topic.send(key=message.key, value=msgspec.json.encode(record))
+    # Keyed by the original key's kept prefix: a huge key must not make it unsendable.
+    letter_key = None if message.key is None else message.key[: settings.dead_letter_max_bytes]
+    await dead_letters_topic.send(key=letter_key, value=msgspec.json.encode(record))
     metrics.decode_failures.labels(role, exc.kind).inc()
     metrics.dead_letters.labels(role).inc()
     log.info(

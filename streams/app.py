@@ -7,10 +7,12 @@ module. Faust's own environment lookups are disabled (``env={}``) so the
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
 import faust
+from aiohttp.http_exceptions import HttpProcessingError
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.sensors.prometheus import FaustMetrics
 
@@ -68,6 +70,40 @@ def aiokafka_security(settings: Settings) -> dict[str, Any]:
     return config
 
 
+# The longest request line the web server reads. A customer id is at most
+# 128 characters, 1,536 bytes percent-encoded; aiohttp refuses a longer line
+# with 400 before any view, and authentication, runs.
+MAX_REQUEST_LINE_BYTES = 4096
+
+
+class RequestBytesFilter(logging.Filter):
+    """Logs a malformed HTTP request as one line, without the request's bytes.
+
+    aiohttp logs a request its parser refuses (a request line over the limit,
+    a bad header) at ERROR with a traceback quoting the start of the line,
+    and so the start of a customer id.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "refused a malformed HTTP request status=%s error=%s"
+            record.args = (exc.code, type(exc).__name__)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.WARNING
+            record.levelname = "WARNING"
+        return True
+
+
+def http_server_args() -> dict[str, Any]:
+    """Options of aiohttp's request handler: the request-line cap and a redacting logger."""
+    logger = logging.getLogger("segstream.web.http")
+    if not any(isinstance(f, RequestBytesFilter) for f in logger.filters):
+        logger.addFilter(RequestBytesFilter())
+    return {"max_line_size": MAX_REQUEST_LINE_BYTES, "logger": logger}
+
+
 def faust_config(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for :class:`faust.App`, all taken from ``settings``."""
     brokers = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
@@ -90,6 +126,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "web_graph_enabled": False,
         "web_stats_enabled": False,
         "web_in_thread": False,
+        "web_application_options": {"handler_args": http_server_args()},
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
         "table_standby_replicas": settings.standby_replicas,

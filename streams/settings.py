@@ -30,7 +30,7 @@ from models.profile import (
 from models.profile_summary import ValueConfig
 from models.segments import SegmentConfig
 from models.training import ModelConfig
-from schemas.decode import DecodeLimits
+from schemas.decode import DEAD_LETTER_MAX_BYTES, DecodeLimits
 from schemas.errors import ConfigError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -122,6 +122,14 @@ class Settings(BaseSettings):
     )
     max_future_skew_s: int = Field(
         86_400, ge=0, description="How far past the wall clock an event time may lie."
+    )
+    dead_letter_max_bytes: int = Field(
+        DEAD_LETTER_MAX_BYTES,
+        ge=0,
+        le=128 * 1024,
+        description="Bytes of a rejected message's key and of its value a dead letter keeps; "
+        "the full sizes and SHA-256 digests are always recorded. The bound keeps every dead "
+        "letter far below the producer's 1 MB request limit; 0 keeps no bytes at all.",
     )
 
     # --- Profile state ----------------------------------------------------

@@ -18,7 +18,8 @@ from yarl import URL
 
 from models.pipeline import combined_bgnbd, combined_rfm, customer_view
 from models.profile_summary import Population
-from schemas.records import ErasureRequest
+from schemas.decode import is_safe_id
+from schemas.records import MAX_ID_CHARS, ErasureRequest
 from streams import metrics
 from streams.agents import CACHES, now_ms, population_cache, profile_cache
 from streams.app import app, settings
@@ -126,12 +127,28 @@ async def _forward(view: web.View, request: web.Request, owner: URL) -> web.Resp
         )
 
 
+INVALID_ID = {
+    "error": f"invalid customer id: 1 to {MAX_ID_CHARS} characters, no control or format "
+    "characters, no surrounding whitespace"
+}
+
+
+def valid_customer_id(customer_id: str) -> bool:
+    """Whether an id from a URL could be a customer's: what the decoder accepts."""
+    return 0 < len(customer_id) <= MAX_ID_CHARS and is_safe_id(customer_id)
+
+
 @app.page("/customers/{customer_id}")
 class CustomerView(web.View):
-    """``GET``: the profile (404 when unknown); ``DELETE``: erase the customer."""
+    """``GET``: the profile (404 when unknown); ``DELETE``: erase the customer.
+
+    An id the decoder would reject is answered with 400 and goes no further.
+    """
 
     @protected
     async def get(self, request: web.Request, customer_id: str) -> web.Response:
+        if not valid_customer_id(customer_id):
+            return self.json(INVALID_ID, status=400)
         owner = owner_url(customer_id)
         if owner is not None and not _is_me(owner):
             return await _forward(self, request, owner)
@@ -142,6 +159,8 @@ class CustomerView(web.View):
 
     @protected
     async def delete(self, request: web.Request, customer_id: str) -> web.Response:
+        if not valid_customer_id(customer_id):
+            return self.json(INVALID_ID, status=400)
         # Any worker may queue it: the erasure agent runs on the key's owner.
         request_id = uuid.uuid4().hex
         erasure = ErasureRequest(

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.decode import DecodeError, DecodeLimits, dead_letter, decode_event
-from schemas.records import ClickEvent, PurchaseEvent
+from schemas.decode import (
+    DEAD_LETTER_MAX_BYTES,
+    DecodeError,
+    DecodeLimits,
+    dead_letter,
+    decode_event,
+)
+from schemas.records import ClickEvent, DeadLetter, PurchaseEvent
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 LIMITS = DecodeLimits()
@@ -126,10 +135,71 @@ def test_dead_letter_keeps_original_bytes_and_reason() -> None:
     )
     assert record.error_kind == "not_json"
     assert (record.source_topic, record.partition, record.offset) == ("segstream.purchases", 3, 17)
-    import base64
-
     assert base64.b64decode(record.value_b64 or "") == b"{oops"
     assert base64.b64decode(record.key_b64 or "") == b"c1"
+    assert (record.key_size_bytes, record.value_size_bytes, record.truncated) == (2, 5, False)
+    assert record.value_sha256 == hashlib.sha256(b"{oops").hexdigest()
+    assert record.key_sha256 == hashlib.sha256(b"c1").hexdigest()
+
+
+def oversized_letter(key: bytes, value: bytes, max_bytes: int = DEAD_LETTER_MAX_BYTES) -> bytes:
+    with pytest.raises(DecodeError) as info:
+        decode(value, key, topic="clickstream")
+    record = dead_letter(
+        source_topic="segstream.clickstream",
+        partition=0,
+        offset=1,
+        key=key,
+        value=value,
+        error=info.value,
+        message_timestamp_ms=None,
+        failed_at_ms=2,
+        max_bytes=max_bytes,
+    )
+    return msgspec.json.encode(record)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"c1", b'{"event_id":"' + b"x" * 800_000 + b'"}'),  # an 800 KB value
+        (b"k" * 500_000, b'{"event_id":"e1","customer_id":"c1"}'),  # a 500 KB key
+        (b"k" * 990_000, b"v" * 990_000),  # both close to the broker's limit
+    ],
+    ids=["800_kb_value", "500_kb_key", "huge_key_and_value"],
+)
+def test_a_dead_letter_keeps_a_bounded_prefix_with_full_sizes_and_digests(
+    key: bytes, value: bytes
+) -> None:
+    encoded = oversized_letter(key, value)
+    # base64 of two 64 KiB prefixes plus the fields: far below a 1 MB request.
+    assert len(encoded) < 180_000
+    letter = msgspec.json.decode(encoded, type=DeadLetter)
+    kept_key = base64.b64decode(letter.key_b64 or "")
+    kept_value = base64.b64decode(letter.value_b64 or "")
+    assert kept_key == key[:DEAD_LETTER_MAX_BYTES]
+    assert kept_value == value[:DEAD_LETTER_MAX_BYTES]
+    assert (letter.key_size_bytes, letter.value_size_bytes) == (len(key), len(value))
+    assert letter.key_sha256 == hashlib.sha256(key).hexdigest()
+    assert letter.value_sha256 == hashlib.sha256(value).hexdigest()
+    assert letter.truncated
+
+
+def test_a_dead_letter_may_keep_no_bytes_at_all() -> None:
+    letter = msgspec.json.decode(oversized_letter(b"c1", b"[" * 70_000, 0), type=DeadLetter)
+    assert (letter.key_b64, letter.value_b64) == ("", "")
+    assert (letter.key_size_bytes, letter.value_size_bytes) == (2, 70_000)
+    assert letter.value_sha256 == hashlib.sha256(b"[" * 70_000).hexdigest()
+
+
+def test_a_dead_letter_written_before_sizes_and_digests_still_reads() -> None:
+    old = (
+        b'{"source_topic":"segstream.purchases","partition":0,"offset":1,"key_b64":"YzE=",'
+        b'"value_b64":"e29vcHM=","error_kind":"not_json","error":"x",'
+        b'"message_timestamp_ms":null,"failed_at_ms":2,"schema_version":1}'
+    )
+    letter = msgspec.json.decode(old, type=DeadLetter)
+    assert letter.value_b64 == "e29vcHM=" and letter.value_sha256 is None and not letter.truncated
 
 
 @settings(max_examples=400, deadline=None)
