@@ -41,10 +41,10 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
+from models.state import BgNbdState as BgNbdState  # declared in models.state, re-exported
 from schemas.errors import SegstreamError
 
 Params = tuple[float, float, float, float]
-BgNbdState = dict[str, Any]
 
 # Starting point: the CDNOW estimates of Fader, Hardie & Lee (2005), r = 0.243,
 # α = 4.414 *weeks*, a = 0.793, b = 2.426, rounded and with α converted to days

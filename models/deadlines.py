@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from models.state import DeadlineBucket
+
 
 class Store(Protocol):
     """Key-value access to one partition's state."""
@@ -57,7 +59,8 @@ class DeadlineIndex:
     """Deadlines of one partition's customers, filed by event-time bucket.
 
     The index's own bookkeeping — the oldest bucket that may hold entries —
-    lives in the store under ``"<partition>:from"``.
+    lives in the store under ``"<partition>:from"`` (both kinds of entry are
+    declared in :mod:`models.state`).
     """
 
     def __init__(self, store: Store, partition: int, bucket_ms: int, namespace: str = "") -> None:
@@ -79,7 +82,7 @@ class DeadlineIndex:
         """File ``customer_id`` to be looked at once the watermark reaches ``due_ms``."""
         bucket = due_ms // self.bucket_ms
         key = self._key(bucket)
-        entries = list(self.store.get(key) or [])
+        entries: DeadlineBucket = list(self.store.get(key) or [])
         entries.append([due_ms, customer_id])
         self.store.put(key, entries)
         oldest = self.store.get(self._from_key)

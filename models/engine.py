@@ -53,6 +53,7 @@ from models.profile import DAY_MS, ProfileConfig
 from models.reorder import first_held_ms, release
 from models.segments import SegmentConfig, Segmenter
 from models.sentiment import compound
+from models.state import PopulationState
 from models.training import ModelBundle, ModelConfig
 
 # The population of a partition lives under one key of the population store.
@@ -281,8 +282,8 @@ class PartitionEngine:
             id_key=self.config.id_key,
         )
 
-    def _population(self) -> dict[str, Any]:
-        population: dict[str, Any] | None = self.stores.population.get(self._pop_key)
+    def _population(self) -> PopulationState:
+        population: PopulationState | None = self.stores.population.get(self._pop_key)
         return population if population is not None else new_population()
 
     def _stitch(self, fields: Mapping[str, Any], outputs: Outputs) -> None:
@@ -336,7 +337,7 @@ class PartitionEngine:
         customer_id: str,
         held: list[dict[str, Any]],
         still: list[dict[str, Any]],
-        population: dict[str, Any],
+        population: PopulationState,
     ) -> None:
         """Keep a customer's held events (with the index entry of the oldest) and
         the partition's count of customers holding any."""

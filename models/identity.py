@@ -26,7 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-IdentityState = dict[str, Any]
+from models.state import IdentityState as IdentityState  # declared in models.state
+
 IdentityOutcome = Literal["held", "held_dropping_oldest", "identified", "forwarded"]
 
 

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from models.features import FEATURES, feature_vector
 from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig
+from models.state import ChurnPending
 
 Example = dict[str, Any]
 
@@ -138,7 +139,7 @@ class Moments:
         example_id = self.example_id(customer_id, "cluster", ts)
         if self.sampled(example_id):
             self.examples.append({"example_id": example_id, "kind": "cluster", "x": x, "ts": ts})
-        pending: list[dict[str, Any]] = profile.setdefault("churn_pending", [])
+        pending: list[ChurnPending] = profile.setdefault("churn_pending", [])
         if profile["last_order_ms"] is not None and len(pending) < MAX_PENDING:
             scores = self.scorer.score(x)
             pending.append(
@@ -161,7 +162,7 @@ class Moments:
                 )
 
     def _resolve(
-        self, customer_id: str, profile: Profile, pending: dict[str, Any], y: int, ts: int
+        self, customer_id: str, profile: Profile, pending: ChurnPending, y: int, ts: int
     ) -> None:
         profile["churn_pending"].remove(pending)
         example_id = self.example_id(customer_id, "churn", pending["scored_ms"])

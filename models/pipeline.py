@@ -22,14 +22,20 @@ from models.profile import DAY_MS, Outcome, Profile, ProfileConfig, apply_event
 from models.profile_summary import Population, ValueConfig, summarise
 from models.quantiles import RfmValues, merge_sketches, new_rfm_population, rfm_update
 from models.segments import Segmenter, new_segment_population
+from models.state import BgNbdState
+from models.state import PopulationState as PopulationState  # re-exported
 from models.training import ModelBundle
-
-PopulationState = dict[str, Any]
 
 
 def new_population() -> PopulationState:
     """An empty population: RFM sketches and starting BG/NBD parameters."""
-    return {"rfm": new_rfm_population(), "bgnbd": new_bgnbd(), **new_segment_population()}
+    segments = new_segment_population()
+    return {
+        "rfm": new_rfm_population(),
+        "bgnbd": new_bgnbd(),
+        "counts": segments["counts"],
+        "clv": segments["clv"],
+    }
 
 
 def rfm_values(profile: Profile | None) -> RfmValues | None:
@@ -193,7 +199,7 @@ def still_suppressed(entry: Mapping[str, Any] | None, now_ms: int) -> bool:
     return expires is None or now_ms < int(expires)
 
 
-def combined_rfm(populations: Iterable[PopulationState]) -> dict[str, Any]:
+def combined_rfm(populations: Iterable[PopulationState]) -> Mapping[str, Any]:
     """RFM sketches of several partitions merged: the base a worker can see."""
     parts = list(populations)
     if not parts:
@@ -224,7 +230,7 @@ def _learn_purchase_process(profile: Profile, population: PopulationState, now_m
     bgnbd_learn(population["bgnbd"], x, t_x, max((now_ms - first) / DAY_MS, t_x))
 
 
-def combined_bgnbd(populations: Iterable[PopulationState]) -> dict[str, Any]:
+def combined_bgnbd(populations: Iterable[PopulationState]) -> BgNbdState:
     """BG/NBD parameters of several partitions pooled into one estimate.
 
     Each partition learns from its own customers; the log-parameters are

@@ -34,9 +34,11 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-Profile = dict[str, Any]
+from models.state import ClosedSession, OpenSession
+from models.state import Profile as Profile  # declared in models.state, re-exported
+
 Outcome = Literal["applied", "duplicate", "late"]
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
@@ -260,8 +262,8 @@ def _apply_click(
 
 def _session_for(
     profile: Profile, session_id: str, ts: int, config: ProfileConfig
-) -> dict[str, Any]:
-    sessions: list[dict[str, Any]] = profile["sessions"]
+) -> OpenSession:
+    sessions = profile["sessions"]
     for session in sessions:
         if session["id"] == session_id:
             return session
@@ -275,7 +277,7 @@ def _session_for(
 
 
 def _amend_closed_session(
-    profile: Profile, closed: dict[str, Any], ts: int, pages: int, config: ProfileConfig
+    profile: Profile, closed: ClosedSession, ts: int, pages: int, config: ProfileConfig
 ) -> None:
     keep = max(config.windows_days)
     before_ms = closed["last_ms"] - closed["start_ms"]
@@ -370,15 +372,28 @@ def _apply_support(
         _set_latest(profile, "sentiment", round(score, 4), ts)
 
 
+_LatestKey = Literal["csat_last", "nps_last", "ces_last", "sentiment_last"]
+_LatestMsKey = Literal["csat_ms", "nps_ms", "ces_ms", "sentiment_ms"]
+# Profile keys of each latest answer and its event time (typed, so no f-string keys).
+_LATEST: Final[dict[str, tuple[_LatestKey, _LatestMsKey]]] = {
+    "csat": ("csat_last", "csat_ms"),
+    "nps": ("nps_last", "nps_ms"),
+    "ces": ("ces_last", "ces_ms"),
+    "sentiment": ("sentiment_last", "sentiment_ms"),
+}
+
+
 def _set_latest(profile: Profile, name: str, value: Any, ts: int) -> None:
     # "Last" means latest by event time, not last read.
-    if profile[f"{name}_ms"] is None or ts >= profile[f"{name}_ms"]:
-        profile[f"{name}_last"], profile[f"{name}_ms"] = value, ts
+    last_key, ms_key = _LATEST[name]
+    latest_ms = profile[ms_key]
+    if latest_ms is None or ts >= latest_ms:
+        profile[last_key], profile[ms_key] = value, ts
 
 
 def _finalise_episodes(profile: Profile, config: ProfileConfig, watermark: int) -> None:
     horizon = watermark - config.allowed_lateness_ms
-    sessions: list[dict[str, Any]] = profile["sessions"]
+    sessions = profile["sessions"]
     for session in [s for s in sessions if s["last_ms"] + config.session_timeout_ms <= horizon]:
         sessions.remove(session)
         _finalise_session(profile, session, config)
@@ -439,7 +454,7 @@ def _finalise_session(profile: Profile, session: Mapping[str, Any], config: Prof
     _add_to_day(profile, day, "session_pages", session["pages"], keep)
     if converted:
         _add_to_day(profile, day, "sessions_converted", 1, keep)
-    closed: list[dict[str, Any]] = profile["closed_sessions"]
+    closed = profile["closed_sessions"]
     closed.append(
         {
             "id": session["id"],
@@ -458,7 +473,8 @@ def _add_to_day(profile: Profile, day: int, name: str, value: float, keep_days: 
     # whenever that day is still inside the longest window.
     totals = profile["totals"]
     totals[name] = totals.get(name, 0) + value
-    if profile["last_seen_ms"] // DAY_MS - day < keep_days:
+    last_seen = profile["last_seen_ms"]
+    if last_seen is not None and last_seen // DAY_MS - day < keep_days:
         bucket = profile["buckets"].setdefault(str(day), {})
         bucket[name] = bucket.get(name, 0) + value
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from models.clv import expected_purchases, p_alive, simple_clv
+from models.clv import ClvError, expected_purchases, p_alive, simple_clv
 from models.profile import (
     DAY_MS,
     Profile,
@@ -25,6 +25,7 @@ from models.profile import (
     window_totals,
 )
 from models.quantiles import RfmValues, rfm_scores
+from schemas.errors import SegstreamError
 
 ENGAGEMENT_COUNTERS = {
     "page_views": "clickstream.page_view",
@@ -180,6 +181,8 @@ def summarise(
     """
     value = value or ValueConfig()
     last_seen = profile["last_seen_ms"]
+    if last_seen is None:
+        raise SegstreamError("a profile with no event has nothing to summarise")
     as_of = max(as_of_ms if as_of_ms is not None else last_seen, last_seen)
     lifetime = _activity(_with_open_episodes(profile, config, profile["totals"], None, as_of))
     windows = {
@@ -262,6 +265,8 @@ def summarise(
 def bgnbd_summary(profile: Profile, as_of_ms: int) -> tuple[int, float, float]:
     """BG/NBD inputs in days: repeat purchases ``x``, ``t_x``, ``T`` (from first order)."""
     first, last = profile["first_order_ms"], profile["last_order_ms"]
+    if first is None or last is None:
+        raise ClvError("BG/NBD inputs need at least one order")
     x = max(int(profile["totals"].get("orders", 0)) - 1, 0)
     return x, (last - first) / DAY_MS, max((as_of_ms - first) / DAY_MS, (last - first) / DAY_MS)
 

@@ -52,11 +52,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
+from models.state import Binning as Binning  # declared in models.state, re-exported
+from models.state import RfmPopulation as RfmPopulation
+from models.state import Sketch as Sketch
 from schemas.errors import SegstreamError
 
-Binning = Literal["day", "count", "log"]
-Sketch = dict[str, Any]
-RfmPopulation = dict[str, Any]
+RfmDimension = Literal["r", "f", "m"]
 
 BINS_PER_DECADE: Final = 32
 COUNT_EXACT_MAX: Final = 200
@@ -225,7 +226,7 @@ def new_rfm_population() -> RfmPopulation:
     return {"r": new_sketch("day"), "f": new_sketch("count"), "m": new_sketch("log")}
 
 
-def _dimensions(values: RfmValues) -> tuple[tuple[str, float], ...]:
+def _dimensions(values: RfmValues) -> tuple[tuple[RfmDimension, float], ...]:
     return (("r", values.last_order_day), ("f", values.orders), ("m", values.revenue))
 
 

@@ -10,11 +10,11 @@ the same history.
 
 So an event is applied only once the partition's input watermark (the event
 time up to which every input topic has been read) reaches it; until then it
-is *held* with the customer, in state that is written and recovered like the
-profile, and filed in a deadline index at its own event time. Released
-events are applied in ``(ts, event_id)`` order — the order of the offline
-replay. Live, with every topic caught up, the watermark is the newest event's
-time and nothing is held.
+is *held* with the customer (``models.state.HeldEvents``), in state that is
+written and recovered like the profile, and filed in a deadline index at its
+own event time. Released events are applied in ``(ts, event_id)`` order —
+the order of the offline replay. Live, with every topic caught up, the
+watermark is the newest event's time and nothing is held.
 
 A customer holds at most ``max_held`` events; past that the oldest are
 released early (counted as *forced*), so state stays bounded however far the

@@ -53,6 +53,7 @@ from models.quantiles import (
     sketch_rank,
     sketch_remove,
 )
+from models.state import PopulationState, SegmentMembership, SegmentPopulation
 
 DIMENSIONS: Final = (
     "lifecycle",
@@ -117,7 +118,7 @@ def lifecycle_stage(
     ('dormant', 'days_since_order=65.0 >= 60.0')
     """
     first, last = profile["first_order_ms"], profile["last_order_ms"]
-    if last is None:
+    if first is None or last is None:  # set together, at the first order
         return "prospect", "no order yet"
     gap = (now_ms - last) / DAY_MS
     returned = profile.get("lifecycle_returned_ms")
@@ -223,7 +224,7 @@ def customer_clv(profile: Profile, now_ms: int, config: SegmentConfig) -> float 
     return simple_clv(aov, per_year, config.expected_lifespan_years)
 
 
-def new_segment_population() -> dict[str, Any]:
+def new_segment_population() -> SegmentPopulation:
     """Per partition: members per dimension and value, and the CLV sketch of buyers."""
     return {"counts": {}, "clv": new_sketch("log")}
 
@@ -257,7 +258,7 @@ class Segmenter:
     # -- when --------------------------------------------------------------------
 
     def before_event(
-        self, customer_id: str, profile: Profile, ts: int, population: dict[str, Any]
+        self, customer_id: str, profile: Profile, ts: int, population: PopulationState
     ) -> None:
         """Decide at every deadline of the customer that falls before ``ts``."""
         self.on_deadline(customer_id, profile, ts - 1, population)
@@ -267,7 +268,7 @@ class Segmenter:
         customer_id: str,
         profile: Profile,
         event: Mapping[str, Any],
-        population: dict[str, Any],
+        population: PopulationState,
         new_day: bool,
     ) -> None:
         """Decide after an event that can move a segment.
@@ -285,7 +286,7 @@ class Segmenter:
             self.decide(customer_id, profile, int(event["ts"]), population)
 
     def on_deadline(
-        self, customer_id: str, profile: Profile, now_ms: int, population: dict[str, Any]
+        self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
     ) -> None:
         """Decide at each of the customer's due times up to ``now_ms``, in order."""
         for _ in range(16):  # a bounded number of thresholds can pass at once
@@ -302,7 +303,7 @@ class Segmenter:
         c = self.config
         candidates: list[float] = []
         first, last = profile["first_order_ms"], profile["last_order_ms"]
-        if last is not None:
+        if first is not None and last is not None:
             candidates += [last + d * DAY_MS for d in (c.at_risk_days, c.dormant_days)]
             candidates.append(last + c.churned_days * DAY_MS)
             candidates.append(first + c.new_days * DAY_MS)
@@ -322,13 +323,13 @@ class Segmenter:
     # -- what --------------------------------------------------------------------
 
     def decide(
-        self, customer_id: str, profile: Profile, now_ms: int, population: dict[str, Any]
+        self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
     ) -> None:
         """Decide every dimension as of ``now_ms``; record changes and triggers."""
         c = self.config
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
         profile["segments_decided_ms"] = now_ms
-        current: dict[str, dict[str, Any]] = profile.setdefault("segments", {})
+        current: dict[str, SegmentMembership] = profile.setdefault("segments", {})
         features = feature_vector(profile, self.profile_config, now_ms)
         scores = self.scorer.score(features)
         sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
@@ -344,7 +345,7 @@ class Segmenter:
             ranks = rfm_ranks(population["rfm"], values)
         rfm = tuple(quintile_score(r) for r in ranks) if ranks else None
         churn_p = scores["churn_probability"] if profile["last_order_ms"] is not None else None
-        prev = {dim: current.get(dim, {}).get("value") for dim in DIMENSIONS}
+        prev = {dim: current[dim]["value"] if dim in current else None for dim in DIMENSIONS}
         decided: dict[str, tuple[str | None, str]] = {
             "lifecycle": lifecycle_stage(profile, now_ms, prev["lifecycle"], c),
             "rfm_segment": (
@@ -404,12 +405,13 @@ class Segmenter:
             self._change(customer_id, profile, dim, before, value, now_ms, reason, snapshot, scores)
         self._fact_triggers(customer_id, profile, now_ms, snapshot)
 
-    def erase(self, profile: Profile, population: dict[str, Any]) -> None:
+    def erase(self, profile: Profile, population: PopulationState) -> None:
         """Take an erased customer out of the population counts and CLV sketch."""
         for dim, state in profile.get("segments", {}).items():
             _count(population, dim, state["value"], None)
-        if profile.get("clv_counted") is not None and "clv" in population:
-            sketch_remove(population["clv"], profile["clv_counted"])
+        counted = profile.get("clv_counted")
+        if counted is not None and "clv" in population:
+            sketch_remove(population["clv"], counted)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -417,12 +419,12 @@ class Segmenter:
         return self.profile_config.sla_resolution_s.get(priority, 259_200) * 1000
 
     def _note_return(self, profile: Profile, ts: int) -> None:
-        stage = profile.get("segments", {}).get("lifecycle", {}).get("value")
-        if stage in ("dormant", "churned"):
+        lifecycle = profile.get("segments", {}).get("lifecycle")
+        if lifecycle is not None and lifecycle["value"] in ("dormant", "churned"):
             profile["lifecycle_returned_ms"] = ts
 
     def _clv_rank(
-        self, profile: Profile, clv: float | None, population: dict[str, Any]
+        self, profile: Profile, clv: float | None, population: PopulationState
     ) -> float | None:
         sketch = population.setdefault("clv", new_sketch("log"))
         counted = profile.get("clv_counted")
@@ -602,7 +604,7 @@ def _recent_sessions_and_orders(profile: Profile, now_ms: int) -> tuple[int, int
     return sessions, orders
 
 
-def _count(population: dict[str, Any], dim: str, old: str | None, new: str | None) -> None:
+def _count(population: PopulationState, dim: str, old: str | None, new: str | None) -> None:
     counts: dict[str, dict[str, int]] = population.setdefault("counts", {})
     by_value = counts.setdefault(dim, {})
     if old is not None:

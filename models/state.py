@@ -1,0 +1,308 @@
+"""The state schema: every kind of state the worker keeps, declared in one place.
+
+A worker keeps five kinds of state per input partition, all plain JSON-able
+data in Faust tables (and the same dicts in ``segstream evaluate``):
+
+==================  ===================  ==============================================
+state               table, key           declared here as
+==================  ===================  ==============================================
+profile             profiles, customer   :class:`Profile`
+population          population, p        :class:`PopulationState`
+held events         held, customer       :data:`HeldEvents` (:mod:`models.reorder`)
+deadline index      deadlines, see below :data:`DeadlineBucket`, :data:`DeadlineFrom`
+identity            identities, anon id  :class:`IdentityState` (:mod:`models.identity`)
+==================  ===================  ==============================================
+
+Each key is declared once, with what it holds; the modules that write the
+state import their types from here. The declarations describe the JSON the
+changelog already holds — nothing here changes what is stored — so a store
+written before them reads back unchanged. :func:`undeclared_keys` is the
+runtime check the tests run after many random histories: a key written
+anywhere without being declared here fails them.
+
+This module deliberately does not use ``from __future__ import annotations``:
+with string annotations, Python 3.11's ``TypedDict`` does not see
+``NotRequired`` and would report every key as required.
+"""
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final, Literal, NotRequired, TypedDict
+
+from schemas.records import ClickEvent, PurchaseEvent, SupportEvent
+
+# --- profile ------------------------------------------------------------------------
+
+
+class OpenSession(TypedDict):
+    """A browsing session not finalised yet (``Profile.sessions``)."""
+
+    id: str  # session_id of the events, or "~<ts // session timeout>" without one
+    start_ms: int  # event time of its first event
+    last_ms: int  # event time of its latest event
+    pages: int  # page and product views
+    dwell_ms: int  # summed duration_ms of those views
+
+
+class ClosedSession(TypedDict):
+    """A finalised session, kept a while so late events amend it (``Profile.closed_sessions``)."""
+
+    id: str  # as in OpenSession
+    start_ms: int  # event time of its first event
+    last_ms: int  # event time of its latest event
+    pages: int  # page and product views
+    converted: bool  # an order fell in the session or its timeout
+    day: int  # UTC day index (start_ms // DAY_MS) whose bucket counted it
+
+
+class SegmentMembership(TypedDict):
+    """A customer's current value in one segment dimension (``Profile.segments``)."""
+
+    value: str  # the segment, e.g. "active" or "Champions"
+    since_ms: int  # decision time it was entered at (dwell time is measured from it)
+
+
+class ChurnPending(TypedDict):
+    """A churn score waiting for its label (``Profile.churn_pending``)."""
+
+    scored_ms: int  # moment (event time) the customer was scored at
+    x: list[float]  # feature values in models.features.FEATURES order (names left out)
+    p: float  # churn probability given at the moment
+    source: str  # which churn model gave it (score's churn_source)
+    version: int  # model snapshot version that scored it
+
+
+class Profile(TypedDict):
+    """One customer's state (:mod:`models.profile` and the modules that decide on it).
+
+    The first block is created by :func:`models.profile.new_profile`; the
+    ``NotRequired`` keys are added later in the profile's life, by the module
+    named beside them.
+    """
+
+    first_seen_ms: int | None  # earliest event time seen
+    last_seen_ms: int | None  # latest event time seen: the customer's watermark
+    recent_ids: list[str]  # event ids of the last dedup_capacity events (deduplication)
+    late_events: int  # events whose day window had closed (lifetime only)
+    lifetime: dict[str, int]  # "<topic>.<type>" -> events, duplicates excluded
+    totals: dict[str, float]  # counter -> lifetime sum (orders, revenue, sessions, ...)
+    buckets: dict[str, dict[str, float]]  # UTC day index (as str) -> counter -> that day's sum
+    channels: dict[str, int]  # click channel -> events (bounded)
+    categories: dict[str, int]  # category viewed or added to cart -> events (bounded)
+    purchase_categories: dict[str, int]  # category bought -> quantity (bounded)
+    sessions: list[OpenSession]  # sessions still open
+    closed_sessions: list[ClosedSession]  # the latest finalised sessions
+    cart_adds: list[int]  # event times of add_to_cart not yet decided into carts, sorted
+    first_order_ms: int | None  # event time of the first order
+    last_order_ms: int | None  # event time of the latest order
+    recent_orders_ms: list[int]  # event times of the latest orders, sorted
+    open_tickets: dict[str, list[Any]]  # ticket_id -> [opened_ms, priority]
+    csat_last: float | None  # latest CSAT score, by event time
+    csat_ms: int | None  # its event time
+    nps_last: float | None  # latest NPS score, by event time
+    nps_ms: int | None  # its event time
+    ces_last: float | None  # latest CES score, by event time
+    ces_ms: int | None  # its event time
+    sentiment_last: float | None  # compound sentiment of the latest support text
+    sentiment_ms: int | None  # its event time
+    anonymous_ids: list[str]  # anonymous ids stitched to the customer (erased with them)
+    # models.pipeline
+    bgnbd_learned_day: NotRequired[int]  # UTC day index of the last BG/NBD step learned from it
+    deadline_ms: NotRequired[int | None]  # due time filed in the deadline index, if any
+    # models.moments
+    moment_ms: NotRequired[int]  # event time of the latest moment (activity or quiet tick)
+    churn_pending: NotRequired[list[ChurnPending]]  # scores waiting for their churn label
+    # models.segments
+    segments: NotRequired[dict[str, SegmentMembership]]  # dimension -> current membership
+    segments_decided_ms: NotRequired[int]  # decision time of the latest segment decision
+    lifecycle_returned_ms: NotRequired[int]  # event time of an order after dormant/churned
+    clv_counted: NotRequired[float | None]  # simple CLV as counted in the population sketch
+    carts_abandoned_seen: NotRequired[int]  # abandoned carts already triggered on
+    detractor_seen_ms: NotRequired[int]  # event time of the NPS answer last triggered on
+    negative_text_seen_ms: NotRequired[int]  # event time of the support text last triggered on
+    sla_notified: NotRequired[list[str]]  # ticket ids whose SLA breach was triggered (bounded)
+    trigger_last_ms: NotRequired[dict[str, int]]  # trigger kind -> when it last fired (rate limit)
+
+
+# --- population ---------------------------------------------------------------------
+
+Binning = Literal["day", "count", "log"]
+
+
+class Sketch(TypedDict):
+    """A histogram sketch with exact deletions (:mod:`models.quantiles`)."""
+
+    binning: Binning  # how values map to bins
+    n: int  # values counted
+    bins: dict[str, int]  # bin key -> values in it (emptied bins are deleted)
+
+
+class RfmPopulation(TypedDict):
+    """RFM sketches of a partition's buyers (:mod:`models.quantiles`)."""
+
+    r: Sketch  # UTC day index of each buyer's last order ("day" binning)
+    f: Sketch  # each buyer's lifetime orders ("count" binning)
+    m: Sketch  # each buyer's lifetime revenue ("log" binning)
+
+
+class BgNbdState(TypedDict):
+    """BG/NBD population parameters learned so far (:mod:`models.clv`)."""
+
+    log_params: list[float]  # [log r, log alpha, log a, log b]; alpha in days
+    steps: int  # learning steps taken
+
+
+class SegmentPopulation(TypedDict):
+    """The population's part kept by :mod:`models.segments`."""
+
+    counts: dict[str, dict[str, int]]  # segment dimension -> value -> members
+    clv: Sketch  # simple CLV of buyers ("log" binning), for the value tier
+
+
+class PopulationState(SegmentPopulation):
+    """What one input partition knows about its customer base (:mod:`models.pipeline`)."""
+
+    rfm: RfmPopulation  # for RFM quintile scores
+    bgnbd: BgNbdState  # for expected purchases and P(alive)
+    # streams (the worker and evaluate)
+    watermark_ms: NotRequired[int]  # latest event time applied in the partition
+    held_customers: NotRequired[int]  # customers holding events (worker only)
+
+
+# --- held events, deadlines, identities -----------------------------------------------
+
+# A decoded input record as a dict: the fields of its contract in
+# schemas.records (ClickEvent, PurchaseEvent or SupportEvent, through
+# msgspec.to_builtins) plus "topic", its role. Those Structs declare the keys.
+EventFields = dict[str, Any]
+# A customer's events read ahead of the input watermark, in (ts, event_id) order.
+HeldEvents = list[EventFields]
+
+# Deadline index entries (models.deadlines), in the deadlines table; the key
+# prefix is "" for customers' deadlines and "h" for held events:
+# "<prefix><partition>:<bucket>" -> entries due in that bucket of event time.
+DeadlineEntry = list[Any]  # [due_ms, customer_id]
+DeadlineBucket = list[DeadlineEntry]
+# "<prefix><partition>:from" -> the oldest bucket that may hold entries.
+DeadlineFrom = int
+DEADLINE_KEY: Final = re.compile(r"^h?\d+:(\d+|from)$")
+
+
+class IdentityState(TypedDict):
+    """What is known of one anonymous id (:mod:`models.identity`)."""
+
+    customer_id: str | None  # the customer it was identified as, once it was
+    pending: list[EventFields]  # its click events held until then (oldest dropped)
+
+
+# --- runtime check ------------------------------------------------------------------
+
+
+# The keys an EventFields may hold: the contracts' fields, and the role.
+EVENT_KEYS: Final = frozenset(
+    {"topic"}.union(*(s.__struct_fields__ for s in (ClickEvent, PurchaseEvent, SupportEvent)))
+)
+
+
+def _keys(declared: type) -> frozenset[str]:
+    return frozenset(declared.__annotations__)
+
+
+def _extra(value: Mapping[str, Any], declared: type, where: str) -> set[str]:
+    return {f"{where}{key}" for key in value if key not in _keys(declared)}
+
+
+def undeclared_keys(profile: Mapping[str, Any]) -> set[str]:
+    """Keys of a profile, and of its fixed-key parts, that :class:`Profile` does not declare.
+
+    Nested keys are named by their path, ``sessions[].key``, ``segments.*.key``.
+
+    >>> from models.profile import new_profile
+    >>> profile = new_profile()
+    >>> profile["segments"] = {"lifecycle": {"value": "new", "since_ms": 0}}
+    >>> undeclared_keys(profile)
+    set()
+    >>> profile["sessions"].append({"id": "s", "start_ms": 0, "last_ms": 0, "pages": 0,
+    ...                             "dwell_ms": 0, "referrer": "x"})
+    >>> sorted(undeclared_keys({**profile, "vip": True}))
+    ['sessions[].referrer', 'vip']
+    """
+    extra = _extra(profile, Profile, "")
+    for session in profile.get("sessions", ()):
+        extra |= _extra(session, OpenSession, "sessions[].")
+    for closed in profile.get("closed_sessions", ()):
+        extra |= _extra(closed, ClosedSession, "closed_sessions[].")
+    for pending in profile.get("churn_pending", ()):
+        extra |= _extra(pending, ChurnPending, "churn_pending[].")
+    for membership in profile.get("segments", {}).values():
+        extra |= _extra(membership, SegmentMembership, "segments.*.")
+    return extra
+
+
+def undeclared_population_keys(population: Mapping[str, Any]) -> set[str]:
+    """Keys of a population, and of its sketches and BG/NBD state, not declared here.
+
+    >>> from models.pipeline import new_population
+    >>> population = new_population()
+    >>> undeclared_population_keys(population)
+    set()
+    >>> population["rfm"]["r"]["max"] = 3
+    >>> sorted(undeclared_population_keys({**population, "seen": 1}))
+    ['rfm.r.max', 'seen']
+    """
+    extra = _extra(population, PopulationState, "")
+    if "rfm" in population:
+        extra |= _extra(population["rfm"], RfmPopulation, "rfm.")
+        for dim, sketch in population["rfm"].items():
+            extra |= _extra(sketch, Sketch, f"rfm.{dim}.")
+    if "clv" in population:
+        extra |= _extra(population["clv"], Sketch, "clv.")
+    if "bgnbd" in population:
+        extra |= _extra(population["bgnbd"], BgNbdState, "bgnbd.")
+    return extra
+
+
+def undeclared_event_keys(events: list[Mapping[str, Any]]) -> set[str]:
+    """Keys of held or pending events that no input contract declares (see :data:`EventFields`).
+
+    >>> undeclared_event_keys([{"topic": "purchases", "ts": 1, "event_id": "e", "x": 0}])
+    {'x'}
+    """
+    return {key for event in events for key in event if key not in EVENT_KEYS}
+
+
+def undeclared_identity_keys(state: Mapping[str, Any]) -> set[str]:
+    """Keys of an identity state, and of its pending events, not declared here.
+
+    >>> undeclared_identity_keys({"customer_id": None, "pending": [], "seen": 2})
+    {'seen'}
+    """
+    pending = undeclared_event_keys(state.get("pending", []))
+    return _extra(state, IdentityState, "") | {f"pending[].{key}" for key in pending}
+
+
+def malformed_deadline_entries(store: Mapping[str, Any]) -> set[str]:
+    """Keys of a deadlines table whose key or value is not a declared deadline index entry.
+
+    >>> malformed_deadline_entries({"0:from": 3, "0:3": [[310, "c1"]], "h1:4": [[400, "c2"]]})
+    set()
+    >>> sorted(malformed_deadline_entries({"0:3": [[310]], "x": 1, "0:from": "3"}))
+    ['0:3', '0:from', 'x']
+    """
+    bad = set()
+    for key, value in store.items():
+        match = DEADLINE_KEY.match(key)
+        if match is None:
+            bad.add(key)
+        elif match.group(1) == "from":
+            if not isinstance(value, int):
+                bad.add(key)
+        elif not all(
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], int)
+            and isinstance(entry[1], str)
+            for entry in value
+        ):
+            bad.add(key)
+    return bad
