@@ -8,15 +8,17 @@ users read. State is plain JSON-able data so it can live in a Faust table.
 Time is event time only:
 
 * **Watermark**: the latest event time seen for the customer, on any topic.
-* **Windows** are per-customer daily buckets (UTC days) of additive counters.
-  A day *closes* once the watermark passes its end plus
-  ``allowed_lateness_ms``; an event for a closed day still counts in lifetime
-  totals, not in windows. Buckets older than the longest window are dropped,
-  so state is bounded however long a worker runs.
+* **Windows** are per-customer daily buckets (UTC days) of additive counters,
+  kept while the longest window reaches them from the customer's watermark
+  (older ones are dropped, so state is bounded however long a worker runs).
+  An event counts in its day's bucket whenever it is read, as long as that
+  bucket is kept: windows are sums, so they do not depend on the order events
+  are read in, on the input watermark or on a crash. Only an event for a day
+  no window reaches any more is *late*: it counts in lifetime totals only.
 * **Derived episodes** — sessions and carts — are finalised only once the
-  watermark passes their end plus the lateness, so an order that arrives a
-  little after the clicks (another topic, another batch) still converts them,
-  whatever the arrival order.
+  input watermark passes their end plus ``allowed_lateness_ms``, so an order
+  that arrives a little after the clicks (another topic, another batch) still
+  converts them, whatever the arrival order.
 * **Duplicates**: the ids of the last ``dedup_capacity`` events are kept; a
   redelivered event with one of them changes nothing.
 
@@ -143,15 +145,15 @@ def apply_event(
         skips sentiment.
     input_watermark_ms
         Event time up to which *every* input topic of the customer's
-        partition has been read (see ``streams.agents``); days close and
-        sessions and carts are finalised against it, so an order read after
-        the clicks around it (another topic, consumed later) still counts.
-        ``None`` uses the customer's own latest event time.
+        partition has been read (see ``streams.agents``); sessions and carts
+        are finalised against it, so an order read after the clicks around it
+        (another topic, consumed later) still counts. ``None`` uses the
+        customer's own latest event time.
 
     Returns
     -------
     The updated profile and what happened: ``applied``, ``duplicate`` (no
-    change) or ``late`` (lifetime only; its day's window had closed).
+    change) or ``late`` (lifetime only: no window reaches its day any more).
     """
     profile = new_profile() if state is None else state
     event_id = event["event_id"]
@@ -171,13 +173,10 @@ def apply_event(
     first = profile["first_seen_ms"]
     profile["first_seen_ms"] = ts if first is None else min(first, ts)
     day = ts // DAY_MS
-    # Stitched browsing is history re-keyed at login, not late data: when it
-    # is read depends on the login, so it always counts in its day's window.
-    closed = (
-        not event.get("stitched")
-        and horizon is not None
-        and (day + 1) * DAY_MS + config.allowed_lateness_ms <= horizon
-    )
+    # Late only when its day's bucket is gone (see _expire_buckets): how far
+    # the watermark ran ahead of this event does not matter, so a backlog, a
+    # topic read ahead of another or a restart never drops a window's event.
+    closed = watermark is not None and day <= watermark // DAY_MS - max(config.windows_days)
     if closed:
         profile["late_events"] += 1
 

@@ -76,7 +76,7 @@ from schemas.records import (
 from streams import metrics
 from streams.app import app, settings
 from streams.model_sync import holder
-from streams.outbox import Outbox
+from streams.outbox import Outbox, RecordTooLargeError, UndeliveredError
 from streams.state_cache import FlushOnCommit, TableWriter, WriteBackCache, flush_all, partition_of
 from streams.tables import (
     deadlines_table,
@@ -191,7 +191,19 @@ async def update_profiles(stream: Any) -> None:
     """Clickstream, purchases and support → profiles and partition populations."""
     async for batch in stream.take_events(settings.batch_max_events, settings.batch_max_wait_s):
         async with processing:
-            await _process_batch(stream, batch)
+            try:
+                await _process_batch(stream, batch)
+            except Exception as exc:
+                # Faust acknowledges a batch the agent raised on, and restarts
+                # the agent: the rest of the batch would be committed unread.
+                # Stop before any commit instead; the batch is consumed again.
+                first, last = batch[0].message, batch[-1].message
+                failure = UndeliveredError(
+                    f"batch of {len(batch)} events from {position(first)} to {position(last)} "
+                    f"failed ({type(exc).__name__})"
+                )
+                outbox.stop(failure)
+                raise
 
 
 class InputWatermarks:
@@ -543,7 +555,7 @@ async def _send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:
     )
     # Keyed by the original key's kept prefix: a huge key must not make it unsendable.
     letter_key = None if message.key is None else message.key[: settings.dead_letter_max_bytes]
-    await dead_letters_topic.send(key=letter_key, value=msgspec.json.encode(record))
+    await _send_or_stop(dead_letters_topic, letter_key, msgspec.json.encode(record), message)
     metrics.decode_failures.labels(role, exc.kind).inc()
     metrics.dead_letters.labels(role).inc()
     log.info(
@@ -567,9 +579,31 @@ async def _stitch_identity(stream: Any, event: Any, record: ClickEvent) -> None:
     metrics.anonymous_events.labels(outcome).inc()
     for fields in released:
         # Re-keyed by customer_id, so it lands beside the customer's state.
-        await clickstream_topic.send(
-            key=str(fields["customer_id"]).encode(), value=orjson.dumps(fields)
-        )
+        key = str(fields["customer_id"]).encode()
+        await _send_or_stop(clickstream_topic, key, orjson.dumps(fields), event.message)
+
+
+async def _send_or_stop(topic: Any, key: bytes | None, value: bytes, message: Any) -> None:
+    """Send a record that ``message`` gave rise to, through the outbox.
+
+    Delivered before the offset commit that covers ``message``, or the worker
+    stops without that commit (:mod:`streams.outbox`) and ``message`` is
+    consumed again. A record that can never be sent stops it too, naming
+    ``message``'s position: skipping it would acknowledge an event whose
+    output is lost.
+    """
+    name = topic.get_topic_name()
+    await outbox.learn_partitions(name)
+    try:
+        outbox.append_keyed(name, key, value, origin=position(message))
+    except RecordTooLargeError as exc:
+        outbox.stop(exc)
+        raise
+
+
+def position(message: Any) -> str:
+    """Where an input record is, for logs: topic, partition and offset, never its content."""
+    return f"{message.topic}/{message.partition}@{message.offset}"
 
 
 # --- Right to be forgotten ----------------------------------------------------

@@ -51,7 +51,8 @@ duplicate_events = Counter(
 )
 late_events = Counter(
     "segstream_late_events",
-    "Events whose daily window had closed; counted in lifetime totals only.",
+    "Events for a day no profile window reaches any more (older than the longest window "
+    "from the customer's latest event); counted in lifetime totals only.",
     ["topic"],
     registry=registry,
 )

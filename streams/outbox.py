@@ -15,7 +15,10 @@ before it commits offsets, so no offset is committed before the records of
 the events behind it are acknowledged. A batch the broker never
 acknowledges (after the producer's own retries) stops the worker at once,
 without a commit, so those events are consumed again on restart — state must
-never run ahead of what reached Kafka.
+never run ahead of what reached Kafka. The same stop serves a record that can
+never be sent (larger than any batch may be): the log names the input
+records behind it (topic, partition, offset; never a key or a value), so an
+operator can fix the topic's limit or the record.
 
 Handing a builder over is synchronous (the accumulator's ``_append_batch``,
 the step of ``AIOKafkaProducer.send_batch`` after its wait for room) because
@@ -35,6 +38,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition
 
+from schemas.errors import SegstreamError
 from streams import metrics
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,16 @@ MAX_RECORD_BYTES = 1_000_000
 NO_COMPRESSION = 0
 
 OnDelivered = Callable[[int], None]  # called with the offset of a batch's last record
+# Input positions named in a failure log per batch; the rest are counted.
+MAX_ORIGINS = 5
+
+
+class UndeliveredError(SegstreamError):
+    """A record or a batch of records that did not reach Kafka; the worker stops on it."""
+
+
+class RecordTooLargeError(UndeliveredError, ValueError):
+    """A record over :data:`MAX_RECORD_BYTES`: no batch can ever carry it."""
 
 
 class Outbox:
@@ -73,6 +87,7 @@ class Outbox:
         self._producer = producer
         self._open: dict[TopicPartition, BatchBuilder] = {}
         self._on_delivered: dict[TopicPartition, list[OnDelivered]] = {}
+        self._origins: dict[TopicPartition, list[str]] = {}
         self._partitions: dict[str, list[int]] = {}
         self._partitioner = DefaultPartitioner()
         self._fail = exit_on_failure or _exit_without_commit
@@ -88,14 +103,16 @@ class Outbox:
             partitions = await self._producer().partitions_for(topic)
             self._partitions[topic] = sorted(partitions)
 
-    def append_keyed(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def append_keyed(
+        self, topic: str, key: bytes | None, value: bytes, origin: str | None = None
+    ) -> None:
         """Append a record to the partition Kafka's default partitioner picks for ``key``.
 
         :meth:`learn_partitions` must have been awaited for ``topic``.
         """
         partitions = self._partitions[topic]
         partition = self._partitioner(key, partitions, partitions)
-        self.append(topic, partition, key, value)
+        self.append(topic, partition, key, value, origin=origin)
 
     def append(
         self,
@@ -104,17 +121,20 @@ class Outbox:
         key: bytes | None,
         value: bytes | None,
         on_delivered: OnDelivered | None = None,
+        origin: str | None = None,
     ) -> None:
         """Append one record (``value`` ``None``: a tombstone).
 
         ``on_delivered`` is called once with the offset of the last record of
         the batch this record ends up in, when the broker acknowledges it.
+        ``origin`` names the input record behind it (``topic/partition@offset``)
+        for the log if its batch is not delivered.
         """
         size = len(key or b"") + len(value or b"")
         if size > MAX_RECORD_BYTES:
-            raise ValueError(
+            raise RecordTooLargeError(
                 f"record of {size} bytes for {topic} is over the {MAX_RECORD_BYTES}-byte limit "
-                "(the broker's default message.max.bytes)"
+                f"(the broker's default message.max.bytes); input: {origin or 'unknown'}"
             )
         tp = TopicPartition(topic, partition)
         builder = self._open.get(tp)
@@ -125,6 +145,8 @@ class Outbox:
             builder = self._open[tp] = self._new_builder()
             # An empty batch takes any record, however large.
             builder.append(timestamp=None, key=key, value=value)
+        if origin is not None:
+            self._origins.setdefault(tp, []).append(origin)
         if on_delivered is not None:
             callbacks = self._on_delivered.setdefault(tp, [])
             if on_delivered not in callbacks:
@@ -141,6 +163,11 @@ class Outbox:
         """Drop what was not handed over (the producer is gone)."""
         self._open.clear()
         self._on_delivered.clear()
+        self._origins.clear()
+
+    def stop(self, error: BaseException) -> None:
+        """Stop as for an undelivered batch: nothing read since the last commit is committed."""
+        self._fail(error)
 
     def _new_builder(self) -> BatchBuilder:
         return BatchBuilder(BATCH_BYTES, NO_COMPRESSION, is_transactional=False)
@@ -148,6 +175,7 @@ class Outbox:
     def _hand_off(self, tp: TopicPartition) -> int:
         builder = self._open.pop(tp)
         callbacks = self._on_delivered.pop(tp, [])
+        origins = self._origins.pop(tp, [])
         count = builder.record_count()
         if count == 0:
             return 0
@@ -157,20 +185,33 @@ class Outbox:
         if accumulator._exception is not None:
             raise accumulator._exception
         batch = accumulator._append_batch(builder, tp)
-        batch.future.add_done_callback(lambda future: self._delivered(future, tp, count, callbacks))
+        batch.future.add_done_callback(
+            lambda future: self._delivered(future, tp, count, callbacks, origins)
+        )
         metrics.child(metrics.outbox_records, tp.topic).inc(count)
         metrics.outbox_batches.inc()
         return count
 
     def _delivered(
-        self, future: Any, tp: TopicPartition, count: int, callbacks: list[OnDelivered]
+        self,
+        future: Any,
+        tp: TopicPartition,
+        count: int,
+        callbacks: list[OnDelivered],
+        origins: list[str],
     ) -> None:
-        if future.cancelled():
-            self._fail(RuntimeError(f"batch of {count} records to {tp} was cancelled"))
-            return
-        error = future.exception()
-        if error is not None:
-            self._fail(error)
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            named = ", ".join(origins[:MAX_ORIGINS])
+            if len(origins) > MAX_ORIGINS:
+                named += f" and {len(origins) - MAX_ORIGINS} more"
+            failure = UndeliveredError(
+                f"batch of {count} records to {tp.topic} partition {tp.partition} was "
+                f"{'cancelled' if error is None else f'refused: {error!r}'}"
+                + (f"; input: {named}" if named else "")
+            )
+            failure.__cause__ = error
+            self._fail(failure)
             return
         last_offset = future.result().offset + count - 1
         for callback in callbacks:
@@ -179,7 +220,7 @@ class Outbox:
 
 def _exit_without_commit(error: BaseException) -> None:
     log.critical(
-        "a batch of records was not delivered (%r): stopping now, without committing "
+        "a batch of records was not delivered (%s): stopping now, without committing "
         "offsets, so the events behind it are consumed again",
         error,
     )

@@ -139,7 +139,8 @@ class Settings(BaseSettings):
     allowed_lateness_s: int = Field(
         6 * 3600,
         ge=0,
-        description="How late an event may arrive and still count in its daily window.",
+        description="How long past their end sessions and carts wait for late events "
+        "before they are decided (event time).",
     )
     dedup_capacity: int = Field(
         128, ge=1, description="Event ids remembered per customer to drop redeliveries."

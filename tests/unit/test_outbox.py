@@ -18,7 +18,13 @@ from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.structs import RecordMetadata
 
-from streams.outbox import BATCH_BYTES, MAX_RECORD_BYTES, Outbox
+from streams.outbox import (
+    BATCH_BYTES,
+    MAX_RECORD_BYTES,
+    Outbox,
+    RecordTooLargeError,
+    UndeliveredError,
+)
 
 
 class Batch:
@@ -109,8 +115,8 @@ async def test_a_record_larger_than_a_batch_goes_alone_one_over_the_limit_is_ref
     outbox, producer, _ = make_outbox()
     outbox.append("t", 0, b"small", b"x")
     outbox.append("t", 0, b"large", b"x" * (BATCH_BYTES + 1))
-    with pytest.raises(ValueError, match="over the 1000000-byte limit"):
-        outbox.append("t", 0, b"huge", b"x" * MAX_RECORD_BYTES)
+    with pytest.raises(RecordTooLargeError, match=r"over the 1000000-byte limit .*; input: in/0@7"):
+        outbox.append("t", 0, b"huge", b"x" * MAX_RECORD_BYTES, origin="in/0@7")
     outbox.hand_off()
     batches = producer._message_accumulator.batches
     assert [[k for k, _ in b.records()] for b in batches] == [[b"small"], [b"large"]]
@@ -133,14 +139,23 @@ async def test_delivery_reports_the_offset_of_the_last_record_of_each_batch_once
 
 
 @run
-async def test_an_undelivered_batch_calls_the_failure_hook() -> None:
+async def test_an_undelivered_batch_calls_the_failure_hook_naming_the_inputs_behind_it() -> None:
     outbox, producer, failures = make_outbox()
     outbox.append("t", 0, b"k", b"v")
+    for offset in range(7):
+        outbox.append("t", 1, b"secret-key", b"secret-value", origin=f"in/3@{offset}")
     outbox.hand_off()
     error = RuntimeError("broker gone")
-    producer._message_accumulator.batches[0].future.set_exception(error)
+    first, second = producer._message_accumulator.batches
+    first.future.set_exception(error)
+    second.future.set_exception(error)
     await asyncio.sleep(0)
-    assert failures == [error]
+    assert [f.__cause__ for f in failures] == [error, error]
+    assert all(isinstance(f, UndeliveredError) for f in failures)
+    assert str(failures[0]) == "batch of 1 records to t partition 0 was refused: " + repr(error)
+    named = str(failures[1])
+    assert "in/3@0, in/3@1, in/3@2, in/3@3, in/3@4 and 2 more" in named
+    assert "secret" not in named
 
 
 @run

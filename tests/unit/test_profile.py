@@ -42,7 +42,26 @@ def test_dedup_memory_is_bounded_per_customer() -> None:
     assert state["recent_ids"][-1] == "e99"
 
 
-def test_late_event_counts_in_lifetime_but_not_in_a_closed_window() -> None:
+def test_an_event_no_window_reaches_counts_in_lifetime_only_and_as_late() -> None:
+    day10 = 10 * DAY_MS
+    state = replay(
+        [
+            event("purchases", "order", day10 + 1000, "a", amount=10.0),
+            event("purchases", "order", day10 + 100 * DAY_MS, "b", amount=10.0),  # day 110
+        ]
+    )
+    # The 90-day window from day 110 starts at day 21: day 10's bucket is gone.
+    state, outcome = apply_event(
+        state, event("purchases", "order", day10 + 5000, "late", amount=10.0), CONFIG
+    )
+    assert outcome == "late"
+    assert state["lifetime"]["purchases.order"] == 3
+    assert window_totals(state, 90)["purchases.order"] == 1
+    assert state["late_events"] == 1
+    assert "10" not in state["buckets"]
+
+
+def test_an_event_read_long_after_later_ones_still_counts_in_its_window() -> None:
     day10 = 10 * DAY_MS
     state = replay(
         [
@@ -50,26 +69,17 @@ def test_late_event_counts_in_lifetime_but_not_in_a_closed_window() -> None:
             event("purchases", "order", day10 + 2 * DAY_MS, "b", amount=10.0),  # watermark: day 12
         ]
     )
-    # day 10 closed at day 11 + 1 h lateness; the watermark is past that.
+    # Past the allowed lateness, and the input watermark a month on: day 10 is
+    # still inside the 30 and 90-day windows, so the order counts there.
     state, outcome = apply_event(
-        state, event("purchases", "order", day10 + 5000, "late", amount=10.0), CONFIG
-    )
-    assert outcome == "late"
-    assert state["lifetime"]["purchases.order"] == 3
-    assert window_totals(state, 7)["purchases.order"] == 2
-    assert state["late_events"] == 1
-
-
-def test_event_within_allowed_lateness_still_counts_in_its_window() -> None:
-    day10 = 10 * DAY_MS
-    state = replay(
-        [event("purchases", "order", day10 + DAY_MS + 10 * 60_000, "b", amount=10.0)]
-    )  # day 11, 00:10
-    state, outcome = apply_event(
-        state, event("purchases", "order", day10 + 5000, "a", amount=10.0), CONFIG
+        state,
+        event("purchases", "order", day10 + 5000, "c", amount=10.0),
+        CONFIG,
+        input_watermark_ms=day10 + 40 * DAY_MS,
     )
     assert outcome == "applied"
-    assert window_totals(state, 7)["purchases.order"] == 2
+    assert window_totals(state, 7)["purchases.order"] == 3
+    assert state["late_events"] == 0
 
 
 def test_windows_count_only_their_days() -> None:
