@@ -20,7 +20,7 @@ beginning with a fresh consumer group and fresh state:
   from ``bench/requirements-peers.txt`` by this script, and the app runs as a
   subprocess of that interpreter;
 * ``d_segstream_1_worker`` — segstream's full pipeline, one ``segstream
-  worker`` (:class:`streams.process.WorkerProcess`), default settings;
+  worker`` (:class:`streams.cli.process.WorkerProcess`), default settings;
 * ``e_segstream_2_workers`` — two workers in one consumer group sharing the
   4 input partitions.
 
@@ -110,9 +110,9 @@ from bench.pipeline_bench import dir_size_mb, metric_sum, peak_rss_mb, run_faust
 from models.identity import apply_anonymous
 from models.simulator import SimConfig, simulate
 from schemas.event_time import parse_event_time
-from streams.admin import create_topics
-from streams.local_kafka import LocalKafka, free_port
-from streams.process import WorkerProcess
+from streams.cli.admin import create_topics
+from streams.cli.local_kafka import LocalKafka, free_port
+from streams.cli.process import WorkerProcess
 from streams.producer import encode_event, make_consumer, make_producer, send_events
 from streams.settings import Settings, throwaway_secrets
 
@@ -501,7 +501,7 @@ def profile_worker(
 # The entry frames that run the two event loops (main and Faust's consumer
 # thread) own nothing.
 ENTRY_FRAMES = (
-    "(streams/cli.py",
+    "(streams/cli/",
     "(mode/worker.py",
     "ServiceThread._start_thread (mode/",
     "WorkerThread.run (mode/",
@@ -557,7 +557,9 @@ def sample_owner(frames: list[str]) -> str:
 
     Examples
     --------
-    >>> sample_owner(["main (streams/cli.py:10)", "update_customer (models/pipeline.py:120)"])
+    >>> sample_owner(
+    ...     ["worker (streams/cli/commands.py:10)", "update_customer (models/pipeline.py:120)"]
+    ... )
     'segstream models/'
     >>> sample_owner(["send (aiokafka/conn.py:5)", "write (asyncio/selector_events.py:9)"])
     'aiokafka'

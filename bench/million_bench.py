@@ -59,9 +59,9 @@ import orjson
 from bench.machine import describe, save_results
 from bench.pipeline_bench import dir_size_mb, metric_sum, peak_rss_mb
 from schemas.decode import DecodeLimits, decode_event
-from streams.admin import create_topics
-from streams.local_kafka import LocalKafka, free_port
-from streams.process import WorkerProcess, WorkerStartError
+from streams.cli.admin import create_topics
+from streams.cli.local_kafka import LocalKafka, free_port
+from streams.cli.process import WorkerProcess, WorkerStartError
 from streams.producer import encode_event, make_producer
 from streams.settings import Settings, throwaway_secrets
 

@@ -47,9 +47,9 @@ from models.pipeline import new_population, update_customer
 from models.sentiment import compound
 from models.simulator import SimConfig, simulate
 from schemas.decode import DecodeLimits, decode_event
-from streams.admin import create_topics
-from streams.local_kafka import LocalKafka, free_port
-from streams.process import WorkerProcess
+from streams.cli.admin import create_topics
+from streams.cli.local_kafka import LocalKafka, free_port
+from streams.cli.process import WorkerProcess
 from streams.producer import encode_event, make_producer, send_events
 from streams.settings import Settings, throwaway_secrets
 

@@ -1,7 +1,7 @@
 """Shared fixtures: the real Kafka broker, settings and worker factories.
 
 Integration tests (``tests/integration``) get a session-scoped broker: the
-local KRaft node from ``streams.local_kafka``, or the one named by
+local KRaft node from ``streams.cli.local_kafka``, or the one named by
 ``SEGSTREAM_KAFKA_BOOTSTRAP`` when that is set. Kafka is never mocked.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from streams.local_kafka import LocalKafka, free_port, kafka_version
-from streams.process import WorkerProcess
+from streams.cli.local_kafka import LocalKafka, free_port, kafka_version
+from streams.cli.process import WorkerProcess
 from streams.settings import ENV_PREFIX, Settings, throwaway_secrets
 
 EXTERNAL_BOOTSTRAP = os.environ.get(ENV_PREFIX + "KAFKA_BOOTSTRAP")

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 from models.simulator import MALFORMED_KINDS, SimConfig, simulate
-from streams.admin import create_topics
-from streams.process import WorkerProcess
+from streams.cli.admin import create_topics
+from streams.cli.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import Settings
 from tests.conftest import read_topic

@@ -21,8 +21,8 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.decode import DEAD_LETTER_MAX_BYTES
-from streams.admin import create_topics
-from streams.process import WorkerProcess
+from streams.cli.admin import create_topics
+from streams.cli.process import WorkerProcess
 from streams.producer import make_producer
 from streams.settings import Settings
 from tests.conftest import await_event_counts, read_topic

@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.admin import admin_client, create_topics
+from streams.cli.admin import admin_client, create_topics
+from streams.cli.process import WorkerProcess
 from streams.partitioning import partition_for_key
-from streams.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import Settings
 from tests.conftest import fetch_profile, read_topic

@@ -37,10 +37,10 @@ from models.simulator import (
     simulate,
 )
 from schemas.event_time import parse_event_time
-from streams.admin import create_topics
-from streams.local_kafka import LocalKafka, free_port
+from streams.cli.admin import create_topics
+from streams.cli.local_kafka import LocalKafka, free_port
+from streams.cli.process import WorkerProcess
 from streams.offline import evaluate
-from streams.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import Settings
 from tests.conftest import await_event_counts, fetch_profile, read_topic

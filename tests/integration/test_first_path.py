@@ -6,9 +6,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from streams.admin import create_topics
-from streams.demo import sample_events
-from streams.process import WorkerProcess
+from streams.cli.admin import create_topics
+from streams.cli.demo import sample_events
+from streams.cli.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import Settings
 from tests.conftest import fetch_profile

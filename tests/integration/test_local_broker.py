@@ -20,7 +20,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from streams.local_kafka import LocalKafka
+from streams.cli.local_kafka import LocalKafka
 
 TOPIC = "orders.kept"
 GROUP = "keeper"

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import pytest
 
 from models.simulator import SimConfig, simulate
-from streams.admin import create_topics
-from streams.process import WorkerProcess
+from streams.cli.admin import create_topics
+from streams.cli.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import Settings
 

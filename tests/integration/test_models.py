@@ -18,8 +18,8 @@ import pytest
 
 from models.simulator import SimConfig, simulate
 from models.training import ModelBundle, ModelConfig, encode_snapshot
-from streams.admin import create_topics
-from streams.process import WorkerProcess
+from streams.cli.admin import create_topics
+from streams.cli.process import WorkerProcess
 from streams.producer import make_producer, send_events
 from streams.settings import Settings
 from tests.conftest import fetch_profile

@@ -23,9 +23,9 @@ from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType
 
 from models.profile import DAY_MS
 from models.simulator import SimConfig, simulate
-from streams.admin import admin_client, create_topics
+from streams.cli.admin import admin_client, create_topics
+from streams.cli.process import WorkerProcess
 from streams.offline import evaluate
-from streams.process import WorkerProcess
 from streams.producer import make_producer, send_events
 from streams.settings import Settings
 from tests.conftest import await_event_counts, fetch_profile, read_topic

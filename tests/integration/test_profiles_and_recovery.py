@@ -15,10 +15,10 @@ import orjson
 import pytest
 
 from models.simulator import SimConfig, simulate
-from streams.admin import create_topics
+from streams.cli.admin import create_topics
+from streams.cli.process import WorkerProcess
 from streams.offline import evaluate
 from streams.partitioning import partition_for_key
-from streams.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import Settings
 from tests.conftest import await_event_counts, fetch_profile, read_topic

@@ -18,9 +18,9 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.training import ModelBundle, ModelConfig, encode_snapshot
-from streams.admin import create_topics
 from streams.auth import WWW_AUTHENTICATE
-from streams.process import WorkerProcess
+from streams.cli.admin import create_topics
+from streams.cli.process import WorkerProcess
 from streams.producer import make_producer, send_events
 from streams.settings import Settings
 from tests.conftest import fetch_profile

@@ -28,9 +28,9 @@ from models.profile import DAY_MS
 from models.segments import NO_DWELL
 from models.simulator import SimConfig, simulate
 from schemas.event_time import parse_event_time
-from streams.admin import create_topics
+from streams.cli.admin import create_topics
+from streams.cli.process import WorkerProcess
 from streams.partitioning import partition_for_key
-from streams.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import ENV_PREFIX, Settings
 from tests.conftest import await_event_counts, read_topic
@@ -184,7 +184,7 @@ def test_export_profiles_writes_every_current_profile_as_jsonl_and_csv(
 ) -> None:
     import csv
 
-    from streams.export import CSV_COLUMNS, export_profiles
+    from streams.cli.export import CSV_COLUMNS, export_profiles
 
     events, _ = simulate(
         SimConfig(customers=40, days=20, seed=62, start=datetime(2026, 7, 1, tzinfo=UTC))

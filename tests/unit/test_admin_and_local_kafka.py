@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from schemas.errors import LocalKafkaError
-from streams import local_kafka
-from streams.admin import topic_specs
-from streams.cli import cli
+from streams.cli import local_kafka
+from streams.cli.admin import topic_specs
+from streams.cli.commands import cli
 from streams.settings import Settings
 
 

@@ -17,7 +17,7 @@ from models.pipeline import (
     suppression_entry,
 )
 from schemas.records import SegmentChange
-from streams.admin import TABLES, changelog_specs, topic_specs
+from streams.cli.admin import TABLES, changelog_specs, topic_specs
 from streams.settings import Settings
 
 

@@ -28,8 +28,8 @@ from faust.sensors.prometheus import FaustMetrics
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from streams import config_reference
 from streams import metrics as worker_metrics
+from streams.cli import config_reference
 from streams.settings import Settings
 from tests.unit.test_deployment_files import ENV_PREFIX, load_yaml, settings_field
 

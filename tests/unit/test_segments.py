@@ -22,7 +22,7 @@ from models.segments import (
     value_tier,
 )
 from models.training import ModelBundle, ModelConfig
-from streams.tail import describe_record
+from streams.cli.tail import describe_record
 
 CONFIG = SegmentConfig(at_risk_days=7, dormant_days=12, churned_days=18, reactivated_days=10)
 PROFILE = ProfileConfig()

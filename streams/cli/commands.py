@@ -1,4 +1,4 @@
-"""The ``segstream`` command line.
+"""The ``segstream`` commands (typer); :func:`streams.cli.main` runs them.
 
 Every verb has ``--help``. Configuration comes from ``SEGSTREAM_*``
 variables (see the README's configuration reference); flags here only pick
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,7 @@ import typer
 from rich.console import Console
 
 from schemas.errors import SegstreamError
-from streams.local_kafka import DEFAULT_BROKER_PORT, KAFKA_TOOLS, LocalKafka, tool_command
+from streams.cli.local_kafka import DEFAULT_BROKER_PORT, KAFKA_TOOLS, LocalKafka, tool_command
 from streams.settings import load_settings
 
 console = Console()
@@ -182,7 +181,7 @@ def kafka_tool(
 @topics_cli.command("create")
 def topics_create() -> None:
     """Create every input, output, dead-letter and internal topic (idempotent)."""
-    from streams.admin import create_topics
+    from streams.cli.admin import create_topics
 
     try:
         result = create_topics(load_settings())
@@ -355,7 +354,7 @@ def export_profiles(
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
 ) -> None:
     """Write every current profile (from the state changelogs) as JSONL or CSV."""
-    from streams.export import export_profiles as run_export
+    from streams.cli.export import export_profiles as run_export
 
     if fmt not in ("jsonl", "csv"):
         console.print("[red]error:[/red] --format must be jsonl or csv")
@@ -378,8 +377,8 @@ def tail(
     """Print segment changes and triggers live, human-readable (Ctrl-C to stop)."""
     import orjson
 
+    from streams.cli.tail import describe_record
     from streams.producer import make_consumer
-    from streams.tail import describe_record
 
     names = load_settings().topic_names()
     topics = {
@@ -414,18 +413,9 @@ def demo(
     ] = False,
 ) -> None:
     """Start a broker and a worker, stream the simulator, show it live, then stop."""
-    from streams.demo import run_demo
+    from streams.cli.demo import run_demo
 
     try:
         run_demo(console, customers=customers, days=days, keep_running=keep_running)
     except SegstreamError as exc:
         _fail(exc)
-
-
-def main() -> None:
-    """Entry point of the ``segstream`` console script."""
-    cli()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The configuration reference, generated from :class:`streams.settings.Settings`.
 
-``python -m streams.config_reference > docs/configuration.md`` writes one
+``python -m streams.cli.config_reference > docs/configuration.md`` writes one
 Markdown table per section of the Settings class: the environment variable
 (``SEGSTREAM_`` + the field name in upper case), its type and bounds, its
 default and its description. ``tests/unit/test_ops_files.py`` fails when the
@@ -28,7 +28,7 @@ from pydantic.fields import FieldInfo
 
 from streams.settings import ENV_PREFIX, Settings
 
-GENERATOR = "python -m streams.config_reference > docs/configuration.md"
+GENERATOR = "python -m streams.cli.config_reference > docs/configuration.md"
 # `    # --- Kafka connection ----` in the class body opens a section.
 _SECTION = re.compile(r"^\s+# -+ (?P<title>.+?) -+\s*$")
 _FIELD = re.compile(r"^\s{4}(?P<name>[a-z_][a-z0-9_]*)\s*:")
@@ -198,7 +198,7 @@ def render() -> str:
 
 
 def main() -> None:
-    """Print the reference (``python -m streams.config_reference``)."""
+    """Print the reference (``python -m streams.cli.config_reference``)."""
     sys.stdout.write(render())
 
 

@@ -31,12 +31,12 @@ from rich.live import Live
 from rich.table import Table
 
 from models.simulator import SimConfig, simulate
-from streams.admin import create_topics
-from streams.local_kafka import LocalKafka, free_port
-from streams.process import WorkerProcess
+from streams.cli.admin import create_topics
+from streams.cli.local_kafka import LocalKafka, free_port
+from streams.cli.process import WorkerProcess
+from streams.cli.tail import describe_record
 from streams.producer import make_consumer, send_events
 from streams.settings import ENV_PREFIX, Settings, load_settings, throwaway_secrets
-from streams.tail import describe_record
 
 DEMO_DIR = Path("var/demo")
 SAMPLE_TYPES = ("session_start", "page_view", "product_view", "add_to_cart", "email_open")

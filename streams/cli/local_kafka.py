@@ -35,7 +35,7 @@ from schemas.errors import LocalKafkaError
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_OPS_DIR = REPO_ROOT / "ops" / "kafka"
 POM = KAFKA_OPS_DIR / "pom.xml"
 TEMPLATE = KAFKA_OPS_DIR / "server.properties.template"
