@@ -39,6 +39,12 @@ class Store(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+class ScannableStore(Store, Protocol):
+    """A :class:`Store` that can also list its keys (erasure scans the indexes)."""
+
+    def keys_with_prefix(self, prefixes: tuple[str, ...]) -> list[str]: ...
+
+
 class DictStore:
     """A :class:`Store` over a plain dict (offline runs, tests)."""
 
@@ -53,6 +59,9 @@ class DictStore:
 
     def delete(self, key: str) -> None:
         self.data.pop(key, None)
+
+    def keys_with_prefix(self, prefixes: tuple[str, ...]) -> list[str]:
+        return [key for key in self.data if key.startswith(prefixes)]
 
 
 class DeadlineIndex:

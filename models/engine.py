@@ -39,12 +39,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.deadlines import DeadlineIndex, DictStore, Store
+from models.deadlines import DeadlineIndex, DictStore, ScannableStore, Store
 from models.identity import apply_anonymous
 from models.moments import Moments, Scorer
 from models.pipeline import (
     erase_customer,
+    erased_aliases,
+    erasure_changes,
     fire_deadlines,
+    index_without_customer,
     new_population,
     refile_deadline,
     update_customer,
@@ -99,7 +102,7 @@ class PartitionStores:
     profiles: Store  # customer_id -> profile (models.profile)
     population: Store  # "p<partition>" -> population (models.pipeline)
     held: Store  # customer_id -> events held until the watermark reaches them
-    deadlines: Store  # deadline and held-event indexes (models.deadlines)
+    deadlines: ScannableStore  # deadline and held-event indexes (models.deadlines)
     identities: Store  # anonymous_id -> identity state (models.identity)
 
     @classmethod
@@ -230,30 +233,47 @@ class PartitionEngine:
         self._advance(step, marks)
         return step.collect()
 
-    def erase_customer(self, customer_id: str) -> tuple[Outputs, list[str]]:
+    def erase_customer(
+        self, customer_id: str, request_id: str, erased_at_ms: int
+    ) -> tuple[Outputs, list[str]]:
         """Remove every trace of a customer from this partition's state.
 
-        Returns the outputs (the customer's aliases to erase in their own
-        partitions) and what was erased.
+        Tombstones for the profile and held events, every deadline and
+        held-index entry naming the customer (stale ones too), the
+        customer's values taken out of the population. Returns the outputs —
+        an exit per segment the customer was in, then ``customer_erased``,
+        and the stitched anonymous ids to erase in their own partitions — and
+        what was erased.
         """
         outputs = Outputs()
         erased: list[str] = []
         population = self._population()
-        if self.stores.held.get(customer_id):
-            # The held-index entry is ignored once the events are gone.
+        held = self.stores.held.get(customer_id) or []
+        if held:
             population["held_customers"] = max(population.get("held_customers", 0) - 1, 0)
             self.stores.held.delete(customer_id)
             erased.append("held_events")
         profile = self.stores.profiles.get(customer_id)
         if profile is not None:
             erase_customer(profile, population, self._segmenter())
-            if profile.get("deadline_ms") is not None:
-                self.deadlines.unschedule(customer_id, profile["deadline_ms"])
             self.stores.profiles.delete(customer_id)
             erased.append("profile")
-            outputs.aliases.extend(profile.get("anonymous_ids", []))
-        if erased:
-            self.stores.population.put(self._pop_key, population)
+        prefixes = (f"{self.partition}:", f"h{self.partition}:")
+        buckets = [
+            (key, self.stores.deadlines.get(key))
+            for key in self.stores.deadlines.keys_with_prefix(prefixes)
+        ]
+        for key, entries in index_without_customer(buckets, customer_id):
+            if entries is None:
+                self.stores.deadlines.delete(key)
+            else:
+                self.stores.deadlines.put(key, entries)
+            erased.append("deadline_entry")
+        self.stores.population.put(self._pop_key, population)
+        outputs.changes.extend(
+            erasure_changes(customer_id, profile, request_id, erased_at_ms, self.config.id_key)
+        )
+        outputs.aliases.extend(erased_aliases(profile, held))
         return outputs, erased
 
     def erase_alias(self, anonymous_id: str) -> list[str]:

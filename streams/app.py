@@ -1,6 +1,7 @@
 """The Faust application, built from :class:`streams.settings.Settings`.
 
-``faust -A streams.app worker`` and ``segstream worker`` both load this
+``faust -A streams.worker worker`` and ``segstream worker`` load
+:mod:`streams.worker`, which builds on this
 module. Faust's own environment lookups are disabled (``env={}``) so the
 ``SEGSTREAM_*`` settings are the only source of configuration.
 """
@@ -156,11 +157,8 @@ app.monitor = CachedPrometheusMonitor(
 
 @app.on_worker_init.connect
 def _refuse_unsafe_settings(sender: faust.App, **kwargs: Any) -> None:
-    # `faust -A streams.app worker` sends this before serving; `segstream
+    # `faust -A streams.worker worker` sends this before serving; `segstream
     # worker` runs the same checks itself, before Faust is involved.
     check_web_auth(settings)
     check_secrets(settings)
 
-
-# Registering topics, tables, agents and views needs `app` defined above.
-from streams import agents, model_sync, web  # noqa: E402, F401

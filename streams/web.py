@@ -21,9 +21,9 @@ from models.profile_summary import Population
 from schemas.decode import is_safe_id
 from schemas.records import MAX_ID_CHARS, ErasureRequest
 from streams import metrics
-from streams.agents import CACHES, now_ms, population_cache, profile_cache
 from streams.app import app, settings
 from streams.auth import require_token
+from streams.engines import CACHES, now_ms, population_cache, profile_cache
 from streams.model_sync import holder
 from streams.partitioning import partition_for_key
 from streams.tables import population_key, population_table, profiles_table

@@ -64,11 +64,21 @@ def secret_keys() -> dict[str, str]:
 
 
 @pytest.fixture
-def settings_factory(tmp_path: Path, secret_keys: dict[str, str]) -> Callable[..., Settings]:
+def app_id() -> str:
+    """A fresh app id (consumer group, changelog topic names), shared by one test's
+    settings and workers, so tests on one broker never share changelogs."""
+    return f"segstream-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def settings_factory(
+    tmp_path: Path, secret_keys: dict[str, str], app_id: str
+) -> Callable[..., Settings]:
     """Settings isolated from the environment, with overrides."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {"data_dir": tmp_path / "data", "store": "memory"}
+        values["app_id"] = app_id
         values.update({name.lower(): key for name, key in secret_keys.items()})
         values.update(overrides)
         return Settings(_env_file=None, **values)
@@ -84,11 +94,14 @@ def topic_prefix() -> str:
 
 @pytest.fixture
 def worker_factory(
-    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, secret_keys: dict[str, str]
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    secret_keys: dict[str, str],
+    app_id: str,
 ) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real ``segstream worker`` processes; all are stopped at teardown."""
     started: list[WorkerProcess] = []
-    app_id = f"segstream-test-{uuid.uuid4().hex[:8]}"
     # Shared by the test's workers, which forward profile requests to each other.
     web_token = f"test-token-{uuid.uuid4().hex}"
 

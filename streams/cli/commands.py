@@ -203,12 +203,12 @@ def schemas_export() -> None:
 
 @cli.command()
 def worker() -> None:
-    """Run a segstream worker (same as `faust -A streams.app worker`)."""
+    """Run a segstream worker (same as `faust -A streams.worker worker`)."""
     from faust.worker import Worker
 
-    from streams.app import app, settings
     from streams.auth import check_web_auth
     from streams.settings import check_secrets
+    from streams.worker import app, settings
 
     try:
         check_web_auth(settings)

@@ -317,7 +317,7 @@ def test_chaos_kill_9_and_broker_restart_lose_nothing_and_publish_every_change(
     finally:
         workers.stop_all()
     # Kept for a post-mortem: what was published, and what the offline run decided.
-    for name, records in (("published", changes), ("offline", offline.segments.changes)):
+    for name, records in (("published", changes), ("offline", offline.outputs.changes)):
         (tmp_path / f"{name}-changes.jsonl").write_bytes(b"\n".join(map(orjson.dumps, records)))
 
     # (a) State equals the ground truth, crashes or not.
@@ -376,8 +376,8 @@ def test_chaos_kill_9_and_broker_restart_lose_nothing_and_publish_every_change(
     # current, rfm_segment and value_tier on the order the population was
     # updated in, engagement and loyalty on session counts a crash may amend:
     # those are not compared.
-    missing = lifecycle_decisions(offline.segments.changes) - lifecycle_decisions(changes)
-    extra = lifecycle_decisions(changes) - lifecycle_decisions(offline.segments.changes)
+    missing = lifecycle_decisions(offline.outputs.changes) - lifecycle_decisions(changes)
+    extra = lifecycle_decisions(changes) - lifecycle_decisions(offline.outputs.changes)
     assert not missing and not extra, (len(missing), len(extra), sorted(missing)[:5])
 
 

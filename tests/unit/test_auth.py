@@ -149,7 +149,7 @@ def test_every_view_except_probes_and_metrics_requires_the_token() -> None:
     # streams.web.protected.
     from faust.web import View
 
-    from streams.app import app
+    from streams.worker import app
 
     views = dict(app.web.views)
     assert OPEN_PATHS <= set(views), sorted(views)
