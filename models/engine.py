@@ -34,6 +34,7 @@ Examples
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,14 +47,13 @@ from models.pipeline import (
     erase_customer,
     erased_aliases,
     erasure_changes,
-    fire_deadlines,
     index_without_customer,
     new_population,
     refile_deadline,
     update_customer,
 )
 from models.profile import DAY_MS, ProfileConfig
-from models.reorder import first_held_ms, release
+from models.reorder import first_held_ms, order_key, release
 from models.segments import SegmentConfig, Segmenter
 from models.sentiment import compound
 from models.state import PopulationState
@@ -222,15 +222,13 @@ class PartitionEngine:
                 continue
             by_customer.setdefault(str(fields["customer_id"]), []).append(dict(fields))
         # by_customer: {customer_id: [event fields, ...]} in arrival order
-        for customer_id, arrived in by_customer.items():
-            self._advance_customer(step, customer_id, arrived, marks)
-        self._advance(step, marks)
+        self._run(step, by_customer, marks)
         return step.collect()
 
     def advance(self, marks: Watermarks) -> Outputs:
         """The watermarks moved with no new event: held events and deadlines."""
         step = _Step(self._moments, self._segmenter)
-        self._advance(step, marks)
+        self._run(step, {}, marks)
         return step.collect()
 
     def erase_customer(
@@ -250,7 +248,7 @@ class PartitionEngine:
         population = self._population()
         held = self.stores.held.get(customer_id) or []
         if held:
-            population["held_customers"] = max(population.get("held_customers", 0) - 1, 0)
+            _set_holding(population, population.get("held_customers", 0) - 1)
             self.stores.held.delete(customer_id)
             erased.append("held_events")
         profile = self.stores.profiles.get(customer_id)
@@ -316,11 +314,50 @@ class PartitionEngine:
         outputs.counts["anonymous", outcome] += 1
         outputs.rekeyed.extend(released)
 
-    def _advance_customer(
-        self, step: _Step, customer_id: str, arrived: list[dict[str, Any]], marks: Watermarks
+    def _run(
+        self, step: _Step, arrived: dict[str, list[dict[str, Any]]], marks: Watermarks
     ) -> None:
-        """Apply a customer's events the release watermark has reached; hold the rest."""
+        """Everything the watermarks reached, in event-time order across customers.
+
+        The events the release watermark lets through — newly arrived and held
+        ones — are applied one by one in ``(ts, event_id)`` order, and before
+        each, the deadlines due before it fire, each at its own time; then the
+        deadlines up to the closing watermark. So the partition's state moves
+        through the same sequence however its input is cut into batches, and
+        however far apart its topics are read.
+        """
         population = self._population()
+        ready: list[dict[str, Any]] = []
+        for customer_id, events in arrived.items():
+            ready += self._release(step, customer_id, events, marks, population)
+        # Events held for customers with nothing new, now that the watermark reached them.
+        if self.held_index.may_have_due(marks.release):
+            for held_at, customer_id in self.held_index.pop_due(marks.release):
+                if customer_id not in arrived and (
+                    first_held_ms(self.stores.held.get(customer_id) or []) == held_at
+                ):
+                    ready += self._release(step, customer_id, [], marks, population)
+        ready.sort(key=order_key)
+        # ready: every event to apply now, in event-time order
+        deadlines: list[tuple[int, str]] = []  # popped from the index: a heap
+        for fields in ready:
+            ts = int(fields["ts"])
+            self._fire(step, deadlines, ts - 1, population)
+            self._apply(step, fields, ts, population)
+        self._fire(step, deadlines, marks.closing, population)
+        if ready or step.touched_population:
+            self.stores.population.put(self._pop_key, population)
+        self.advanced_to = (marks.closing, marks.release)
+
+    def _release(
+        self,
+        step: _Step,
+        customer_id: str,
+        arrived: list[dict[str, Any]],
+        marks: Watermarks,
+        population: PopulationState,
+    ) -> list[dict[str, Any]]:
+        """A customer's events the release watermark has reached; the rest are held."""
         holding = population.get("held_customers", 0) > 0
         held = (self.stores.held.get(customer_id) or []) if holding else []
         ready, still, forced = release(held, arrived, marks.release, self.config.reorder_max_held)
@@ -328,28 +365,59 @@ class PartitionEngine:
             step.outputs.counts["forced", ""] += forced
         if still != held:
             self._hold(step.outputs, customer_id, held, still, population)
-            self.stores.population.put(self._pop_key, population)
-        if not ready:
-            return
-        profile, outcomes = update_customer(
+            step.touched_population = True
+        return ready
+
+    def _apply(
+        self, step: _Step, fields: dict[str, Any], ts: int, population: PopulationState
+    ) -> None:
+        """One event into its customer's profile and the population."""
+        customer_id = str(fields["customer_id"])
+        # Every event of the partition before this one has been applied: its
+        # time closes the customer's sessions and carts that ended before it.
+        profile, (outcome,) = update_customer(
             self.stores.profiles.get(customer_id),
-            ready,
+            (fields,),
             population,
             self.config.profile,
             self._sentiment,
-            marks.before,
+            ts,
             customer_id,
             step.moments,
             step.segmenter,
         )
-        population["watermark_ms"] = max(population.get("watermark_ms", 0), int(ready[-1]["ts"]))
-        for fields, outcome in zip(ready, outcomes, strict=True):
-            if outcome != "applied":
-                step.outputs.counts[outcome, fields["topic"]] += 1
-        if any(outcome != "duplicate" for outcome in outcomes):
+        population["watermark_ms"] = max(population.get("watermark_ms", 0), ts)
+        if outcome != "applied":
+            step.outputs.counts[outcome, fields["topic"]] += 1
+        if outcome != "duplicate":
             refile_deadline(self.deadlines, customer_id, profile, step.moments, step.segmenter)
             self.stores.profiles.put(customer_id, profile)
-        self.stores.population.put(self._pop_key, population)
+
+    def _fire(
+        self, step: _Step, due: list[tuple[int, str]], limit: int, population: PopulationState
+    ) -> None:
+        """Fire every deadline at or before ``limit``, in time order, each at its own time.
+
+        Customers who went quiet change state as event time passes their
+        deadlines; a deadline filed again at or before ``limit`` fires in turn.
+        """
+        if self.deadlines.may_have_due(limit):
+            for entry in self.deadlines.pop_due(limit):
+                heapq.heappush(due, entry)
+        while due and due[0][0] <= limit:
+            at, customer_id = heapq.heappop(due)
+            profile = self.stores.profiles.get(customer_id)
+            if profile is None or profile.get("deadline_ms") != at:
+                continue  # acted since, or erased: the entry is stale
+            step.moments.on_deadline(customer_id, profile, at)
+            step.segmenter.on_deadline(customer_id, profile, at, population)
+            profile["deadline_ms"] = None
+            refile_deadline(self.deadlines, customer_id, profile, step.moments, step.segmenter)
+            following = profile.get("deadline_ms")
+            if following is not None and following <= limit:
+                heapq.heappush(due, (following, customer_id))
+            self.stores.profiles.put(customer_id, profile)
+            step.touched_population = True
 
     def _hold(
         self,
@@ -372,41 +440,30 @@ class PartitionEngine:
                 self.held_index.schedule(customer_id, first)
         else:
             self.stores.held.delete(customer_id)
-        population["held_customers"] = population.get("held_customers", 0) + (
-            (1 if still else 0) - (1 if held else 0)
-        )
+        holding = population.get("held_customers", 0) + (1 if still else 0) - (1 if held else 0)
+        _set_holding(population, holding)
 
-    def _advance(self, step: _Step, marks: Watermarks) -> None:
-        """What the watermarks reached: held events, then deadlines."""
-        # Events held for customers with nothing new, now that the watermark reached them.
-        if self.held_index.may_have_due(marks.release):
-            for due, customer_id in self.held_index.pop_due(marks.release):
-                if first_held_ms(self.stores.held.get(customer_id) or []) == due:
-                    self._advance_customer(step, customer_id, [], marks)
-        self.advanced_to = (marks.closing, marks.release)
-        if not self.deadlines.may_have_due(marks.closing):
-            return
-        # Customers who went quiet change state as the watermark passes their deadlines.
-        population = self._population()
-        fired = fire_deadlines(
-            self.deadlines,
-            marks.closing,
-            self.stores.profiles.get,
-            step.moments,
-            step.segmenter,
-            population,
-        )
-        for customer_id, profile in fired:
-            self.stores.profiles.put(customer_id, profile)
-        if fired:
-            self.stores.population.put(self._pop_key, population)
+def _set_holding(population: PopulationState, customers: int) -> None:
+    # Absent when nobody holds events, so the state does not depend on
+    # whether anything was ever held.
+    if customers > 0:
+        population["held_customers"] = customers
+    else:
+        population.pop("held_customers", None)
 
 
 class _Step:
     """The collectors one step shares between its customers, made when first needed
     (most partitions have nothing due at most steps)."""
 
-    __slots__ = ("_moments", "_new_moments", "_new_segmenter", "_segmenter", "outputs")
+    __slots__ = (
+        "_moments",
+        "_new_moments",
+        "_new_segmenter",
+        "_segmenter",
+        "outputs",
+        "touched_population",
+    )
 
     def __init__(
         self, new_moments: Callable[[], Moments], new_segmenter: Callable[[], Segmenter]
@@ -416,6 +473,7 @@ class _Step:
         self._moments: Moments | None = None
         self._segmenter: Segmenter | None = None
         self.outputs = Outputs()
+        self.touched_population = False
 
     @property
     def moments(self) -> Moments:

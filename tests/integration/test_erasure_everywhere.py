@@ -134,6 +134,9 @@ def test_erased_id_leaves_changelogs_rocksdb_and_requests_and_later_events_are_d
         kafka_bootstrap=kafka_bootstrap,
         topic_prefix=topic_prefix,
         erasure_requests_retention_hours=REQUESTS_RETENTION_HOURS,
+        # The worker's own settings: create_topics declares its changelogs too.
+        erasure_bound_hours=BOUND_HOURS,
+        changelog_topic_configs={"file.delete.delay.ms": "1000"},
     )
     create_topics(settings)
     log_dir = broker_log_dir(settings)

@@ -17,7 +17,6 @@ from typing import Any
 
 import msgspec
 import orjson
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,7 +118,9 @@ def dump(engine: PartitionEngine, outputs: Outputs) -> bytes:
     stores = engine.stores
     state = {
         name: getattr(stores, name).data  # type: ignore[attr-defined]
-        for name in ("profiles", "population", "held", "deadlines", "identities")
+        # The deadline index is left out: which stale entries it still holds
+        # depends on when it was read (each profile's own deadline is compared).
+        for name in ("profiles", "population", "held", "identities")
     }
     body = {
         "state": state,
@@ -127,57 +128,29 @@ def dump(engine: PartitionEngine, outputs: Outputs) -> bytes:
         "triggers": outputs.triggers,
         "examples": outputs.examples,
         "rekeyed": outputs.rekeyed,
-        "counts": sorted((list(k), v) for k, v in outputs.counts.items()),
+        # How many events waited (the held counts) describes the reading, not the result.
+        "counts": sorted((list(k), v) for k, v in outputs.counts.items() if k[0] != "held"),
     }
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-
-
-# What a customer's own events decide: which events, in which order, and the
-# facts folded from them. Sessions, carts and segments also depend on the
-# partition's watermarks and population at the moment they are decided.
-OWN_FACTS = (
-    "recent_ids",
-    "lifetime",
-    "first_seen_ms",
-    "last_seen_ms",
-    "first_order_ms",
-    "last_order_ms",
-    "late_events",
-)
-
-
-def own_facts(engine: PartitionEngine) -> dict[str, dict[str, Any]]:
-    profiles = engine.stores.profiles.data  # type: ignore[attr-defined]
-    return {c: {k: p.get(k) for k in OWN_FACTS} for c, p in profiles.items()}
 
 
 def test_events_read_topic_by_topic_are_applied_in_event_time_order() -> None:
     in_order = sorted(HISTORY, key=lambda r: (int(r["ts"]), r["event_id"]))
     cuts = list(range(0, len(HISTORY), 50))
     by_topic, by_topic_out = run(arrival_by_topic(HISTORY), cuts)
-    ordered, _ = run(in_order, cuts)
+    ordered, ordered_out = run(in_order, cuts)
     assert by_topic_out.counts["held", "clickstream"] == 0  # clicks come last: nothing to wait for
     assert by_topic_out.counts["held", "purchases"] > 0  # orders waited for the clicks
     assert by_topic.stores.held.data == {}  # type: ignore[attr-defined]
-    # recent_ids lists each customer's events in the order they were applied.
-    assert own_facts(by_topic) == own_facts(ordered)
+    # The same profiles, population and outputs as reading the history in time order.
+    for name in ("profiles", "population"):
+        assert getattr(by_topic.stores, name).data == getattr(ordered.stores, name).data
+    for name in ("changes", "triggers", "examples"):
+        assert getattr(by_topic_out, name) == getattr(ordered_out, name), name
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=len(HISTORY) - 1), max_size=40))
-def test_batch_boundaries_change_no_customer_fact(cuts: list[int]) -> None:
-    records = arrival_by_topic(HISTORY)
-    assert own_facts(run(records, cuts=cuts)[0]) == own_facts(run(records, cuts=[])[0])
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: sessions and carts close against the watermark before the batch, and "
-    "customers of one batch are applied customer by customer, so batch boundaries still move "
-    "session closes, population-dependent segments and the training examples",
-)
-@settings(max_examples=5, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=len(HISTORY) - 1), min_size=5, max_size=40))
 def test_batch_boundaries_change_no_output(cuts: list[int]) -> None:
     records = arrival_by_topic(HISTORY)
     assert dump(*run(records, cuts=cuts)) == dump(*run(records, cuts=[]))
@@ -215,7 +188,7 @@ def test_held_events_wait_for_the_watermark_and_are_released_by_an_advance() -> 
     out = engine.advance(Watermarks(before=day - DAY_MS, closing=day, release=day))
     assert engine.stores.held.get("c1") is None
     assert engine.stores.profiles.get("c1")["lifetime"]["purchases.order"] == 1
-    assert engine.stores.population.get("p0")["held_customers"] == 0
+    assert "held_customers" not in engine.stores.population.get("p0")
     assert any(change["dimension"] == "lifecycle" for change in out.changes)
 
 
@@ -249,7 +222,7 @@ def test_erasure_removes_the_customer_from_every_store_of_the_partition() -> Non
     deadlines = engine.stores.deadlines.data  # type: ignore[attr-defined]
     assert all("c1" not in orjson.dumps(v).decode() for v in deadlines.values())
     assert engine.stores.held.get("c1") is None and engine.stores.profiles.get("c1") is None
-    assert engine.stores.population.get("p0")["held_customers"] == 0
+    assert "held_customers" not in engine.stores.population.get("p0")
     out = engine.advance(Watermarks.up_to(day + 2 * DAY_MS))
     assert engine.stores.profiles.get("c1") is None and not out.changes
 
@@ -265,3 +238,20 @@ def test_anonymous_browsing_is_released_under_the_customer_at_identify() -> None
     assert [(e["event_id"], e["customer_id"], e["stitched"]) for e in out.rekeyed] == [
         ("a1", "c7", True)
     ]
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(min_value=1, max_value=200))
+def test_any_interleaving_of_the_topics_gives_the_outputs_of_event_time_order(
+    rng: Any, batch: int
+) -> None:
+    # Kafka keeps each topic partition's order, nothing across topics: any
+    # merge of the three sequences is a possible reading.
+    queues = {t: [r for r in HISTORY if r["topic"] == t] for t in TOPICS}
+    merged: list[dict[str, Any]] = []
+    while any(queues.values()):
+        topic = rng.choice([t for t in TOPICS if queues[t]])
+        merged.append(queues[topic].pop(0))
+    in_order = sorted(HISTORY, key=lambda r: (int(r["ts"]), r["event_id"]))
+    cuts = list(range(batch, len(merged), batch))
+    assert dump(*run(merged, cuts)) == dump(*run(in_order, cuts=[]))
