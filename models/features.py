@@ -54,7 +54,7 @@ import math
 from collections.abc import Mapping
 from typing import Final
 
-from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes
+from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, net_revenue
 
 FEATURES: Final = (
     "tenure",
@@ -177,9 +177,7 @@ def feature_vector(profile: Profile, config: ProfileConfig, as_of_ms: int) -> Fe
         "has_ordered": 1.0 if orders else 0.0,
         "orders_per_month": round(_log_scaled(orders * per_month, 8), 4),
         "aov": (
-            round(_log_scaled(totals.get("revenue", 0.0) / orders, 1000), 4)
-            if orders
-            else MISSING["aov"]
+            round(_log_scaled(net_revenue(totals) / orders, 1000), 4) if orders else MISSING["aov"]
         ),
         "discount_share": (
             round(float(totals.get("discounted_orders", 0) / orders), 4)

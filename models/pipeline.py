@@ -18,7 +18,7 @@ from models.deadlines import DeadlineIndex
 from models.features import feature_vector
 from models.ids import keyed_id
 from models.moments import Moments
-from models.profile import DAY_MS, Outcome, Profile, ProfileConfig, apply_event
+from models.profile import DAY_MS, Outcome, Profile, ProfileConfig, apply_event, net_revenue
 from models.profile_summary import Population, ValueConfig, summarise
 from models.quantiles import RfmValues, merge_sketches, new_rfm_population, rfm_update
 from models.segments import Segmenter, new_segment_population
@@ -45,7 +45,7 @@ def rfm_values(profile: Profile | None) -> RfmValues | None:
     return RfmValues(
         last_order_day=profile["last_order_ms"] // DAY_MS,
         orders=int(profile["totals"].get("orders", 0)),
-        revenue=float(profile["totals"].get("revenue", 0.0)),
+        revenue=net_revenue(profile["totals"]),
     )
 
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from models.state import ClosedSession, OpenSession
+from models.state import ClosedSession, OpenSession, RecentOrder
 from models.state import Profile as Profile  # declared in models.state, re-exported
 
 Outcome = Literal["applied", "duplicate", "late"]
@@ -294,16 +294,39 @@ def _amend_closed_session(
     closed["converted"] = converted
 
 
+def net_revenue(totals: Mapping[str, float]) -> float:
+    """Revenue net of refunds, in the base currency: what orders paid less what refunds paid back.
+
+    The stored counter ``revenue`` is the gross (orders only), so a state
+    written before refunds were netted reads back right.
+
+    >>> net_revenue({"revenue": 100.0, "refund_amount": 30.0}), net_revenue({})
+    (70.0, 0.0)
+    """
+    return float(totals.get("revenue", 0.0)) - float(totals.get("refund_amount", 0.0))
+
+
+def base_amount(event: Mapping[str, Any]) -> float:
+    """The event's amount in the base currency, as the decoder converted it.
+
+    Events held from before the decoder converted (and hand-built test
+    events) carry only ``amount``, which is then taken as the base currency.
+    """
+    converted = event.get("base_amount")
+    return float(event["amount"] if converted is None else converted)
+
+
 def _apply_purchase(
     profile: Profile, event: Mapping[str, Any], ts: int, add: _Adder, config: ProfileConfig
 ) -> None:
-    amount = float(event["amount"])
+    amount = base_amount(event)
     if event["type"] == "refund":
         add("refunds")
-        add("refund_amount", amount)
+        add("refund_amount", _link_refund(profile, event, amount, add))
         return
     add("orders")
     add("revenue", amount)
+    _remember_order(profile, event, ts, amount)
     if float(event.get("discount") or 0) > 0:
         add("discounted_orders")
     channel = event.get("channel") or "web"
@@ -318,6 +341,46 @@ def _apply_purchase(
     orders: list[int] = profile["recent_orders_ms"]
     bisect.insort(orders, ts)
     del orders[:-MAX_RECENT_ORDERS]
+
+
+def _remember_order(profile: Profile, event: Mapping[str, Any], ts: int, amount: float) -> None:
+    # The latest orders by event time, with what a refund may still pay back.
+    orders: list[RecentOrder] = profile.setdefault("recent_orders", [])
+    order: RecentOrder = {
+        # Every contract order has an order_id; hand-built events may not.
+        "order_id": str(event.get("order_id") or event["event_id"]),
+        "ts": ts,
+        "amount": amount,
+        "refunded": 0.0,
+        "original_amount": float(event["amount"]),
+        "currency": str(event.get("currency") or "EUR"),
+    }
+    bisect.insort(orders, order, key=lambda o: (o["ts"], o["order_id"]))
+    del orders[:-MAX_RECENT_ORDERS]
+
+
+def _link_refund(profile: Profile, event: Mapping[str, Any], amount: float, add: _Adder) -> float:
+    """What a refund takes off revenue: its amount, at most what its order has left.
+
+    A refund whose order is not among the remembered ones (unknown, or older
+    than the latest ``MAX_RECENT_ORDERS``) nets out in full and is counted
+    as ``refunds_unlinked``; one asking for more than its order has left
+    nets out what is left and is counted as ``refunds_capped``.
+    """
+    order_id = event.get("order_id")
+    linked = [o for o in profile.get("recent_orders", ()) if o["order_id"] == order_id]
+    if not linked:
+        add("refunds_unlinked")
+        return amount
+    wanted = amount
+    for order in linked:
+        take = min(wanted, round(order["amount"] - order["refunded"], 2))
+        if take > 0:
+            order["refunded"] = round(order["refunded"] + take, 2)
+            wanted = round(wanted - take, 2)
+    if wanted > 0:
+        add("refunds_capped")
+    return round(amount - wanted, 2)
 
 
 def _apply_support(

@@ -21,6 +21,7 @@ from models.profile import (
     Profile,
     ProfileConfig,
     cart_episodes,
+    net_revenue,
     session_converted,
     window_totals,
 )
@@ -115,7 +116,7 @@ def _with_open_episodes(
 def _activity(totals: Mapping[str, float]) -> dict[str, Any]:
     sessions = totals.get("sessions", 0)
     orders = totals.get("orders", 0)
-    revenue = totals.get("revenue", 0.0)
+    revenue = net_revenue(totals)
     carts_done = totals.get("carts_converted", 0) + totals.get("carts_abandoned", 0)
     channels = {k.split(".", 1)[1]: int(v) for k, v in totals.items() if k.startswith("channel.")}
     categories = {
@@ -138,9 +139,12 @@ def _activity(totals: Mapping[str, float]) -> dict[str, Any]:
         cart_abandonment_rate=ratio(totals.get("carts_abandoned", 0), carts_done),
         orders=int(orders),
         revenue=round(revenue, 2),
+        gross_revenue=round(totals.get("revenue", 0.0), 2),
         aov=ratio(revenue, orders, 2),
         refunds=int(totals.get("refunds", 0)),
         refund_amount=round(totals.get("refund_amount", 0.0), 2),
+        refunds_unlinked=int(totals.get("refunds_unlinked", 0)),
+        refunds_capped=int(totals.get("refunds_capped", 0)),
         discount_share=ratio(totals.get("discounted_orders", 0), orders),
         sla_breaches=int(totals.get("sla_breaches", 0)),
         channels=channels,
@@ -208,13 +212,15 @@ def summarise(
         "favourite_categories": sorted(
             profile["purchase_categories"], key=lambda c: (-profile["purchase_categories"][c], c)
         )[:3],
+        # newest first: base-currency amount and refunded, and what was paid
+        "recent_orders": [dict(order) for order in reversed(profile.get("recent_orders", []))],
     }
     rfm = None
     expected = alive = None
     if population is not None and population.rfm is not None and last_order is not None:
         r, f, m = rfm_scores(
             population.rfm,
-            RfmValues(last_order // DAY_MS, orders, float(totals.get("revenue", 0.0))),
+            RfmValues(last_order // DAY_MS, orders, net_revenue(totals)),
         )
         rfm = {"r": r, "f": f, "m": m, "score": f"{r}{f}{m}"}
     if (

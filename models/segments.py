@@ -42,7 +42,7 @@ from typing import Any, Final
 from models.clv import simple_clv
 from models.features import feature_vector
 from models.ids import keyed_id
-from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes
+from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, net_revenue
 from models.profile_summary import nps_category
 from models.quantiles import (
     RfmValues,
@@ -218,7 +218,7 @@ def customer_clv(profile: Profile, now_ms: int, config: SegmentConfig) -> float 
     orders = int(profile["totals"].get("orders", 0))
     if not orders or profile["first_order_ms"] is None:
         return None
-    aov = float(profile["totals"].get("revenue", 0.0)) / orders
+    aov = net_revenue(profile["totals"]) / orders
     tenure_days = (now_ms - profile["first_order_ms"]) / DAY_MS
     per_year = orders / max(tenure_days, 30.0) * 365
     return simple_clv(aov, per_year, config.expected_lifespan_years)
@@ -340,7 +340,7 @@ class Segmenter:
             values = RfmValues(
                 profile["last_order_ms"] // DAY_MS,
                 int(profile["totals"].get("orders", 0)),
-                float(profile["totals"].get("revenue", 0.0)),
+                net_revenue(profile["totals"]),
             )
             ranks = rfm_ranks(population["rfm"], values)
         rfm = tuple(quintile_score(r) for r in ranks) if ranks else None

@@ -55,6 +55,17 @@ class ClosedSession(TypedDict):
     day: int  # UTC day index (start_ms // DAY_MS) whose bucket counted it
 
 
+class RecentOrder(TypedDict):
+    """An order kept so that refunds link to it (``Profile.recent_orders``)."""
+
+    order_id: str  # order_id of the order event
+    ts: int  # its event time
+    amount: float  # in the base currency, as counted in revenue
+    refunded: float  # base currency paid back by refunds linked to it, at most amount
+    original_amount: float  # as paid, in currency
+    currency: str  # ISO code of what was paid
+
+
 class SegmentMembership(TypedDict):
     """A customer's current value in one segment dimension (``Profile.segments``)."""
 
@@ -85,7 +96,10 @@ class Profile(TypedDict):
     recent_ids: list[str]  # event ids of the last dedup_capacity events (deduplication)
     late_events: int  # events whose day window had closed (lifetime only)
     lifetime: dict[str, int]  # "<topic>.<type>" -> events, duplicates excluded
-    totals: dict[str, float]  # counter -> lifetime sum (orders, revenue, sessions, ...)
+    # counter -> lifetime sum (orders, sessions, ...); money in the base currency:
+    # "revenue" is what orders paid (gross), "refund_amount" what refunds paid
+    # back; net revenue is their difference (models.profile.net_revenue)
+    totals: dict[str, float]
     buckets: dict[str, dict[str, float]]  # UTC day index (as str) -> counter -> that day's sum
     channels: dict[str, int]  # click channel -> events (bounded)
     categories: dict[str, int]  # category viewed or added to cart -> events (bounded)
@@ -106,6 +120,8 @@ class Profile(TypedDict):
     sentiment_last: float | None  # compound sentiment of the latest support text
     sentiment_ms: int | None  # its event time
     anonymous_ids: list[str]  # anonymous ids stitched to the customer (erased with them)
+    # models.profile, from the first order on
+    recent_orders: NotRequired[list[RecentOrder]]  # latest orders with amounts (refund links)
     # models.pipeline
     bgnbd_learned_day: NotRequired[int]  # UTC day index of the last BG/NBD step learned from it
     deadline_ms: NotRequired[int | None]  # due time filed in the deadline index, if any
@@ -232,6 +248,8 @@ def undeclared_keys(profile: Mapping[str, Any]) -> set[str]:
         extra |= _extra(session, OpenSession, "sessions[].")
     for closed in profile.get("closed_sessions", ()):
         extra |= _extra(closed, ClosedSession, "closed_sessions[].")
+    for order in profile.get("recent_orders", ()):
+        extra |= _extra(order, RecentOrder, "recent_orders[].")
     for pending in profile.get("churn_pending", ()):
         extra |= _extra(pending, ChurnPending, "churn_pending[].")
     for membership in profile.get("segments", {}).values():

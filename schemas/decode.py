@@ -30,13 +30,16 @@ import base64
 import hashlib
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal, get_type_hints
 
 import msgspec
 import orjson
+from msgspec.structs import force_setattr
 
 from schemas.errors import SegstreamError
+from schemas.money import Converter, FxRates, UnknownCurrencyError
 from schemas.records import (
     INPUT_MODELS,
     SCORE_RANGES,
@@ -65,6 +68,7 @@ ErrorKind = Literal[
     "key_mismatch",
     "unsupported_version",
     "unknown_topic",
+    "unknown_currency",
 ]
 
 # 1990-01-01T00:00:00Z: nothing in a customer history is older.
@@ -76,12 +80,17 @@ DEAD_LETTER_MAX_BYTES = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
-    """Bounds an input event must respect; all are settings."""
+    """Bounds an input event must respect, and the rates money is converted with; all settings.
+
+    ``max_amount`` bounds the amount in the base currency. ``fx`` converts
+    purchase amounts to the base currency; the default knows only EUR.
+    """
 
     max_bytes: int = 64 * 1024
     max_amount: float = 1_000_000.0
     min_ts_ms: int = MIN_EVENT_TIME_MS
     max_future_ms: int = 24 * 3600 * 1000
+    fx: Converter = field(default_factory=FxRates)
 
 
 class DecodeError(SegstreamError):
@@ -143,6 +152,8 @@ def decode_event(
     if _may_hold_unsafe_text(value):
         _check_ids(event)
     _check_bounds(event, limits, now_ms)
+    if isinstance(event, PurchaseEvent):
+        _convert_amount(event, limits)
     _check_key(event, key)
     return event
 
@@ -232,16 +243,27 @@ def _check_bounds(event: InputEvent, limits: DecodeLimits, now_ms: int) -> None:
         raise DecodeError("time_out_of_range", "event time is before 1990")
     if ts > now_ms + limits.max_future_ms:
         raise DecodeError("time_out_of_range", "event time is too far in the future")
-    if isinstance(event, PurchaseEvent) and event.amount > limits.max_amount:
-        raise DecodeError(
-            "amount_out_of_range", f"amount {event.amount} exceeds limit {limits.max_amount}"
-        )
     if isinstance(event, SupportEvent) and event.type in SCORE_RANGES:
         low, high = SCORE_RANGES[event.type]
         if event.score is None or not low <= event.score <= high:
             raise DecodeError(
                 "invalid_value", f"score of {event.type} must be within {low}..{high}"
             )
+
+
+def _convert_amount(event: PurchaseEvent, limits: DecodeLimits) -> None:
+    # The base amount is what every revenue figure sums; a currency without a
+    # rate is refused here, so it reaches the dead letters, never a sum.
+    try:
+        base_amount = limits.fx.to_base(event.amount, event.currency, int(event.ts))
+    except UnknownCurrencyError as exc:
+        raise DecodeError("unknown_currency", str(exc)) from exc
+    if base_amount > Decimal(str(limits.max_amount)):
+        raise DecodeError(
+            "amount_out_of_range",
+            f"amount {base_amount} {limits.fx.base} exceeds limit {limits.max_amount}",
+        )
+    force_setattr(event, "base_amount", float(base_amount))
 
 
 def expected_key(customer_id: str | None, anonymous_id: str | None, type_: str) -> str | None:

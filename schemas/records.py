@@ -102,7 +102,13 @@ class LineItem(Struct, frozen=True, kw_only=True):
 
 
 class PurchaseEvent(Struct, frozen=True, kw_only=True):
-    """An order or a refund (topic ``purchases``). ``amount`` is what was paid."""
+    """An order or a refund (topic ``purchases``). ``amount`` is what was paid, in ``currency``.
+
+    A refund carries the ``order_id`` of the order it pays back, and the
+    amount paid back (part of the order, or all of it). ``base_amount`` is
+    set by segstream's decoder: ``amount`` in the base currency at the
+    event's date; producers leave it out (a value sent is replaced).
+    """
 
     event_id: Id
     ts: int | str
@@ -115,6 +121,13 @@ class PurchaseEvent(Struct, frozen=True, kw_only=True):
     items: Annotated[list[LineItem], Meta(max_length=1000)] = field(default_factory=list)
     discount: Money = 0.0
     channel: PurchaseChannel = "web"
+    base_amount: (
+        Annotated[
+            float,
+            Meta(description="Set by segstream: amount in the base currency; not for producers."),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         _normalise_ts(self)

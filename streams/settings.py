@@ -32,6 +32,7 @@ from models.segments import SegmentConfig
 from models.training import ModelConfig
 from schemas.decode import DEAD_LETTER_MAX_BYTES, DecodeLimits
 from schemas.errors import ConfigError
+from schemas.money import Converter, FxRates, FxRatesFile
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -118,10 +119,24 @@ class Settings(BaseSettings):
         64 * 1024, ge=256, description="Largest accepted input message; larger is a dead letter."
     )
     max_amount: float = Field(
-        1_000_000.0, gt=0, description="Largest accepted order or refund amount."
+        1_000_000.0,
+        gt=0,
+        description="Largest accepted order or refund amount, in the base currency.",
     )
     max_future_skew_s: int = Field(
         86_400, ge=0, description="How far past the wall clock an event time may lie."
+    )
+    base_currency: str = Field(
+        "EUR",
+        pattern=r"^[A-Z]{3}$",
+        description="ISO code of the currency revenue, AOV, monetary, CLV and value tier are in.",
+    )
+    fx_rates_file: Path | None = Field(
+        None,
+        description="CSV of exchange rates, header date,currency,rate (units of the currency "
+        "per unit of the base); the latest rate on or before an event's UTC date converts it. "
+        "Re-read within a minute of a change. Unset: only the base currency is accepted, "
+        "others are dead letters (unknown_currency).",
     )
     dead_letter_max_bytes: int = Field(
         DEAD_LETTER_MAX_BYTES,
@@ -430,10 +445,16 @@ class Settings(BaseSettings):
 
     def decode_limits(self) -> DecodeLimits:
         """Bounds for :func:`schemas.decode.decode_event`."""
+        fx: Converter = (
+            FxRates(base=self.base_currency)
+            if self.fx_rates_file is None
+            else FxRatesFile(self.fx_rates_file, self.base_currency)
+        )
         return DecodeLimits(
             max_bytes=self.max_event_bytes,
             max_amount=self.max_amount,
             max_future_ms=self.max_future_skew_s * 1000,
+            fx=fx,
         )
 
     def profile_config(self) -> ProfileConfig:

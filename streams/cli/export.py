@@ -40,6 +40,7 @@ CSV_COLUMNS = (
     "events",
     "lifetime.orders",
     "lifetime.revenue",
+    "lifetime.gross_revenue",
     "lifetime.aov",
     "lifetime.sessions",
     "purchases.recency_days",
