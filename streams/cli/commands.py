@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from schemas.errors import SegstreamError
+from streams.cli import history_import as history
 from streams.cli.local_kafka import DEFAULT_BROKER_PORT, KAFKA_TOOLS, LocalKafka, tool_command
 from streams.settings import load_settings
 
@@ -274,37 +275,61 @@ def simulate(
 
 @cli.command()
 def replay(
-    file: Annotated[Path, typer.Argument(help="events.jsonl, or a transactions .csv")],
+    file: Annotated[Path, typer.Argument(help="events.jsonl, or an order export .csv")],
     speed: Annotated[float, typer.Option(help="0 = as fast as possible, k = k× real time.")] = 0.0,
-    customer_col: Annotated[str, typer.Option(help="CSV: customer id column.")] = "customer_id",
-    date_col: Annotated[str, typer.Option(help="CSV: order date column.")] = "date",
-    amount_col: Annotated[str, typer.Option(help="CSV: order amount column.")] = "amount",
-    order_col: Annotated[str | None, typer.Option(help="CSV: order id column.")] = None,
-    qty_col: Annotated[str | None, typer.Option(help="CSV: quantity column.")] = None,
-    currency: Annotated[str, typer.Option(help="CSV: currency of the amounts.")] = "EUR",
+    order_col: history.OrderCol = None,
+    customer_col: history.CustomerCol = None,
+    date_col: history.DateCol = None,
+    qty_col: history.QtyCol = None,
+    price_col: history.PriceCol = None,
+    amount_col: history.AmountCol = None,
+    sku_col: history.SkuCol = None,
+    currency: history.Currency = None,
+    currency_col: history.CurrencyCol = None,
+    timezone: history.Timezone = None,
+    date_format: history.DateFormat = None,
+    cancel_prefix: history.CancelPrefix = None,
+    rejects: history.Rejects = None,
 ) -> None:
-    """Send a history file to the input topics in event-time order (backfill)."""
-    from schemas.transactions_csv import CsvColumns, csv_orders
-    from streams.producer import in_event_time_order, read_jsonl
+    """Send a history file to the input topics in event-time order (backfill).
 
+    Exit status 3: the events were sent, but some rows of the file were skipped
+    (listed on stderr).
+    """
+    from schemas.history import ImportReport, read_history
+    from streams.producer import in_event_time_order
+
+    layout = history.csv_layout(
+        order_col=order_col,
+        customer_col=customer_col,
+        date_col=date_col,
+        qty_col=qty_col,
+        price_col=price_col,
+        amount_col=amount_col,
+        sku_col=sku_col,
+        currency=currency,
+        currency_col=currency_col,
+        timezone=timezone,
+        date_format=date_format,
+        cancel_prefix=cancel_prefix,
+    )
+    report = ImportReport()
     try:
-        if file.suffix.lower() == ".csv":
-            columns = CsvColumns(customer_col, date_col, amount_col, order_col, qty_col, currency)
-            with open(file, newline="") as handle:
-                events: list[dict[str, object]] = list(csv_orders(handle, columns))
-        else:
-            events = list(read_jsonl(file))
+        events = list(read_history(file, layout, report))
     except SegstreamError as exc:
         _fail(exc)
         return
     events = in_event_time_order(events)
     _send_with_progress(events, speed)
     console.print(f"sent {len(events)} events from {file}")
+    history.finish_import(report, rejects)
 
 
 @cli.command()
 def evaluate(
-    input_file: Annotated[Path, typer.Option("--input", help="History as events.jsonl.")],
+    input_file: Annotated[
+        Path, typer.Option("--input", help="History: events.jsonl, or an order export .csv.")
+    ],
     out: Annotated[Path, typer.Option(help="Write one JSON profile per customer here.")],
     cutoff: Annotated[
         str | None, typer.Option(help="Profiles as of this event time (ISO-8601 or epoch ms).")
@@ -317,20 +342,56 @@ def evaluate(
         Path | None,
         typer.Option(help="Simulator truth.jsonl: add ARI and churn AUC against it to the report."),
     ] = None,
+    order_col: history.OrderCol = None,
+    customer_col: history.CustomerCol = None,
+    date_col: history.DateCol = None,
+    qty_col: history.QtyCol = None,
+    price_col: history.PriceCol = None,
+    amount_col: history.AmountCol = None,
+    sku_col: history.SkuCol = None,
+    currency: history.Currency = None,
+    currency_col: history.CurrencyCol = None,
+    timezone: history.Timezone = None,
+    date_format: history.DateFormat = None,
+    cancel_prefix: history.CancelPrefix = None,
+    rejects: history.Rejects = None,
 ) -> None:
-    """Run the worker's logic over a history file without a broker; write profiles."""
+    """Run the worker's logic over a history file without a broker; write profiles.
+
+    Exit status 3: the profiles were written, but some rows of the file were
+    skipped (listed on stderr).
+    """
     import orjson
 
     from models.simulator import read_truth
     from schemas.event_time import parse_event_time
+    from schemas.history import ImportReport, read_history
     from streams.offline import evaluate as run_offline
     from streams.offline import score_against_truth
-    from streams.producer import read_jsonl
 
     cutoff_ms = (
         parse_event_time(int(cutoff) if cutoff and cutoff.isdigit() else cutoff) if cutoff else None
     )
-    run = run_offline(read_jsonl(input_file), load_settings(), cutoff_ms)
+    layout = history.csv_layout(
+        order_col=order_col,
+        customer_col=customer_col,
+        date_col=date_col,
+        qty_col=qty_col,
+        price_col=price_col,
+        amount_col=amount_col,
+        sku_col=sku_col,
+        currency=currency,
+        currency_col=currency_col,
+        timezone=timezone,
+        date_format=date_format,
+        cancel_prefix=cancel_prefix,
+    )
+    imported = ImportReport()
+    try:
+        run = run_offline(read_history(input_file, layout, imported), load_settings(), cutoff_ms)
+    except SegstreamError as exc:
+        _fail(exc)
+        return
     profiles = list(run.summaries(cutoff_ms))
     with open(out, "wb") as handle:
         for profile in profiles:
@@ -346,6 +407,7 @@ def evaluate(
             console.print(f"against truth: {body['against_truth']}")
         report.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2))
         console.print(f"wrote the model report to {report}")
+    history.finish_import(imported, rejects)
 
 
 @cli.command("export-profiles")
