@@ -32,6 +32,7 @@ from collections import defaultdict
 from typing import Any
 
 import msgspec
+from faust.types import TP, AppT
 
 from models.engine import Outputs, Watermarks
 from schemas.decode import DecodeError, decode_event
@@ -159,8 +160,10 @@ async def advance_idle_partitions() -> None:
         await publish(outputs, origin="idle advance")
 
 
-@app.on_partitions_revoked.connect
-async def _forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
+# mode types a receiver as taking any number of positional arguments; Faust
+# sends exactly one here, the revoked partitions.
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def _forget_revoked(app: AppT, revoked: set[TP], **kwargs: Any) -> None:
     # Written when the rebalance started; a batch that finished since is
     # written now, then the revoked partitions' engines are dropped.
     forget({tp.partition for tp in revoked if tp.topic in ROLE_BY_TOPIC})

@@ -156,7 +156,7 @@ app.monitor = CachedPrometheusMonitor(
 
 
 @app.on_worker_init.connect
-def _refuse_unsafe_settings(sender: faust.App, **kwargs: Any) -> None:
+def _refuse_unsafe_settings(sender: faust.App, /, *args: Any, **kwargs: Any) -> None:
     # `faust -A streams.worker worker` sends this before serving; `segstream
     # worker` runs the same checks itself, before Faust is involved.
     check_web_auth(settings)

@@ -28,15 +28,10 @@ from schemas.decode import DecodeError, dead_letter
 from schemas.records import SegmentChange, Trigger
 from streams import metrics
 from streams.app import app, settings
+from streams.internals import aiokafka_producer, partition_of
 from streams.model_sync import holder
 from streams.outbox import Outbox, RecordTooLargeError
-from streams.state_cache import (
-    FlushOnCommit,
-    TableWriter,
-    WriteBackCache,
-    flush_all,
-    partition_of,
-)
+from streams.state_cache import FlushOnCommit, TableWriter, WriteBackCache, flush_all
 from streams.tables import (
     deadlines_table,
     held_table,
@@ -58,7 +53,7 @@ ENGINE_CONFIG = settings.engine_config()
 
 # Changelog writes and outputs go to Faust's producer in whole batches
 # (streams.outbox), not through Faust's per-message send path.
-outbox = Outbox(lambda: app.producer._ensure_producer())
+outbox = Outbox(lambda: aiokafka_producer(app))
 
 
 def _cache(table: Any, max_clean: int) -> WriteBackCache:
@@ -234,7 +229,8 @@ def publish_segments(outputs: Outputs) -> None:
     for change in outputs.changes:
         record = SegmentChange(**change)
         outbox.append_keyed(changes_topic, record.customer_id.encode(), msgspec.json.encode(record))
-        metrics.child(metrics.segment_changes, record.dimension, record.to_segment).inc()
+        # str(): the label prometheus-client gives an exit (None) itself.
+        metrics.child(metrics.segment_changes, record.dimension, str(record.to_segment)).inc()
         metrics.change_lag.observe(max(sent_ms - record.ts, 0) / 1000)
     fired_topic = triggers_topic.get_topic_name()
     for trigger in outputs.triggers:

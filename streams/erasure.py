@@ -28,7 +28,13 @@ from schemas.records import ErasureAudit, ErasureRequest, SegmentChange
 from streams import metrics
 from streams.app import app, settings
 from streams.engines import CACHES, engine_for, now_ms, outbox, processing, send_dead_letter
-from streams.state_cache import flush_all, partition_of
+from streams.internals import (
+    key_encoder,
+    open_rocksdb_partitions,
+    partition_of,
+    reopen_rocksdb_partition,
+)
+from streams.state_cache import flush_all
 from streams.tables import (
     deadlines_table,
     held_table,
@@ -145,7 +151,7 @@ def _purge_local_files(partition: int, purge: list[tuple[Any, str | None]]) -> N
     """
     for table, key in purge:
         store = table.data
-        dbs = getattr(store, "_dbs", None)
+        dbs = open_rocksdb_partitions(store)
         if FORCE_BOTTOMMOST is None or dbs is None or partition not in dbs:
             continue
         started = time.monotonic()
@@ -153,10 +159,9 @@ def _purge_local_files(partition: int, purge: list[tuple[Any, str | None]]) -> N
         db.flush()
         # A customer's keys: one key's files. The deadline index: all of it (small),
         # as old versions of any bucket may name the customer.
-        edge = None if key is None else store._encode_key(key)
+        edge = None if key is None else key_encoder(store)(key)
         db.compact_range(edge, edge, FORCE_BOTTOMMOST)
-        db.close()
-        dbs[partition] = store._open_for_partition(partition)
+        reopen_rocksdb_partition(store, partition)
         log.info(
             "erasure purged store table=%s partition=%d seconds=%.3f",
             table.name,

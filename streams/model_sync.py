@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.sensors.base import Sensor
+from faust.types import TP, AppT
 
 from models.training import ModelBundle, SnapshotError, decode_snapshot, encode_snapshot
 from streams import metrics
@@ -161,8 +162,10 @@ class PublishOnCommit(Sensor):
 app.sensors.add(PublishOnCommit())
 
 
-@app.on_partitions_revoked.connect
-async def _training_partition_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
+# mode types a receiver as taking any number of positional arguments; Faust
+# sends exactly one here, the revoked partitions.
+@app.on_partitions_revoked.connect  # type: ignore[arg-type]
+async def _training_partition_revoked(app: AppT, revoked: set[TP], **kwargs: Any) -> None:
     if any(tp.topic == training_examples_topic.get_topic_name() for tp in revoked):
         trainer.publish()
         trainer.forget()

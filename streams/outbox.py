@@ -20,7 +20,7 @@ never be sent (larger than any batch may be): the log names the input
 records behind it (topic, partition, offset; never a key or a value), so an
 operator can fix the topic's limit or the record.
 
-Handing a builder over is synchronous (the accumulator's ``_append_batch``,
+Handing a builder over is synchronous (:func:`streams.internals.append_batch`,
 the step of ``AIOKafkaProducer.send_batch`` after its wait for room) because
 the table write-back runs in Faust's synchronous ``on_commit_initiated``
 hook; aiokafka is pinned in ``pyproject.toml`` for that reason.
@@ -33,13 +33,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka.errors import ProducerClosed
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition
 
 from schemas.errors import SegstreamError
 from streams import metrics
+from streams.internals import append_batch
 
 log = logging.getLogger(__name__)
 
@@ -176,15 +176,10 @@ class Outbox:
         builder = self._open.pop(tp)
         callbacks = self._on_delivered.pop(tp, [])
         origins = self._origins.pop(tp, [])
-        count = builder.record_count()
+        count: int = builder.record_count()
         if count == 0:
             return 0
-        accumulator = self._producer()._message_accumulator
-        if accumulator._closed:
-            raise ProducerClosed()
-        if accumulator._exception is not None:
-            raise accumulator._exception
-        batch = accumulator._append_batch(builder, tp)
+        batch = append_batch(self._producer(), builder, tp)
         batch.future.add_done_callback(
             lambda future: self._delivered(future, tp, count, callbacks, origins)
         )

@@ -20,4 +20,5 @@ def partition_for_key(key: str, partitions: int) -> int:
     >>> partition_for_key("c000001", 4) in range(4)
     True
     """
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(key.encode())  # kafka-python is unannotated
+    return (hashed & 0x7FFFFFFF) % partitions

@@ -22,16 +22,20 @@ decoded from RocksDB on every batch.
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from faust.sensors.base import Sensor
-from faust.streams import _current_event
 from faust.types import TP
 
+from streams.internals import (
+    key_encoder,
+    open_rocksdb_partitions,
+    partition_of,
+    rocksdb_partition,
+    value_encoder,
+)
 from streams.outbox import Outbox
 
 # The cached value of a key whose removal waits for the next commit.
@@ -173,22 +177,6 @@ class WriteBackCache:
                 excess -= 1
 
 
-@contextmanager
-def partition_of(event: Any) -> Iterator[None]:
-    """Point Faust's current-event context variable at ``event`` for a while.
-
-    Faust's tables read and write the partition of the *current event*; in a
-    batch that must be an event of the key's own partition. Only the context
-    variable is set: a stream's ``current_event`` attribute belongs to the
-    take buffer filling it in the background.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
 class FlushOnCommit(Sensor):
     """Writes the caches back when Faust begins an offset commit.
 
@@ -239,14 +227,15 @@ class TableWriter:
         """Write ``(key, value)`` pairs of one partition; ``None`` deletes the key."""
         store = self.table.data
         topic = self.table.changelog_topic.get_topic_name()
-        db = store._db_for_partition(partition) if hasattr(store, "_db_for_partition") else None
+        db = rocksdb_partition(store, partition)
+        encode_key, encode_value = key_encoder(store), value_encoder(store)
         on_delivered = self._persisted.get(partition)
         if on_delivered is None:
             on_delivered = self._persist_offset(store, topic, partition)
             self._persisted[partition] = on_delivered
         for key, value in items:
-            key_bytes = store._encode_key(key)
-            value_bytes = None if value is None else store._encode_value(value)
+            key_bytes = encode_key(key)
+            value_bytes = None if value is None else encode_value(value)
             if db is not None:
                 if value_bytes is None:
                     db.delete(key_bytes)
@@ -263,7 +252,7 @@ class TableWriter:
         tp = TP(topic, partition)
 
         def persist(offset: int) -> None:
-            open_dbs = getattr(store, "_dbs", None)
+            open_dbs = open_rocksdb_partitions(store)
             if open_dbs is None or partition in open_dbs:  # not revoked meanwhile
                 store.set_persisted_offset(tp, offset)
 

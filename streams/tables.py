@@ -11,10 +11,12 @@ windows are event-time day buckets inside each profile instead
 
 from __future__ import annotations
 
+from typing import Any
+
 from streams.app import app, settings
 
 # customer_id -> profile state (models.profile)
-_options = {
+_options: dict[str, Any] = {
     "default": None,
     "partitions": settings.input_partitions,
     "key_type": str,

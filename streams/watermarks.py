@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from streams.app import app, settings
+from streams.internals import committed_offset
 from streams.topics import ROLE_BY_TOPIC
 
 
@@ -86,7 +87,7 @@ class InputWatermarks:
             highwater = app.consumer.highwater(tp)
         except (AssertionError, KafkaError):  # not assigned (any more): not idle
             return
-        committed = getattr(app.consumer, "_committed_offset", {}).get(tp)
+        committed = committed_offset(app.consumer, tp)
         if highwater is not None and (highwater == 0 or (committed or 0) >= highwater):
             self.caught_up_since[key] = time.monotonic()
 

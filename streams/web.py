@@ -9,10 +9,11 @@ metrics stay open for probes and Prometheus.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from faust import web
+from faust.tables.manager import TableManager
 from prometheus_client import generate_latest
 from yarl import URL
 
@@ -44,7 +45,8 @@ async def healthz(self: web.View, request: web.Request) -> web.Response:
 @app.page("/readyz")
 async def readyz(self: web.View, request: web.Request) -> web.Response:
     """Readiness: partitions assigned, no rebalance running, tables recovered."""
-    recovered = app.tables.recovery.completed.is_set()
+    # The manager's type (TableManagerT) does not declare its recovery service.
+    recovered = cast(TableManager, app.tables).recovery.completed.is_set()
     assigned = bool(app.consumer.assignment()) if app.consumer else False
     ready = recovered and assigned and not app.rebalancing and not app.in_recovery
     body = {"ready": ready, "recovered": recovered, "assigned": assigned}
