@@ -107,6 +107,11 @@ class DeadlineIndex:
         else:
             self.store.delete(key)
 
+    def earliest_ms(self) -> int | None:
+        """A time no entry is due before (the start of the oldest bucket), or ``None``."""
+        oldest = self.store.get(self._from_key)
+        return None if oldest is None else int(oldest) * self.bucket_ms
+
     def may_have_due(self, watermark_ms: int) -> bool:
         """Whether :meth:`pop_due` could find anything (one read: the oldest bucket)."""
         oldest = self.store.get(self._from_key)

@@ -49,14 +49,14 @@ from models.pipeline import (
     erasure_changes,
     index_without_customer,
     new_population,
-    refile_deadline,
+    next_deadline,
     update_customer,
 )
 from models.profile import DAY_MS, ProfileConfig
 from models.reorder import first_held_ms, order_key, release
 from models.segments import SegmentConfig, Segmenter
 from models.sentiment import compound
-from models.state import PopulationState
+from models.state import PopulationState, Profile
 from models.training import ModelBundle, ModelConfig
 
 # The population of a partition lives under one key of the population store.
@@ -115,20 +115,21 @@ class PartitionStores:
 class Watermarks:
     """The partition's input watermarks for one step (event time, epoch ms).
 
-    ``before`` is the closing watermark before the batch was read (``None``:
-    a customer's own latest event stands in, as in an ordered replay);
-    ``closing`` closes windows, sessions and carts and fires deadlines;
-    ``release`` lets held events through and is never below ``closing``.
+    ``release`` lets held events through; ``closing`` fires deadlines, caps
+    the time against which sessions and carts close, and is never above
+    ``release``. Events are applied in event-time order and sessions and
+    carts close against each event's own time (capped by ``closing``), so
+    when both watermarks are the same — every topic read or waited for —
+    no decision depends on how the input was cut into batches.
     """
 
-    before: int | None
     closing: int
     release: int
 
     @classmethod
-    def up_to(cls, ts: int, before: int | None = None) -> Watermarks:
+    def up_to(cls, ts: int) -> Watermarks:
         """Everything up to ``ts`` has been read (an ordered input)."""
-        return cls(before=before, closing=ts, release=ts)
+        return cls(closing=ts, release=ts)
 
 
 @dataclass
@@ -326,6 +327,7 @@ class PartitionEngine:
         through the same sequence however its input is cut into batches, and
         however far apart its topics are read.
         """
+        step.closing = marks.closing
         population = self._population()
         ready: list[dict[str, Any]] = []
         for customer_id, events in arrived.items():
@@ -343,8 +345,9 @@ class PartitionEngine:
         for fields in ready:
             ts = int(fields["ts"])
             self._fire(step, deadlines, ts - 1, population)
-            self._apply(step, fields, ts, population)
+            self._apply(step, fields, min(ts, marks.closing), population)
         self._fire(step, deadlines, marks.closing, population)
+        self._file_the_rest(step)
         if ready or step.touched_population:
             self.stores.population.put(self._pop_key, population)
         self.advanced_to = (marks.closing, marks.release)
@@ -369,19 +372,24 @@ class PartitionEngine:
         return ready
 
     def _apply(
-        self, step: _Step, fields: dict[str, Any], ts: int, population: PopulationState
+        self, step: _Step, fields: dict[str, Any], horizon: int, population: PopulationState
     ) -> None:
-        """One event into its customer's profile and the population."""
+        """One event into its customer's profile and the population.
+
+        ``horizon`` closes the customer's sessions and carts that ended before
+        it: the event's own time (every earlier event of the partition has been
+        applied), but never past the closing watermark, so a topic that may
+        still bring older events (``INPUT_IDLE_S``) is waited for.
+        """
         customer_id = str(fields["customer_id"])
-        # Every event of the partition before this one has been applied: its
-        # time closes the customer's sessions and carts that ended before it.
+        ts = int(fields["ts"])
         profile, (outcome,) = update_customer(
             self.stores.profiles.get(customer_id),
             (fields,),
             population,
             self.config.profile,
             self._sentiment,
-            ts,
+            horizon,
             customer_id,
             step.moments,
             step.segmenter,
@@ -389,9 +397,32 @@ class PartitionEngine:
         population["watermark_ms"] = max(population.get("watermark_ms", 0), ts)
         if outcome != "applied":
             step.outputs.counts[outcome, fields["topic"]] += 1
-        if outcome != "duplicate":
-            refile_deadline(self.deadlines, customer_id, profile, step.moments, step.segmenter)
+        if outcome != "duplicate" and profile is not None:
+            self._refile(step, customer_id, profile)
             self.stores.profiles.put(customer_id, profile)
+
+    def _refile(self, step: _Step, customer_id: str, profile: Profile) -> None:
+        """Note the customer's next deadline; file it in the index once per step.
+
+        A deadline this step may still fire (at or before its closing
+        watermark) is filed at once; a later one when the step ends, so a
+        customer with many events in a batch is filed once, not per event.
+        """
+        due = next_deadline(profile, step.moments, step.segmenter)
+        if due is not None and due != profile.get("deadline_ms"):
+            if due <= step.closing:
+                self.deadlines.schedule(customer_id, due)
+                step.floor = None  # the oldest bucket may have moved back
+            else:
+                step.unfiled[customer_id] = due
+        profile["deadline_ms"] = due
+
+    def _file_the_rest(self, step: _Step) -> None:
+        """File the deadlines noted in the step that are still each customer's own."""
+        for customer_id, due in step.unfiled.items():
+            profile = self.stores.profiles.get(customer_id)
+            if profile is not None and profile.get("deadline_ms") == due:
+                self.deadlines.schedule(customer_id, due)
 
     def _fire(
         self, step: _Step, due: list[tuple[int, str]], limit: int, population: PopulationState
@@ -401,9 +432,16 @@ class PartitionEngine:
         Customers who went quiet change state as event time passes their
         deadlines; a deadline filed again at or before ``limit`` fires in turn.
         """
+        if not due:
+            # Called before every event: one comparison while nothing can be due.
+            if step.floor is None:
+                step.floor = self.deadlines.earliest_ms()
+            if step.floor is None or limit < step.floor:
+                return
         if self.deadlines.may_have_due(limit):
             for entry in self.deadlines.pop_due(limit):
                 heapq.heappush(due, entry)
+            step.floor = self.deadlines.earliest_ms()
         while due and due[0][0] <= limit:
             at, customer_id = heapq.heappop(due)
             profile = self.stores.profiles.get(customer_id)
@@ -412,7 +450,7 @@ class PartitionEngine:
             step.moments.on_deadline(customer_id, profile, at)
             step.segmenter.on_deadline(customer_id, profile, at, population)
             profile["deadline_ms"] = None
-            refile_deadline(self.deadlines, customer_id, profile, step.moments, step.segmenter)
+            self._refile(step, customer_id, profile)
             following = profile.get("deadline_ms")
             if following is not None and following <= limit:
                 heapq.heappush(due, (following, customer_id))
@@ -461,8 +499,11 @@ class _Step:
         "_new_moments",
         "_new_segmenter",
         "_segmenter",
+        "closing",
+        "floor",
         "outputs",
         "touched_population",
+        "unfiled",
     )
 
     def __init__(
@@ -474,6 +515,10 @@ class _Step:
         self._segmenter: Segmenter | None = None
         self.outputs = Outputs()
         self.touched_population = False
+        self.closing = 0  # the step's closing watermark
+        self.floor: int | None = None  # no deadline in the index is due before this
+        # customer -> a deadline past the closing watermark, filed when the step ends
+        self.unfiled: dict[str, int] = {}
 
     @property
     def moments(self) -> Moments:

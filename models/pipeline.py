@@ -251,6 +251,16 @@ def combined_bgnbd(populations: Iterable[PopulationState]) -> BgNbdState:
     return {"log_params": pooled, "steps": sum(int(state["steps"]) for state in states)}
 
 
+def next_deadline(
+    profile: Profile, moments: Moments, segments: Segmenter | None = None
+) -> int | None:
+    """The next event time at which the customer's state can change with no new event."""
+    dues = [moments.next_deadline(profile)]
+    if segments is not None:
+        dues.append(segments.next_deadline(profile))
+    return min((d for d in dues if d is not None), default=None)
+
+
 def refile_deadline(
     index: DeadlineIndex,
     customer_id: str,
@@ -261,10 +271,7 @@ def refile_deadline(
     """File the customer's next deadline in the index if it changed."""
     if profile is None:
         return
-    dues = [moments.next_deadline(profile)]
-    if segments is not None:
-        dues.append(segments.next_deadline(profile))
-    due = min((d for d in dues if d is not None), default=None)
+    due = next_deadline(profile, moments, segments)
     if due is not None and due != profile.get("deadline_ms"):
         index.schedule(customer_id, due)
     profile["deadline_ms"] = due

@@ -13,10 +13,11 @@ Agents stay thin; every rule lives in ``models`` (the partition engine,
     ──► outbox (streams.engines.publish); state ──► write-back caches ──(commit)──► tables
 
 Two input watermarks per partition (:mod:`streams.watermarks`): the
-*closing* one (``INPUT_IDLE_S``, cautious) closes sessions and carts and
-fires deadlines; the *release* one (``REORDER_IDLE_S``, prompt by default)
-lets held events through, so live latency does not wait for a quiet topic.
-Both use event time; only a caught-up topic's idleness is wall-clock.
+*closing* one (``INPUT_IDLE_S``, cautious) fires deadlines; the *release*
+one (``REORDER_IDLE_S``, prompt by default) lets held events through, so
+live latency does not wait for a quiet topic. Both use event time; only a
+caught-up topic's idleness is wall-clock. The engine applies what they
+reached in event-time order, so no output depends on when they were measured.
 
 State is written to the tables once per customer per offset commit, not
 once per event (:mod:`streams.state_cache`): Faust writes the caches back
@@ -83,12 +84,6 @@ async def update_profiles(stream: Any) -> None:
 
 async def process_batch(batch: list[Any]) -> None:
     """Decode a batch, hand each partition's records to its engine, send the outputs."""
-    # The watermark is what was read *before* this batch: every event of a
-    # customer up to it has been applied already.
-    before = {
-        p: input_watermarks.watermark(p, settings.input_idle_s)
-        for p in {e.message.partition for e in batch}
-    }
     records: dict[int, list[dict[str, Any]]] = defaultdict(list)
     latest: dict[int, Any] = {}  # partition -> its latest event: where state writes land
     # (topic, partition) -> its last message in the batch and latest event time
@@ -119,7 +114,7 @@ async def process_batch(batch: list[Any]) -> None:
     closing, release = watermarks(records)
     outputs = Outputs()
     for partition, arrived in records.items():
-        marks = Watermarks(before[partition], closing[partition], release[partition])
+        marks = Watermarks(closing[partition], release[partition])
         outputs.extend(engine_for(partition, latest[partition]).submit(arrived, marks))
     await publish(outputs, origin=position(batch[-1].message))
 
@@ -155,7 +150,7 @@ async def advance_idle_partitions() -> None:
             return
         outputs = Outputs()
         for partition, engine in moved:
-            marks = Watermarks(engine.advanced_to[0], closing[partition], release[partition])
+            marks = Watermarks(closing[partition], release[partition])
             outputs.extend(engine.advance(marks))
         await publish(outputs, origin="idle advance")
 

@@ -102,15 +102,14 @@ class OfflineRun:
         stitching = role == "clickstream" and (
             fields.get("customer_id") is None or fields.get("type") == "identify"
         )
-        before = self.input_watermark_ms
         if stitching:
             # Identity stitching moves no watermark.
-            now = before or 0
+            now = self.input_watermark_ms or 0
         else:
             self.watermark_ms = max(self.watermark_ms, int(record.ts))
-            now = max(before or 0, int(record.ts))
+            now = max(self.input_watermark_ms or 0, int(record.ts))
             self.input_watermark_ms = now
-        marks = Watermarks(before=before, closing=now, release=now)
+        marks = Watermarks.up_to(now)
         step = self.engines[partition].submit([fields], marks)
         if not stitching:
             for p, engine in self.engines.items():

@@ -131,7 +131,10 @@ def _set_configs(admin: KafkaAdminClient, specs: list[TopicSpec]) -> None:
         ConfigResource(ConfigResourceType.TOPIC, spec.name, dict(spec.config)) for spec in specs
     ]
     try:
-        answers = admin.alter_configs(resources).get("topic", {})
+        # Incremental: only the declared keys change; the topic's other configs stay.
+        answers = admin.alter_configs(resources, raise_on_unknown=False, incremental=True).get(
+            "topic", {}
+        )
     except (KafkaError, ValueError) as exc:
         raise TopicAdminError(f"setting topic configs failed: {exc}") from exc
     failed = {name: answer for name, answer in answers.items() if answer != "OK"}

@@ -184,9 +184,15 @@ def test_recovery_from_compacted_changelog_with_empty_partitions(
         for e in history(120, seed=45)
         if "customer_id" in e and partition_for_key(e["customer_id"], 4) in (0, 1)
     ]
-    aggressive = orjson.dumps(
-        {"segment.ms": "500", "min.cleanable.dirty.ratio": "0.001", "delete.retention.ms": "0"}
-    ).decode()
+    configs = {
+        "segment.ms": "500",
+        "min.cleanable.dirty.ratio": "0.001",
+        "delete.retention.ms": "0",
+    }
+    aggressive = orjson.dumps(configs).decode()
+    # The fixture declared the changelogs with the defaults: set these on them,
+    # as `segstream topics create` does on an existing deployment.
+    create_topics(settings.model_copy(update={"changelog_topic_configs": configs}))
     worker = worker_factory("w1", CHANGELOG_TOPIC_CONFIGS=aggressive)
     worker.wait_ready()
     # In chunks a commit interval apart, so each profile is written many times.

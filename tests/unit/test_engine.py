@@ -90,18 +90,16 @@ def run(records: list[dict[str, Any]], cuts: list[int]) -> tuple[PartitionEngine
     engine = PartitionEngine(0, PartitionStores.in_memory(), CONFIG)
     frontiers = Frontiers(records)
     outputs = Outputs()
-    before = 0
     bounds = [0, *sorted(set(cuts)), len(records)]
     for start, end in itertools.pairwise(bounds):
         batch = records[start:end]
         if not batch:
             continue
         watermark = frontiers.read(batch)
-        step = engine.submit(batch, Watermarks(before=before, closing=watermark, release=watermark))
+        step = engine.submit(batch, Watermarks(closing=watermark, release=watermark))
         outputs.extend(step)
-        before = watermark
     last = max(int(r["ts"]) for r in records)
-    outputs.extend(engine.advance(Watermarks(before=before, closing=last, release=last)))
+    outputs.extend(engine.advance(Watermarks(closing=last, release=last)))
     return engine, outputs
 
 
@@ -164,7 +162,7 @@ def test_an_event_older_than_every_window_counts_as_late_and_only_in_lifetime_to
     # 91 days before the customer's latest event: outside the 90-day window.
     old = day - 91 * DAY_MS
     stale = dict(event("clickstream", "page_view", old, "v2", channel="web"), customer_id="c1")
-    out = engine.submit([stale], Watermarks.up_to(day, before=day))
+    out = engine.submit([stale], Watermarks.up_to(day))
     assert out.counts["late", "clickstream"] == 1
     profile = engine.stores.profiles.get("c1")
     assert profile["lifetime"]["clickstream.page_view"] == 2
@@ -172,7 +170,7 @@ def test_an_event_older_than_every_window_counts_as_late_and_only_in_lifetime_to
     # Days behind, but inside the windows: counted there, not late, whatever the watermark.
     recent = day - 3 * DAY_MS
     fresh = dict(event("clickstream", "page_view", recent, "v3", channel="web"), customer_id="c1")
-    out = engine.submit([fresh], Watermarks.up_to(day + DAY_MS, before=day + DAY_MS))
+    out = engine.submit([fresh], Watermarks.up_to(day + DAY_MS))
     assert out.counts["late", "clickstream"] == 0
     assert engine.stores.profiles.get("c1")["late_events"] == 1
 
@@ -181,11 +179,11 @@ def test_held_events_wait_for_the_watermark_and_are_released_by_an_advance() -> 
     engine = PartitionEngine(0, PartitionStores.in_memory(), CONFIG)
     day = 30 * DAY_MS
     order = dict(event("purchases", "order", day, "o1", amount=12.5), customer_id="c1")
-    out = engine.submit([order], Watermarks(before=0, closing=day - DAY_MS, release=day - DAY_MS))
+    out = engine.submit([order], Watermarks(closing=day - DAY_MS, release=day - DAY_MS))
     assert out.counts["held", "purchases"] == 1
     assert engine.stores.profiles.get("c1") is None
     assert [e["event_id"] for e in engine.stores.held.get("c1")] == ["o1"]
-    out = engine.advance(Watermarks(before=day - DAY_MS, closing=day, release=day))
+    out = engine.advance(Watermarks(closing=day, release=day))
     assert engine.stores.held.get("c1") is None
     assert engine.stores.profiles.get("c1")["lifetime"]["purchases.order"] == 1
     assert "held_customers" not in engine.stores.population.get("p0")
@@ -200,7 +198,7 @@ def test_a_silent_customer_moves_through_the_lifecycle_at_its_deadlines() -> Non
     moved: list[str] = []
     for days_later in range(1, 120, 3):
         now = day + days_later * DAY_MS
-        out = engine.advance(Watermarks.up_to(now, before=now))
+        out = engine.advance(Watermarks.up_to(now))
         moved += [c["to_segment"] for c in out.changes if c["dimension"] == "lifecycle"]
     assert moved == ["at_risk", "dormant", "churned"]
 
@@ -210,7 +208,7 @@ def test_erasure_removes_the_customer_from_every_store_of_the_partition() -> Non
     day = 30 * DAY_MS
     click = dict(event("clickstream", "page_view", day, "v1", channel="web"), customer_id="c1")
     later = dict(event("purchases", "order", day + DAY_MS, "o1", amount=5.0), customer_id="c1")
-    engine.submit([click, later], Watermarks(before=0, closing=day, release=day))
+    engine.submit([click, later], Watermarks(closing=day, release=day))
     assert engine.stores.held.get("c1") and engine.stores.profiles.get("c1")
     engine_segments = engine.stores.profiles.get("c1")["segments"]
     out, erased = engine.erase_customer("c1", "r1", day + 5)

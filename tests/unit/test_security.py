@@ -244,13 +244,16 @@ def test_no_other_module_builds_a_kafka_python_client() -> None:
         for path in (ROOT / package).rglob("*.py")
         if constructor.search(path.read_text(encoding="utf-8"))
     }
-    # test_local_broker.py checks the plaintext loopback broker itself, below
-    # any segstream setting, so it builds bare clients on purpose.
+    # These tests talk to the plaintext loopback broker the test session
+    # starts, below any segstream setting (the local broker itself; raw
+    # changelog records of an old worker), so they build bare clients on purpose.
     assert builders == {
         "streams/producer.py",
         "streams/cli/admin.py",
         "tests/conftest.py",
         "tests/integration/test_local_broker.py",
+        "tests/integration/test_upgrade.py",
+        "tests/fixtures/capture_changelog.py",
     }
 
 

@@ -1,0 +1,130 @@
+"""Two versions of the worker side by side: same broker, same workload, alternating runs.
+
+    .venv/bin/python -m bench.ab_bench --before /tmp/segstream-before [--customers 1000]
+        [--days 60] [--repeats 3] [--out bench/results/ab.json]
+
+``--before`` is a checkout of another commit (``git worktree add DIR COMMIT``);
+``--after`` defaults to this tree. Both run the default worker (batches and
+the write-back cache, as ``pipeline_bench``'s ``batched`` mode) over one
+pre-produced simulator workload, each run with a fresh consumer group and
+state, alternating before/after so machine noise falls on both alike. A
+worker runs its tree's code: ``PYTHONPATH`` names the tree and
+``PYTHONSAFEPATH`` keeps the working directory off ``sys.path``.
+
+Reported per version: events/s of every run, the best and the median, and
+the after/before ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.machine import describe, save_results
+from bench.pipeline_bench import RESULTS, run_mode
+from models.simulator import SimConfig, simulate
+from streams.cli.admin import create_topics
+from streams.cli.local_kafka import LocalKafka
+from streams.producer import make_producer, send_events
+from streams.settings import Settings
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def run_tree(
+    tree: Path, label: str, bootstrap: str, prefix: str, expected: int, workdir: Path
+) -> dict[str, Any]:
+    """One batched-mode run of the worker in ``tree``."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ["PYTHONPATH"] = str(tree)
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        result = run_mode("batched", bootstrap, prefix, expected, workdir / label)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, required=True)
+    parser.add_argument("--after", type=Path, default=HERE)
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS / "ab.json")
+    args = parser.parse_args()
+
+    events, _ = simulate(
+        SimConfig(
+            customers=args.customers,
+            days=args.days,
+            seed=99,
+            start=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="segstream-ab-"))
+    broker = LocalKafka(home=workdir / "kafka", heap="1g").start()
+    try:
+        prefix = f"ab{uuid.uuid4().hex[:6]}."
+        settings = Settings(_env_file=None, kafka_bootstrap=broker.bootstrap, topic_prefix=prefix)
+        create_topics(settings)
+        producer = make_producer(settings, linger_ms=20)
+        for _ in send_events(settings, events, producer=producer):
+            pass
+        producer.close()
+        trees = {"before": args.before.resolve(), "after": args.after.resolve()}
+        runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        for n in range(args.repeats):
+            for label, tree in trees.items():
+                result = run_tree(
+                    tree, f"{label}{n}", broker.bootstrap, prefix, len(events), workdir
+                )
+                runs[label].append(result)
+                print(label, n, result, flush=True)
+                time.sleep(2)
+        summary = {}
+        for label, results in runs.items():
+            rates = [r["events_per_s"] for r in results]
+            summary[label] = {
+                "tree": str(trees[label]),
+                "events_per_s_of_each_run": rates,
+                "best": max(rates),
+                "median": statistics.median(rates),
+                "complete_of_each_run": [r["events"] >= len(events) for r in results],
+                "peak_rss_mb_of_each_run": [r["peak_rss_mb"] for r in results],
+            }
+        save_results(
+            {
+                "benchmark": "ab",
+                "machine": describe(),
+                "kafka": broker.version,
+                "workload": {"customers": args.customers, "days": args.days, "events": len(events)},
+                "versions": summary,
+                "after_over_before_median": round(
+                    summary["after"]["median"] / summary["before"]["median"], 3
+                ),
+            },
+            args.out,
+            echo=True,
+        )
+    finally:
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
