@@ -117,14 +117,15 @@ class Moments:
         """Event time at which the customer's state changes with no new event."""
         if profile is None or profile["last_seen_ms"] is None:
             return None
-        dues = [p["scored_ms"] + self.horizon_ms + 1 for p in profile.get("churn_pending", [])]
-        after = max(profile.get("moment_ms", -1), profile["last_seen_ms"])
-        ticks = [
-            profile["last_seen_ms"] + q
-            for q in self.quiet_ticks_ms
-            if profile["last_seen_ms"] + q > after
-        ]
-        return min(dues + ticks[:1], default=None)
+        last_seen = profile["last_seen_ms"]
+        after = max(profile.get("moment_ms", -1), last_seen)
+        # The first quiet tick not taken yet (asked after every event: no lists).
+        due = next((last_seen + q for q in self.quiet_ticks_ms if last_seen + q > after), None)
+        for pending in profile.get("churn_pending", ()):
+            label_due = pending["scored_ms"] + self.horizon_ms + 1
+            if due is None or label_due < due:
+                due = label_due
+        return due
 
     def _ticks_until(self, profile: Profile, now_ms: int) -> list[int]:
         last_seen = profile["last_seen_ms"]

@@ -313,10 +313,11 @@ class Segmenter:
         adds = profile["cart_adds"]
         if adds:
             candidates.append(adds[0] + self.profile_config.cart_timeout_ms)
-        notified = set(profile.get("sla_notified", []))
-        for ticket, (opened, priority) in profile["open_tickets"].items():
-            if ticket not in notified:
-                candidates.append(opened + self._sla_ms(priority))
+        if profile["open_tickets"]:
+            notified = set(profile.get("sla_notified", []))
+            for ticket, (opened, priority) in profile["open_tickets"].items():
+                if ticket not in notified:
+                    candidates.append(opened + self._sla_ms(priority))
         due = [int(t) + 1 for t in candidates if int(t) + 1 > decided]
         return min(due, default=None)
 
