@@ -21,6 +21,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -37,6 +38,24 @@ from streams.producer import make_producer, send_events
 from streams.settings import Settings
 
 HERE = Path(__file__).resolve().parents[1]
+
+
+def tree_commit(tree: Path) -> str | None:
+    """The commit a tree is checked out at (with ``+changes`` if it has uncommitted ones)."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    head = subprocess.run(  # noqa: S603 - fixed argv
+        [git, "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    dirty = subprocess.run(  # noqa: S603 - fixed argv
+        [git, "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    )
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def run_tree(
@@ -101,6 +120,7 @@ def main() -> None:
             rates = [r["events_per_s"] for r in results]
             summary[label] = {
                 "tree": str(trees[label]),
+                "commit": tree_commit(trees[label]),
                 "events_per_s_of_each_run": rates,
                 "best": max(rates),
                 "median": statistics.median(rates),
