@@ -22,20 +22,12 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.machine import describe, save_results
-from bench.pipeline_bench import RESULTS, run_mode
-from models.simulator import SimConfig, simulate
-from streams.cli.admin import create_topics
-from streams.cli.local_kafka import LocalKafka
-from streams.producer import make_producer, send_events
-from streams.settings import Settings
+from bench.pipeline_bench import RESULTS, Workload, run_mode
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -87,24 +79,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "ab.json")
     args = parser.parse_args()
 
-    events, _ = simulate(
-        SimConfig(
-            customers=args.customers,
-            days=args.days,
-            seed=99,
-            start=datetime(2026, 1, 1, tzinfo=UTC),
-        )
+    workload = Workload.produce(args.customers, args.days, "ab")
+    events, workdir, broker, prefix = (
+        workload.events,
+        workload.workdir,
+        workload.broker,
+        workload.prefix,
     )
-    workdir = Path(tempfile.mkdtemp(prefix="segstream-ab-"))
-    broker = LocalKafka(home=workdir / "kafka", heap="1g").start()
     try:
-        prefix = f"ab{uuid.uuid4().hex[:6]}."
-        settings = Settings(_env_file=None, kafka_bootstrap=broker.bootstrap, topic_prefix=prefix)
-        create_topics(settings)
-        producer = make_producer(settings, linger_ms=20)
-        for _ in send_events(settings, events, producer=producer):
-            pass
-        producer.close()
         trees = {"before": args.before.resolve(), "after": args.after.resolve()}
         runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
         for n in range(args.repeats):

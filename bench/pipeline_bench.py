@@ -35,6 +35,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,37 @@ def run_faust_floor(
     }
 
 
+@dataclass
+class Workload:
+    """A simulator history (seed 99) produced to the input topics of a fresh local broker."""
+
+    events: list[dict[str, Any]]
+    workdir: Path
+    broker: LocalKafka
+    prefix: str
+    settings: Settings
+    produce_s: float
+
+    @classmethod
+    def produce(cls, customers: int, days: int, name: str) -> Workload:
+        events, _ = simulate(
+            SimConfig(
+                customers=customers, days=days, seed=99, start=datetime(2026, 1, 1, tzinfo=UTC)
+            )
+        )
+        workdir = Path(tempfile.mkdtemp(prefix=f"segstream-{name}-"))
+        broker = LocalKafka(home=workdir / "kafka", heap="1g").start()
+        prefix = f"{name}{uuid.uuid4().hex[:6]}."
+        settings = Settings(_env_file=None, kafka_bootstrap=broker.bootstrap, topic_prefix=prefix)
+        create_topics(settings)
+        producer = make_producer(settings, linger_ms=20)
+        produced_at = time.monotonic()
+        for _ in send_events(settings, events, producer=producer):
+            pass
+        producer.close()
+        return cls(events, workdir, broker, prefix, settings, time.monotonic() - produced_at)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=5000)
@@ -209,26 +241,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
     args = parser.parse_args()
 
-    events, _ = simulate(
-        SimConfig(
-            customers=args.customers,
-            days=args.days,
-            seed=99,
-            start=datetime(2026, 1, 1, tzinfo=UTC),
-        )
+    workload = Workload.produce(args.customers, args.days, "bench")
+    events, workdir, broker, prefix = (
+        workload.events,
+        workload.workdir,
+        workload.broker,
+        workload.prefix,
     )
-    workdir = Path(tempfile.mkdtemp(prefix="segstream-bench-"))
-    broker = LocalKafka(home=workdir / "kafka", heap="1g").start()
+    settings, produce_s = workload.settings, workload.produce_s
     try:
-        prefix = f"bench{uuid.uuid4().hex[:6]}."
-        settings = Settings(_env_file=None, kafka_bootstrap=broker.bootstrap, topic_prefix=prefix)
-        create_topics(settings)
-        producer = make_producer(settings, linger_ms=20)
-        produced_at = time.monotonic()
-        for _ in send_events(settings, events, producer=producer):
-            pass
-        producer.close()
-        produce_s = time.monotonic() - produced_at
         results: dict[str, Any] = {
             "benchmark": "pipeline",
             "machine": describe(),
