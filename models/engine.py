@@ -44,6 +44,7 @@ from models.deadlines import DeadlineIndex, DictStore, ScannableStore, Store
 from models.identity import apply_anonymous
 from models.moments import Moments, Scorer
 from models.pipeline import (
+    act_on_deadline,
     erase_customer,
     erased_aliases,
     erasure_changes,
@@ -449,9 +450,7 @@ class PartitionEngine:
             profile = self.stores.profiles.get(customer_id)
             if profile is None or profile.get("deadline_ms") != at:
                 continue  # acted since, or erased: the entry is stale
-            step.moments.on_deadline(customer_id, profile, at)
-            step.segmenter.on_deadline(customer_id, profile, at, population)
-            profile["deadline_ms"] = None
+            act_on_deadline(customer_id, profile, at, step.moments, step.segmenter, population)
             self._refile(step, customer_id, profile)
             following = profile.get("deadline_ms")
             if following is not None and following <= limit:

@@ -277,6 +277,22 @@ def refile_deadline(
     profile["deadline_ms"] = due
 
 
+def act_on_deadline(
+    customer_id: str,
+    profile: Profile,
+    now_ms: int,
+    moments: Moments,
+    segments: Segmenter | None = None,
+    population: PopulationState | None = None,
+) -> None:
+    """Event time reached ``now_ms`` for a quiet customer: moments, then segment
+    decisions. The customer's deadline is spent; the caller files the next."""
+    moments.on_deadline(customer_id, profile, now_ms)
+    if segments is not None and population is not None:
+        segments.on_deadline(customer_id, profile, now_ms, population)
+    profile["deadline_ms"] = None
+
+
 def fire_deadlines(
     index: DeadlineIndex,
     watermark_ms: int,
@@ -296,10 +312,7 @@ def fire_deadlines(
         profile = load(customer_id)
         if profile is None or profile.get("deadline_ms") != due:
             continue
-        moments.on_deadline(customer_id, profile, watermark_ms)
-        if segments is not None and population is not None:
-            segments.on_deadline(customer_id, profile, watermark_ms, population)
-        profile["deadline_ms"] = None
+        act_on_deadline(customer_id, profile, watermark_ms, moments, segments, population)
         refile_deadline(index, customer_id, profile, moments, segments)
         changed.append((customer_id, profile))
     return changed
