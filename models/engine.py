@@ -153,9 +153,7 @@ class Outputs:
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def __bool__(self) -> bool:
-        return bool(
-            self.changes or self.triggers or self.examples or self.rekeyed or self.aliases
-        )
+        return bool(self.changes or self.triggers or self.examples or self.rekeyed or self.aliases)
 
     def extend(self, other: Outputs) -> None:
         """Append another step's outputs after these."""
@@ -401,7 +399,7 @@ class PartitionEngine:
         population["watermark_ms"] = max(population.get("watermark_ms", 0), ts)
         if outcome != "applied":
             step.outputs.counts[outcome, fields["topic"]] += 1
-        if outcome != "duplicate" and profile is not None:
+        if outcome in ("applied", "late") and profile is not None:
             self._refile(step, customer_id, profile)
             self.stores.profiles.put(customer_id, profile)
 
@@ -482,6 +480,7 @@ class PartitionEngine:
         holding = population.get("held_customers", 0) + (1 if still else 0) - (1 if held else 0)
         _set_holding(population, holding)
 
+
 def _set_holding(population: PopulationState, customers: int) -> None:
     # Absent when nobody holds events, so the state does not depend on
     # whether anything was ever held.
@@ -546,4 +545,3 @@ class _Step:
 def _default_scorer() -> Callable[[], Scorer]:
     bundle = ModelBundle(ModelConfig())
     return lambda: bundle
-

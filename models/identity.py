@@ -8,9 +8,13 @@ Policy (documented in the README):
   anonymous id to a customer.
 * On ``identify`` the held events are re-issued with the ``customer_id``
   set, so they count in the customer's profile with their original event
-  time and event id (redelivery stays idempotent through deduplication).
+  time and event id, and the identify's id in ``identified_by``: however
+  old they are, they are new to the customer (see
+  :func:`models.profile.seen_outcome`). Each is released once; a redelivery
+  is a duplicate by id.
 * Anonymous events that arrive *after* the identify are re-issued at once.
 * Anonymous events that are never identified stay unattributed.
+* An event already held is not held twice (a redelivery or a replay).
 
 >>> state, out, outcome = apply_anonymous(None, {"event_id": "a1", "anonymous_id": "x"}, 10)
 >>> outcome, out
@@ -18,7 +22,8 @@ Policy (documented in the README):
 >>> state, out, outcome = apply_anonymous(
 ...     state, {"event_id": "i1", "anonymous_id": "x", "customer_id": "c9", "type": "identify"}, 10)
 >>> outcome, out
-('identified', [{'event_id': 'a1', 'anonymous_id': 'x', 'customer_id': 'c9', 'stitched': True}])
+('identified', [{'event_id': 'a1', 'anonymous_id': 'x', 'customer_id': 'c9', 'stitched': True, \
+'identified_by': 'i1'}])
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ def apply_anonymous(
         customer_id = str(event["customer_id"])
         current["customer_id"] = customer_id
         released = [
-            dict(pending, customer_id=customer_id, stitched=True) for pending in current["pending"]
+            dict(pending, customer_id=customer_id, stitched=True, identified_by=event["event_id"])
+            for pending in current["pending"]
         ]
         current["pending"] = []
         return current, released, "identified"
@@ -55,6 +61,8 @@ def apply_anonymous(
             "forwarded",
         )
     pending: list[dict[str, Any]] = current["pending"]
+    if any(held["event_id"] == event["event_id"] for held in pending):
+        return current, [], "held"  # a redelivery of an event already held
     pending.append(dict(event))
     if len(pending) > capacity:
         del pending[: len(pending) - capacity]

@@ -18,7 +18,15 @@ from models.deadlines import DeadlineIndex
 from models.features import feature_vector
 from models.ids import keyed_id
 from models.moments import Moments
-from models.profile import DAY_MS, Outcome, Profile, ProfileConfig, apply_event, net_revenue
+from models.profile import (
+    DAY_MS,
+    Outcome,
+    Profile,
+    ProfileConfig,
+    apply_event,
+    net_revenue,
+    seen_outcome,
+)
 from models.profile_summary import Population, ValueConfig, summarise
 from models.quantiles import RfmValues, merge_sketches, new_rfm_population, rfm_update
 from models.segments import Segmenter, new_segment_population
@@ -80,7 +88,7 @@ def update_customer(
         ts = int(event["ts"])
         last_seen = None if profile is None else profile["last_seen_ms"]
         new_day = last_seen is None or ts // DAY_MS > last_seen // DAY_MS
-        if profile is not None and event["event_id"] not in profile["recent_ids"]:
+        if profile is not None and seen_outcome(profile, event, config) is None:
             _learn_purchase_process(profile, population, ts)
             if moments is not None:
                 moments.before_event(customer_id, profile, event)
@@ -88,7 +96,7 @@ def update_customer(
                 segments.before_event(customer_id, profile, ts, population)
         profile, outcome = apply_event(profile, event, config, sentiment, input_watermark_ms)
         outcomes.append(outcome)
-        if segments is not None and outcome != "duplicate":
+        if segments is not None and outcome in ("applied", "late"):
             segments.after_event(customer_id, profile, event, population, new_day)
     after = rfm_values(profile)
     if before != after:

@@ -19,8 +19,11 @@ Time is event time only:
   input watermark passes their end plus ``allowed_lateness_ms``, so an order
   that arrives a little after the clicks (another topic, another batch) still
   converts them, whatever the arrival order.
-* **Duplicates**: the ids of the last ``dedup_capacity`` events are kept; a
-  redelivered event with one of them changes nothing.
+* **Duplicates**: per input topic, every event within ``dedup_window_ms``
+  of the latest one applied from that topic is remembered by id, so a
+  redelivered or replayed event changes nothing, however long the history.
+  An older one cannot be told apart from a replay and is not applied: it is
+  *stale* (:mod:`models.dedup`).
 
 >>> cfg = ProfileConfig()
 >>> day = 86_400_000
@@ -29,6 +32,10 @@ Time is event time only:
 >>> state, outcome = apply_event(state, dict(order), cfg)
 >>> outcome, state["lifetime"]["purchases.order"]
 ('duplicate', 1)
+>>> later = event("purchases", "order", 17 * day + 1, "e2", amount=10.0)
+>>> state, outcome = apply_event(state, later, cfg)
+>>> apply_event(state, dict(order), cfg)[1]  # over a week behind e2: replayed or not?
+'stale'
 """
 
 from __future__ import annotations
@@ -38,10 +45,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from models.state import ClosedSession, OpenSession, RecentOrder
+from models import dedup
+from models.state import ClosedSession, OpenSession, RecentOrder, TopicMemory
 from models.state import Profile as Profile  # declared in models.state, re-exported
 
-Outcome = Literal["applied", "duplicate", "late"]
+Outcome = Literal["applied", "duplicate", "stale", "late"]
+HOUR_MS = 3_600_000
+TOPICS = ("clickstream", "purchases", "support")
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
 
@@ -74,7 +84,8 @@ class ProfileConfig:
 
     windows_days: tuple[int, ...] = (1, 7, 30, 90)
     allowed_lateness_ms: int = 6 * 3600 * 1000
-    dedup_capacity: int = 128
+    dedup_window_ms: int = 7 * 24 * HOUR_MS
+    dedup_capacity: int = 1024
     session_timeout_ms: int = 30 * MINUTE_MS
     cart_timeout_ms: int = 60 * MINUTE_MS
     sla_first_response_s: Mapping[str, int] = field(
@@ -95,7 +106,6 @@ def new_profile() -> Profile:
     return {
         "first_seen_ms": None,
         "last_seen_ms": None,
-        "recent_ids": [],
         "late_events": 0,
         "lifetime": {},
         "totals": {},
@@ -153,23 +163,30 @@ def apply_event(
     Returns
     -------
     The updated profile and what happened: ``applied``, ``duplicate`` (no
-    change) or ``late`` (lifetime only: no window reaches its day any more).
+    change), ``stale`` (not applied: too old to tell from a replay, see
+    :func:`seen_outcome`) or ``late`` (lifetime only: no window reaches its
+    day any more).
     """
     profile = new_profile() if state is None else state
-    event_id = event["event_id"]
-    recent: list[str] = profile["recent_ids"]
-    if event_id in recent:
-        return profile, "duplicate"
-    recent.append(event_id)
-    if len(recent) > config.dedup_capacity:
-        del recent[: len(recent) - config.dedup_capacity]
-
     ts = int(event["ts"])
+    seen = seen_outcome(profile, event, config)
+    if seen is not None:
+        return profile, seen
+    watermark = profile["last_seen_ms"]
+    horizon = watermark if input_watermark_ms is None else input_watermark_ms
+    dedup.remember(
+        _memory(profile),
+        str(event["topic"]),
+        str(event["event_id"]),
+        ts,
+        config.dedup_window_ms,
+        config.dedup_capacity,
+        identified=bool(event.get("identified_by")),
+    )
+
     topic = event["topic"]
     name = f"{topic}.{event['type']}"
     profile["lifetime"][name] = profile["lifetime"].get(name, 0) + 1
-    watermark = profile["last_seen_ms"]
-    horizon = watermark if input_watermark_ms is None else input_watermark_ms
     first = profile["first_seen_ms"]
     profile["first_seen_ms"] = ts if first is None else min(first, ts)
     day = ts // DAY_MS
@@ -195,6 +212,34 @@ def apply_event(
             _expire_buckets(profile, day, max(config.windows_days))
     _finalise_episodes(profile, config, horizon if horizon is not None else ts)
     return profile, "late" if closed else "applied"
+
+
+def seen_outcome(
+    state: Profile | None, event: Mapping[str, Any], config: ProfileConfig
+) -> Outcome | None:
+    """Whether an event must not be applied: ``duplicate``, ``stale`` (see
+    :mod:`models.dedup`), or ``None``: new."""
+    if state is None:
+        return None
+    return dedup.seen(
+        _memory(state),
+        str(event["topic"]),
+        str(event["event_id"]),
+        int(event["ts"]),
+        config.dedup_window_ms,
+        identified=bool(event.get("identified_by")),
+    )
+
+
+def _memory(profile: Profile) -> dict[str, TopicMemory]:
+    memory = profile.get("dedup")
+    if memory is None:
+        memory = profile["dedup"] = {}
+        if "recent_ids" in profile:
+            # State written before the memory: the latest ids, without topics or times.
+            recent = profile.pop("recent_ids")
+            memory.update(dedup.from_recent_ids(recent, TOPICS, profile["last_seen_ms"] or 0))
+    return memory
 
 
 class _Adder:
@@ -259,9 +304,7 @@ def _apply_click(
         session["dwell_ms"] += int(event.get("duration_ms") or 0)
 
 
-def _session_for(
-    profile: Profile, session_id: str, ts: int, config: ProfileConfig
-) -> OpenSession:
+def _session_for(profile: Profile, session_id: str, ts: int, config: ProfileConfig) -> OpenSession:
     sessions = profile["sessions"]
     for session in sessions:
         if session["id"] == session_id:

@@ -55,6 +55,14 @@ class ClosedSession(TypedDict):
     day: int  # UTC day index (start_ms // DAY_MS) whose bucket counted it
 
 
+class TopicMemory(TypedDict):
+    """Which events of one input topic a profile applied (:mod:`models.dedup`)."""
+
+    through: int  # latest event time applied from the topic
+    ids: dict[str, int]  # event id -> event time, of those within the window of `through`
+    floor: list[Any] | None  # [ts, event_id]: the memory's start once capacity let ids go
+
+
 class RecentOrder(TypedDict):
     """An order kept so that refunds link to it (``Profile.recent_orders``)."""
 
@@ -93,7 +101,10 @@ class Profile(TypedDict):
 
     first_seen_ms: int | None  # earliest event time seen
     last_seen_ms: int | None  # latest event time seen: the customer's watermark
-    recent_ids: list[str]  # event ids of the last dedup_capacity events (deduplication)
+    dedup: NotRequired[dict[str, TopicMemory]]  # input topic -> what was applied from it
+    # the last 128 event ids, as state written before `dedup` kept them;
+    # read once into it (models.dedup.from_recent_ids)
+    recent_ids: NotRequired[list[str]]
     late_events: int  # events whose day window had closed (lifetime only)
     lifetime: dict[str, int]  # "<topic>.<type>" -> events, duplicates excluded
     # counter -> lifetime sum (orders, sessions, ...); money in the base currency:
@@ -143,6 +154,10 @@ class Profile(TypedDict):
 # --- population ---------------------------------------------------------------------
 
 Binning = Literal["day", "count", "log"]
+
+
+# Keys that old state may hold and the code reads once and replaces, never writes.
+READ_ONLY_PROFILE_KEYS: Final = frozenset({"recent_ids"})
 
 
 class Sketch(TypedDict):
@@ -254,6 +269,8 @@ def undeclared_keys(profile: Mapping[str, Any]) -> set[str]:
         extra |= _extra(pending, ChurnPending, "churn_pending[].")
     for membership in profile.get("segments", {}).values():
         extra |= _extra(membership, SegmentMembership, "segments.*.")
+    for memory in profile.get("dedup", {}).values():
+        extra |= _extra(memory, TopicMemory, "dedup.*.")
     return extra
 
 

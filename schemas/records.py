@@ -69,7 +69,8 @@ class ClickEvent(Struct, frozen=True, kw_only=True):
     carries ``anonymous_id``; ``identify`` carries both. ``ts`` accepts
     ISO-8601 with an offset or epoch ms and is stored as UTC epoch ms.
     ``stitched`` marks anonymous browsing that segstream re-issued under the
-    customer's id after an ``identify``.
+    customer's id after an ``identify``; ``identified_by`` is that identify's
+    event id on browsing that was held until it (once per event, however old).
     """
 
     event_id: Id
@@ -87,6 +88,7 @@ class ClickEvent(Struct, frozen=True, kw_only=True):
     campaign: Id | None = None
     query: Text | None = None
     stitched: bool = False
+    identified_by: Id | None = None
 
     def __post_init__(self) -> None:
         _normalise_ts(self)

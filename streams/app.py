@@ -161,4 +161,3 @@ def _refuse_unsafe_settings(sender: faust.App, /, *args: Any, **kwargs: Any) -> 
     # worker` runs the same checks itself, before Faust is involved.
     check_web_auth(settings)
     check_secrets(settings)
-

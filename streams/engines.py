@@ -244,6 +244,8 @@ def count(outputs: Outputs) -> None:
     for (what, label), n in outputs.counts.items():
         if what == "duplicate":
             metrics.child(metrics.duplicate_events, label).inc(n)
+        elif what == "stale":
+            metrics.child(metrics.stale_events, label).inc(n)
         elif what == "late":
             metrics.child(metrics.late_events, label).inc(n)
         elif what == "held":

@@ -49,6 +49,14 @@ duplicate_events = Counter(
     ["topic"],
     registry=registry,
 )
+stale_events = Counter(
+    "segstream_stale_events",
+    "Events not applied because they are older than the customer's deduplication memory "
+    "(SEGSTREAM_DEDUP_WINDOW_HOURS behind the customer's latest event): a replay of "
+    "history already applied, or an event that arrived that far out of order.",
+    ["topic"],
+    registry=registry,
+)
 late_events = Counter(
     "segstream_late_events",
     "Events for a day no profile window reaches any more (older than the longest window "

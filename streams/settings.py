@@ -157,8 +157,18 @@ class Settings(BaseSettings):
         description="How long past their end sessions and carts wait for late events "
         "before they are decided (event time).",
     )
+    dedup_window_hours: int = Field(
+        168,
+        ge=1,
+        description="Every event this close to its customer's latest event time is "
+        "remembered by id, so redeliveries and replays change nothing; an older one is "
+        "stale (not applied, counted).",
+    )
     dedup_capacity: int = Field(
-        128, ge=1, description="Event ids remembered per customer to drop redeliveries."
+        1024,
+        ge=8,
+        description="At most this many event ids remembered per customer; past it, the "
+        "oldest go and events older than them are stale.",
     )
     session_timeout_s: int = Field(
         1800, ge=60, description="Inactivity that ends a session (event time)."
@@ -462,6 +472,7 @@ class Settings(BaseSettings):
         return ProfileConfig(
             windows_days=self.windows_days,
             allowed_lateness_ms=self.allowed_lateness_s * 1000,
+            dedup_window_ms=self.dedup_window_hours * 3_600_000,
             dedup_capacity=self.dedup_capacity,
             session_timeout_ms=self.session_timeout_s * 1000,
             cart_timeout_ms=self.cart_timeout_s * 1000,

@@ -192,3 +192,30 @@ def await_event_counts(
             time.sleep(0.5)
     assert not pending, f"{len(pending)} profiles differ:\n{worker.tail_log(20)}"
     return profiles
+
+
+def metric_total(worker: WorkerProcess, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (those with ``labels``) a worker exposes now."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, text = worker.get("/metrics")
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def settled_profiles(
+    worker: WorkerProcess, expected: dict[str, Any], as_of_ms: int
+) -> dict[str, dict[str, Any]]:
+    """Profiles once every partition's watermark has reached ``as_of_ms``."""
+    profiles = await_event_counts(worker, expected)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        profiles = {c: fetch_profile(worker, c) or {} for c in expected}
+        if all(p.get("as_of_ms") == as_of_ms for p in profiles.values()):
+            break
+        time.sleep(0.5)
+    return profiles

@@ -59,13 +59,28 @@ def history() -> list[dict[str, Any]]:
     long): the order and the clicks before it make a profile, the ticket and
     the last click stay held — in the held table and its changelog.
     """
-    order = {"topic": "purchases", "event_id": "v-order", "order_id": "v-o1",
-             "customer_id": VICTIM, "ts": at(3), "type": "order", "amount": 50.0,
-             "currency": "EUR", "channel": "web",
-             "items": [{"sku": "sku-1", "category": "books", "qty": 1, "unit_price": 50.0}]}
-    ticket = {"topic": "support", "event_id": "v-ticket", "customer_id": VICTIM, "ts": at(5),
-              "type": "ticket_opened", "ticket_id": "v-t1", "channel": "email",
-              "priority": "normal"}
+    order = {
+        "topic": "purchases",
+        "event_id": "v-order",
+        "order_id": "v-o1",
+        "customer_id": VICTIM,
+        "ts": at(3),
+        "type": "order",
+        "amount": 50.0,
+        "currency": "EUR",
+        "channel": "web",
+        "items": [{"sku": "sku-1", "category": "books", "qty": 1, "unit_price": 50.0}],
+    }
+    ticket = {
+        "topic": "support",
+        "event_id": "v-ticket",
+        "customer_id": VICTIM,
+        "ts": at(5),
+        "type": "ticket_opened",
+        "ticket_id": "v-t1",
+        "channel": "email",
+        "priority": "normal",
+    }
     return [
         click("a-view", 0, None, anonymous_id=ALIAS),
         click("a-identify", 1, VICTIM, anonymous_id=ALIAS, type="identify"),

@@ -21,7 +21,7 @@ from streams.offline import evaluate
 from streams.partitioning import partition_for_key
 from streams.producer import send_events
 from streams.settings import Settings
-from tests.conftest import await_event_counts, fetch_profile, read_topic
+from tests.conftest import await_event_counts, fetch_profile, read_topic, settled_profiles
 from tests.integration.helpers import expected_counts
 
 MODEL_FIELDS = ("expected_purchases_90d", "clv_model", "p_alive")
@@ -37,20 +37,6 @@ def history(customers: int, seed: int, days: int = 30) -> list[dict[str, Any]]:
 def send(settings: Settings, events: list[dict[str, Any]]) -> None:
     for _ in send_events(settings, events):
         pass
-
-
-def settled_profiles(
-    worker: WorkerProcess, expected: dict[str, Any], as_of_ms: int
-) -> dict[str, dict[str, Any]]:
-    """Profiles once every partition's watermark has reached ``as_of_ms``."""
-    profiles = await_event_counts(worker, expected)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        profiles = {c: fetch_profile(worker, c) or {} for c in expected}
-        if all(p.get("as_of_ms") == as_of_ms for p in profiles.values()):
-            break
-        time.sleep(0.5)
-    return profiles
 
 
 def assert_same_profile(live: dict[str, Any], offline: dict[str, Any]) -> None:

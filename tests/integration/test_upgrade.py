@@ -23,7 +23,6 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from models.pipeline import combined_bgnbd, combined_rfm, customer_view
 from models.profile_summary import Population
@@ -42,7 +41,7 @@ from streams.cli.process import WorkerProcess
 from streams.partitioning import partition_for_key
 from streams.producer import send_events
 from streams.settings import Settings
-from tests.conftest import await_event_counts
+from tests.conftest import await_event_counts, metric_total
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "changelog_4d61bdd.jsonl"
 HOUR_MS = 3_600_000
@@ -84,16 +83,6 @@ def with_events(counts: dict[str, int], events: list[dict[str, Any]]) -> dict[st
     total = Counter(counts)
     total.update(f"{e.get('topic', 'clickstream')}.{e['type']}" for e in events)
     return dict(total)
-
-
-def metric_total(worker: WorkerProcess, name: str, **labels: str) -> float:
-    _, text = worker.get("/metrics")
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text.decode())
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 @pytest.fixture

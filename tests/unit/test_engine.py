@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -154,25 +156,85 @@ def test_batch_boundaries_change_no_output(cuts: list[int]) -> None:
     assert dump(*run(records, cuts=cuts)) == dump(*run(records, cuts=[]))
 
 
-def test_an_event_older_than_every_window_counts_as_late_and_only_in_lifetime_totals() -> None:
+def test_an_event_older_than_the_dedup_window_is_stale_and_one_inside_it_counts() -> None:
     engine = PartitionEngine(0, PartitionStores.in_memory(), CONFIG)
     day = 200 * DAY_MS
     first = dict(event("clickstream", "page_view", day, "v1", channel="web"), customer_id="c1")
     engine.submit([first], Watermarks.up_to(day))
-    # 91 days before the customer's latest event: outside the 90-day window.
-    old = day - 91 * DAY_MS
+    # 8 days before the customer's latest event: past the 7-day dedup memory,
+    # so it cannot be told from a replay of what was applied. Not applied.
+    old = day - 8 * DAY_MS
     stale = dict(event("clickstream", "page_view", old, "v2", channel="web"), customer_id="c1")
     out = engine.submit([stale], Watermarks.up_to(day))
-    assert out.counts["late", "clickstream"] == 1
-    profile = engine.stores.profiles.get("c1")
-    assert profile["lifetime"]["clickstream.page_view"] == 2
-    assert profile["late_events"] == 1
-    # Days behind, but inside the windows: counted there, not late, whatever the watermark.
+    assert out.counts["stale", "clickstream"] == 1
+    assert engine.stores.profiles.get("c1")["lifetime"]["clickstream.page_view"] == 1
+    # Days behind, but inside the memory: counted in its window.
     recent = day - 3 * DAY_MS
     fresh = dict(event("clickstream", "page_view", recent, "v3", channel="web"), customer_id="c1")
     out = engine.submit([fresh], Watermarks.up_to(day + DAY_MS))
-    assert out.counts["late", "clickstream"] == 0
-    assert engine.stores.profiles.get("c1")["late_events"] == 1
+    assert out.counts["stale", "clickstream"] == 0
+    assert engine.stores.profiles.get("c1")["lifetime"]["clickstream.page_view"] == 2
+
+
+def test_with_a_memory_past_the_windows_an_older_event_is_late_and_in_lifetime_only() -> None:
+    profile = replace(CONFIG.profile, dedup_window_ms=200 * DAY_MS)
+    engine = PartitionEngine(0, PartitionStores.in_memory(), replace(CONFIG, profile=profile))
+    day = 200 * DAY_MS
+    first = dict(event("clickstream", "page_view", day, "v1", channel="web"), customer_id="c1")
+    engine.submit([first], Watermarks.up_to(day))
+    old = day - 91 * DAY_MS  # outside the 90-day window
+    late = dict(event("clickstream", "page_view", old, "v2", channel="web"), customer_id="c1")
+    out = engine.submit([late], Watermarks.up_to(day))
+    assert out.counts["late", "clickstream"] == 1
+    profile_state = engine.stores.profiles.get("c1")
+    assert profile_state["lifetime"]["clickstream.page_view"] == 2
+    assert profile_state["late_events"] == 1
+
+
+# A memory far shorter than a customer's history: replays must be caught by
+# the applied-through window, not by remembering every id.
+SHORT_MEMORY = replace(
+    CONFIG, profile=replace(CONFIG.profile, dedup_capacity=16, dedup_window_ms=2 * DAY_MS)
+)
+
+
+def kept_state(engine: PartitionEngine) -> bytes:
+    names = ("profiles", "population", "held", "identities")
+    stores = {name: getattr(engine.stores, name).data for name in names}
+    return orjson.dumps(stores, option=orjson.OPT_SORT_KEYS)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    st.randoms(use_true_random=False),
+    st.lists(st.integers(min_value=1, max_value=len(HISTORY) - 1), max_size=20),
+)
+def test_feeding_a_history_again_changes_nothing(rng: Any, cuts: list[int]) -> None:
+    records = arrival_by_topic(HISTORY)
+    per_customer = Counter(str(r["customer_id"]) for r in records if r.get("customer_id"))
+    assert max(per_customer.values()) > 4 * SHORT_MEMORY.profile.dedup_capacity
+    engine = PartitionEngine(0, PartitionStores.in_memory(), SHORT_MEMORY)
+    last = max(int(r["ts"]) for r in records)
+    once = Outputs()
+    for start, end in itertools.pairwise([0, *sorted(set(cuts)), len(records)]):
+        if records[start:end]:
+            once.extend(engine.submit(records[start:end], Watermarks.up_to(last)))
+    once.extend(engine.advance(Watermarks.up_to(last)))
+    state = kept_state(engine)
+    # The whole history again, in any order and batching, and a redelivered tail.
+    again = [dict(r) for r in records] + [dict(r) for r in records[-50:]]
+    rng.shuffle(again)
+    twice = Outputs()
+    for start in range(0, len(again), 97):
+        twice.extend(engine.submit(again[start : start + 97], Watermarks.up_to(last)))
+    twice.extend(engine.advance(Watermarks.up_to(last)))
+    assert not twice.changes and not twice.triggers and not twice.examples
+    assert kept_state(engine) == state
+    refused = sum(n for (what, _), n in twice.counts.items() if what in ("duplicate", "stale"))
+    identity = sum(1 for r in again if not r.get("customer_id") or r["type"] == "identify")
+    assert refused == len(again) - identity
+    profiles = engine.stores.profiles.data.values()  # type: ignore[attr-defined]
+    assert all(len(m["ids"]) <= 16 for p in profiles for m in p["dedup"].values())
 
 
 def test_held_events_wait_for_the_watermark_and_are_released_by_an_advance() -> None:

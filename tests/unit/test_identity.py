@@ -45,3 +45,11 @@ def test_pending_anonymous_events_are_bounded_dropping_the_oldest() -> None:
         outcomes.append(outcome)
     assert outcomes[-1] == "held_dropping_oldest"
     assert [e["event_id"] for e in state["pending"]] == ["a2", "a3", "a4"]
+
+
+def test_a_redelivered_anonymous_event_is_held_once() -> None:
+    state = None
+    for event_id in ("a0", "a1", "a0"):
+        state, _, _ = apply_anonymous(state, anon(event_id), capacity=10)
+    assert state is not None
+    assert [e["event_id"] for e in state["pending"]] == ["a0", "a1"]

@@ -50,7 +50,10 @@ def offline(events: list[dict[str, Any]]) -> tuple[dict[str, Any], Counter[str]]
 
 
 def live(
-    arrivals: list[list[dict[str, Any]]], before: list[int], release_at: list[int]
+    arrivals: list[list[dict[str, Any]]],
+    before: list[int],
+    release_at: list[int],
+    config: ProfileConfig = CONFIG,
 ) -> tuple[dict[str, Any], Counter[str]]:
     """The worker: per batch, release what the watermark reached, apply it against
     the closing watermark read before the batch; hold the rest."""
@@ -59,7 +62,7 @@ def live(
         ready, held, _ = release(held, batch, released_to, max_held=200)
         if ready:
             profile, got = update_customer(
-                profile, ready, population, CONFIG, None, watermark_before
+                profile, ready, population, config, None, watermark_before
             )
             outcomes.update(got)
     assert profile is not None and not held
@@ -99,7 +102,10 @@ def test_out_of_order_in_window_events_count_and_one_beyond_every_window_is_late
     clicks = [e for e in events if e["topic"] != "purchases"]
     stale = event("clickstream", "page_view", end - 91 * DAY_MS, "stale", session_id="old")
     arrivals = [orders, clicks, [stale]]
-    got, outcomes = live(arrivals, [0, end, end], [end, end, end])
+    # (A click that old is stale with the default week of dedup memory; with a
+    # memory longer than the windows, it is late.)
+    long_memory = ProfileConfig(dedup_window_ms=100 * DAY_MS)
+    got, outcomes = live(arrivals, [0, end, end], [end, end, end], long_memory)
     # ...counts in the windows; only the click 91 days before the last event is late.
     assert outcomes["late"] == 1 and got["late_events"] == 1
     want, _ = offline(events)
@@ -153,6 +159,7 @@ def test_stitched_browsing_read_after_sixteen_later_sessions_closed_counts_as_a_
         "anon-1",
         session_id=first,
         stitched=True,
+        identified_by="login-1",  # held until the login, then released
     )
     want, _ = offline(sorted([anonymous, *events], key=lambda e: (e["ts"], e["event_id"])))
     in_time, _ = offline([*events[:3], anonymous, *events[3:]])
@@ -162,3 +169,22 @@ def test_stitched_browsing_read_after_sixteen_later_sessions_closed_counts_as_a_
     assert closed_after > MAX_CLOSED_SESSIONS
     assert sessions(late) == sessions(want) + 1
     assert late["lifetime"] == want["lifetime"]  # no event counted twice
+
+
+def test_with_the_default_memory_a_topic_read_weeks_after_another_is_not_stale() -> None:
+    events = history(days=20, seed=8)
+    end = int(events[-1]["ts"])
+    orders = [e for e in events if e["topic"] == "purchases"]
+    clicks = [e for e in events if e["topic"] != "purchases"]
+    default = ProfileConfig()
+    profile, population, outcomes = None, new_population(), Counter[str]()
+    for item in [*orders, *clicks]:
+        profile, got = update_customer(profile, [item], population, default, None, end)
+        outcomes.update(got)
+    assert outcomes == Counter(applied=len(events))
+    # A click over a week older than the latest click is stale: a replay, or
+    # a producer that broke the topic's order by that much.
+    last_click = max(int(e["ts"]) for e in clicks)
+    old = event("clickstream", "page_view", last_click - 8 * DAY_MS, "new-but-old")
+    _, (outcome,) = update_customer(profile, [old], population, default, None, end)
+    assert outcome == "stale"

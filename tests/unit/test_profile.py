@@ -36,10 +36,48 @@ def test_redelivered_event_changes_nothing() -> None:
     assert summarise(state, CONFIG) == before
 
 
-def test_dedup_memory_is_bounded_per_customer() -> None:
-    state = replay([event("clickstream", "page_view", 1000 + i, f"e{i}") for i in range(100)])
-    assert len(state["recent_ids"]) == CONFIG.dedup_capacity
-    assert state["recent_ids"][-1] == "e99"
+def test_dedup_memory_is_bounded_and_what_it_let_go_is_stale_not_new() -> None:
+    events = [event("clickstream", "page_view", 1000 + i, f"e{i:03}") for i in range(100)]
+    state = replay(events)
+    ids = state["dedup"]["clickstream"]["ids"]
+    assert len(ids) <= CONFIG.dedup_capacity
+    assert "e099" in ids
+    outcomes = set()
+    for item in events:
+        state, outcome = apply_event(state, dict(item), CONFIG)
+        outcomes.add(outcome)
+    assert outcomes == {"duplicate", "stale"}
+    assert state["lifetime"] == {"clickstream.page_view": 100}
+
+
+def test_an_event_over_the_dedup_window_behind_its_topic_is_stale() -> None:
+    config = ProfileConfig(dedup_window_ms=2 * DAY_MS)
+    state = replay([event("clickstream", "page_view", 40 * DAY_MS, "a")], config)
+    state, outcome = apply_event(
+        state, event("clickstream", "search", 38 * DAY_MS - 1, "b"), config
+    )
+    assert outcome == "stale"
+    state, outcome = apply_event(state, event("clickstream", "search", 38 * DAY_MS, "c"), config)
+    assert outcome == "applied"
+    # Another topic has its own time: an order a month older is new.
+    order = event("purchases", "order", 10 * DAY_MS, "o", amount=5.0)
+    state, outcome = apply_event(state, order, config)
+    assert outcome == "applied"
+    assert state["lifetime"] == {
+        "clickstream.page_view": 1,
+        "clickstream.search": 1,
+        "purchases.order": 1,
+    }
+
+
+def test_state_of_the_old_list_of_ids_is_read_as_recent() -> None:
+    state = replay([event("clickstream", "page_view", 10 * DAY_MS, "a")])
+    del state["dedup"]
+    state["recent_ids"] = ["a", "z"]  # as the profile was written before the window
+    for topic in ("clickstream", "support"):
+        outcome = apply_event(state, event(topic, "page_view", 10 * DAY_MS, "z"), CONFIG)[1]
+        assert outcome == "duplicate"
+    assert "recent_ids" not in state and set(state["dedup"]["purchases"]["ids"]) == {"a", "z"}
 
 
 def test_an_event_no_window_reaches_counts_in_lifetime_only_and_as_late() -> None:
@@ -51,8 +89,10 @@ def test_an_event_no_window_reaches_counts_in_lifetime_only_and_as_late() -> Non
         ]
     )
     # The 90-day window from day 110 starts at day 21: day 10's bucket is gone.
+    # (Only a dedup memory longer than the windows lets such an event through.)
+    config = ProfileConfig(dedup_window_ms=200 * DAY_MS)
     state, outcome = apply_event(
-        state, event("purchases", "order", day10 + 5000, "late", amount=10.0), CONFIG
+        state, event("purchases", "order", day10 + 5000, "late", amount=10.0), config
     )
     assert outcome == "late"
     assert state["lifetime"]["purchases.order"] == 3
@@ -96,7 +136,7 @@ def test_state_stays_bounded_as_event_time_passes() -> None:
     events = [event("clickstream", "page_view", d * DAY_MS, f"e{d}") for d in range(3650)]
     state = replay(events, config)
     assert len(state["buckets"]) <= 90
-    assert len(state["recent_ids"]) <= 8
+    assert len(state["dedup"]["clickstream"]["ids"]) <= 8
 
 
 def test_replaying_history_in_order_gives_the_same_profile_as_live() -> None:

@@ -34,12 +34,14 @@ from models.segments import SegmentConfig, Segmenter
 from models.sentiment import compound
 from models.simulator import SimConfig, simulate
 from models.state import (
+    READ_ONLY_PROFILE_KEYS,
     ChurnPending,
     ClosedSession,
     IdentityState,
     OpenSession,
     PopulationState,
     SegmentMembership,
+    TopicMemory,
     malformed_deadline_entries,
     undeclared_event_keys,
     undeclared_identity_keys,
@@ -201,6 +203,7 @@ class Replay:
             self.seen["closed_sessions[]"] |= {k for s in profile["closed_sessions"] for k in s}
             self.seen["churn_pending[]"] |= {k for p in profile.get("churn_pending", []) for k in p}
             self.seen["segments.*"] |= {k for m in profile.get("segments", {}).values() for k in m}
+            self.seen["dedup.*"] |= {k for m in profile.get("dedup", {}).values() for k in m}
         for partition, population in self.populations.items():
             assert undeclared_population_keys(population) == set(), partition
             self.seen["population"] |= set(population)
@@ -348,7 +351,8 @@ def test_every_declared_key_is_written_by_some_history() -> None:
         replay.batch([event])
     replay.finish()
     seen = replay.seen
-    assert seen["profile"] == declared(Profile)
+    assert seen["profile"] == declared(Profile) - READ_ONLY_PROFILE_KEYS
+    assert seen["dedup.*"] == declared(TopicMemory)
     assert seen["sessions[]"] == declared(OpenSession)
     assert seen["closed_sessions[]"] == declared(ClosedSession)
     assert seen["churn_pending[]"] == declared(ChurnPending)
