@@ -35,6 +35,7 @@ Examples
 from __future__ import annotations
 
 import heapq
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,11 @@ def population_key(partition: int) -> str:
     return f"{POPULATION_KEY_PREFIX}{partition}"
 
 
+def wall_clock_ms() -> int:
+    """Now, epoch ms."""
+    return time.time_ns() // 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     """Everything the engine needs to know that is not state (all from Settings)."""
@@ -84,6 +90,9 @@ class EngineConfig:
     anonymous_buffer_events: int
     id_key: bytes
     training_sample_rate: float = 1.0
+    # A backfilled customer's moments this long before the wall clock are
+    # historical (models.segments.Segmenter.historical_before_ms).
+    historical_after_ms: int = 24 * 3_600_000
 
     @classmethod
     def default(cls) -> EngineConfig:
@@ -141,8 +150,8 @@ class Outputs:
     """What one step of the engine produced, for the caller to send and count.
 
     ``counts`` holds ``(what, label) -> n`` for the worker's metrics:
-    ``duplicate``/``late``/``held`` by topic, ``forced`` and ``anonymous``
-    by outcome.
+    ``duplicate``/``stale``/``late``/``held`` by topic, ``forced``,
+    ``anonymous`` by outcome, ``historical_trigger`` by trigger kind.
     """
 
     changes: list[dict[str, Any]] = field(default_factory=list)
@@ -182,6 +191,9 @@ class PartitionEngine:
         Returns the model bundle to score with now (the newest snapshot live).
     sentiment
         Text → compound sentiment of support texts.
+    clock_ms
+        The wall clock (epoch ms), read once per step: only to tell a
+        backfill's old moments (``historical``) from live ones.
     """
 
     def __init__(
@@ -191,8 +203,10 @@ class PartitionEngine:
         config: EngineConfig,
         scorer: Callable[[], Scorer] | None = None,
         sentiment: Callable[[str], float] = compound,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.partition = partition
+        self._clock_ms = clock_ms
         self.stores = stores
         self.config = config
         self._scorer = scorer or _default_scorer()
@@ -301,6 +315,7 @@ class PartitionEngine:
             profile_config=self.config.profile,
             scorer=self._scorer(),
             id_key=self.config.id_key,
+            historical_before_ms=self._clock_ms() - self.config.historical_after_ms,
         )
 
     def _population(self) -> PopulationState:
@@ -537,6 +552,8 @@ class _Step:
         if self._segmenter is not None:
             self.outputs.changes.extend(self._segmenter.changes)
             self.outputs.triggers.extend(self._segmenter.triggers)
+            for kind in self._segmenter.withheld:
+                self.outputs.counts["historical_trigger", kind] += 1
         if self._moments is not None:
             self.outputs.examples.extend(self._moments.examples)
         return self.outputs

@@ -211,6 +211,11 @@ def apply_event(
         if watermark is None or day > watermark // DAY_MS:
             _expire_buckets(profile, day, max(config.windows_days))
     _finalise_episodes(profile, config, horizon if horizon is not None else ts)
+    # Whether the customer's latest event came from a backfill (models.segments).
+    if event.get("historical"):
+        profile["backfilling"] = True
+    else:
+        profile.pop("backfilling", None)
     return profile, "late" if closed else "applied"
 
 

@@ -252,8 +252,14 @@ class Segmenter:
     profile_config: ProfileConfig
     scorer: Any
     id_key: bytes
+    # A backfilled customer's moments before this (wall clock less
+    # SEGSTREAM_HISTORICAL_AFTER_HOURS) are historical: their changes are
+    # marked so and their triggers are not sent. None: nothing is historical.
+    historical_before_ms: int | None = None
     changes: list[dict[str, Any]] = field(default_factory=list)
     triggers: list[dict[str, Any]] = field(default_factory=list)
+    # kinds of the triggers not sent because their moment was historical
+    withheld: list[str] = field(default_factory=list)
 
     # -- when --------------------------------------------------------------------
 
@@ -437,6 +443,14 @@ class Segmenter:
         sketch_add(sketch, clv)
         return sketch_rank(sketch, clv)
 
+    def _historical(self, profile: Profile, now_ms: int) -> bool:
+        """A moment of a backfill, long past: record it, message nobody."""
+        return (
+            self.historical_before_ms is not None
+            and now_ms < self.historical_before_ms
+            and bool(profile.get("backfilling"))
+        )
+
     def _id(self, *parts: object) -> str:
         return keyed_id(self.id_key, "|".join(map(str, parts)), 32)
 
@@ -453,19 +467,20 @@ class Segmenter:
         scores: Mapping[str, Any],
     ) -> None:
         old = before["value"] if before else None
-        self.changes.append(
-            {
-                "change_id": self._id(customer_id, dim, old, value, now_ms),
-                "customer_id": customer_id,
-                "dimension": dim,
-                "from_segment": old,
-                "to_segment": value,
-                "ts": now_ms,
-                "reason": reason,
-                "scores": snapshot,
-                "model_version": scores["model_version"],
-            }
-        )
+        change = {
+            "change_id": self._id(customer_id, dim, old, value, now_ms),
+            "customer_id": customer_id,
+            "dimension": dim,
+            "from_segment": old,
+            "to_segment": value,
+            "ts": now_ms,
+            "reason": reason,
+            "scores": snapshot,
+            "model_version": scores["model_version"],
+        }
+        if self._historical(profile, now_ms):
+            change["historical"] = True
+        self.changes.append(change)
         entered = {
             ("lifecycle", "dormant"): "win_back",
             ("lifecycle", "reactivated"): "welcome_back",
@@ -578,7 +593,10 @@ class Segmenter:
         limits: dict[str, int] = profile.setdefault("trigger_last_ms", {})
         if now_ms - limits.get(kind, -(10**15)) < self.config.trigger_interval_ms:
             return  # rate limit per customer and kind
-        limits[kind] = now_ms
+        limits[kind] = now_ms  # as if sent: state does not depend on the wall clock
+        if self._historical(profile, now_ms):
+            self.withheld.append(kind)
+            return
         self.triggers.append(
             {
                 "trigger_id": self._id(customer_id, kind, now_ms, reason),

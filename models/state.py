@@ -149,6 +149,9 @@ class Profile(TypedDict):
     negative_text_seen_ms: NotRequired[int]  # event time of the support text last triggered on
     sla_notified: NotRequired[list[str]]  # ticket ids whose SLA breach was triggered (bounded)
     trigger_last_ms: NotRequired[dict[str, int]]  # trigger kind -> when it last fired (rate limit)
+    # present (true) while the latest event applied came from a backfill
+    # (`replay --historical`): its old moments are historical (models.segments)
+    backfilling: NotRequired[bool]
 
 
 # --- population ---------------------------------------------------------------------

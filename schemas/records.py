@@ -89,6 +89,7 @@ class ClickEvent(Struct, frozen=True, kw_only=True):
     query: Text | None = None
     stitched: bool = False
     identified_by: Id | None = None
+    historical: bool = False
 
     def __post_init__(self) -> None:
         _normalise_ts(self)
@@ -130,6 +131,7 @@ class PurchaseEvent(Struct, frozen=True, kw_only=True):
         ]
         | None
     ) = None
+    historical: bool = False
 
     def __post_init__(self) -> None:
         _normalise_ts(self)
@@ -138,7 +140,11 @@ class PurchaseEvent(Struct, frozen=True, kw_only=True):
 
 
 class SupportEvent(Struct, frozen=True, kw_only=True):
-    """A ticket, survey answer or complaint (topic ``support``)."""
+    """A ticket, survey answer or complaint (topic ``support``).
+
+    ``historical`` (on every input event) is set by ``segstream replay
+    --historical``: the event is part of a backfill of past history.
+    """
 
     event_id: Id
     ts: int | str
@@ -152,6 +158,7 @@ class SupportEvent(Struct, frozen=True, kw_only=True):
     resolution_s: Money | None = None
     score: float | None = None
     text: Text | None = None
+    historical: bool = False
 
     def __post_init__(self) -> None:
         _normalise_ts(self)
@@ -217,6 +224,11 @@ class SegmentChange(Struct, frozen=True, kw_only=True):
     sent after the exits; a consumer must forget everything it holds about
     the customer and drop anything still pending for them. ``ts`` of these
     two is the wall-clock time of the erasure.
+
+    ``historical`` (also backward compatible: absent means false) marks a
+    change worked out during a backfill (``segstream replay --historical``)
+    for a moment long past: it says what the customer's segment was from
+    ``ts`` on, not that anything happened now. Update records; send nothing.
     """
 
     change_id: str
@@ -229,6 +241,7 @@ class SegmentChange(Struct, frozen=True, kw_only=True):
     scores: dict[str, Any] = field(default_factory=dict)
     model_version: int | None = None
     change_kind: ChangeKind = "change"
+    historical: bool = False
     schema_version: Literal[1] = SCHEMA_VERSION
 
 

@@ -254,6 +254,8 @@ def count(outputs: Outputs) -> None:
             metrics.held_released_early.inc(n)
         elif what == "anonymous":
             metrics.anonymous_events.labels(label).inc(n)
+        elif what == "historical_trigger":
+            metrics.child(metrics.historical_triggers, label).inc(n)
 
 
 async def send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:

@@ -49,6 +49,13 @@ duplicate_events = Counter(
     ["topic"],
     registry=registry,
 )
+historical_triggers = Counter(
+    "segstream_historical_triggers",
+    "Triggers not sent because their moment was part of a backfill "
+    "(replay --historical) and older than SEGSTREAM_HISTORICAL_AFTER_HOURS.",
+    ["kind"],
+    registry=registry,
+)
 stale_events = Counter(
     "segstream_stale_events",
     "Events not applied because they are older than the customer's deduplication memory "

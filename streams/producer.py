@@ -72,6 +72,15 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(line)
 
 
+def mark_historical(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as part of a backfill (``replay --historical``); malformed ones as they are.
+
+    >>> mark_historical({"topic": "purchases", "event_id": "o1"})["historical"]
+    True
+    """
+    return event if "malformed" in event else {**event, "historical": True}
+
+
 def in_event_time_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Events sorted by event time, stably; malformed records (no event time)
     travel with the event before them."""

@@ -380,6 +380,12 @@ class Settings(BaseSettings):
     trigger_min_interval_s: int = Field(
         86_400, ge=0, description="Least event time between two triggers of one kind per customer."
     )
+    historical_after_hours: float = Field(
+        24.0,
+        ge=0,
+        description="During a backfill (replay --historical), segment changes at moments this "
+        "long before the wall clock are marked historical and their triggers are not sent.",
+    )
     detractor_sentiment: float = Field(
         -0.5, ge=-1, le=0, description="Ticket text this negative fires a detractor follow-up."
     )
@@ -534,6 +540,7 @@ class Settings(BaseSettings):
             anonymous_buffer_events=self.anonymous_buffer_events,
             id_key=self.model_snapshot_key.get_secret_value().encode(),
             training_sample_rate=self.training_sample_rate,
+            historical_after_ms=int(self.historical_after_hours * 3_600_000),
         )
 
     def kafka_python_config(self) -> dict[str, Any]:

@@ -290,6 +290,15 @@ def replay(
     date_format: history.DateFormat = None,
     cancel_prefix: history.CancelPrefix = None,
     rejects: history.Rejects = None,
+    historical: Annotated[
+        bool,
+        typer.Option(
+            "--historical",
+            help="Mark the events as a backfill of past history: changes at moments older "
+            "than SEGSTREAM_HISTORICAL_AFTER_HOURS are sent with historical: true, and "
+            "their triggers are not sent.",
+        ),
+    ] = False,
 ) -> None:
     """Send a history file to the input topics in event-time order (backfill).
 
@@ -297,7 +306,7 @@ def replay(
     (listed on stderr).
     """
     from schemas.history import ImportReport, read_history
-    from streams.producer import in_event_time_order
+    from streams.producer import in_event_time_order, mark_historical
 
     layout = history.csv_layout(
         order_col=order_col,
@@ -320,8 +329,11 @@ def replay(
         _fail(exc)
         return
     events = in_event_time_order(events)
+    if historical:
+        events = [mark_historical(event) for event in events]
     _send_with_progress(events, speed)
-    console.print(f"sent {len(events)} events from {file}")
+    marked = " (historical)" if historical else ""
+    console.print(f"sent {len(events)} events from {file}{marked}")
     history.finish_import(report, rejects)
 
 

@@ -327,7 +327,10 @@ def designed_history() -> list[dict[str, Any]]:
         click("add_to_cart", t + h, "x5", "c1", session_id="s1", category="shoes"),
         order(t + 2 * h, "x6", "c1", 40.0, items=[{"sku": "k", "category": "shoes"}]),
         click("add_to_cart", t + 5 * h, "x7", "c1", category="books"),  # abandoned
-        support("ticket_opened", t + d, "x8", "c1", ticket_id="t1", priority="urgent"),
+        # A backfilled ticket, then live events again.
+        support(
+            "ticket_opened", t + d, "x8", "c1", ticket_id="t1", priority="urgent", historical=True
+        ),
         support("nps_response", t + 2 * d, "x9", "c1", score=3),
         support("complaint", t + 2 * d, "x10", "c1", text=NEGATIVE_TEXT),
         support("csat_response", t + 3 * d, "x11", "c1", score=2),
