@@ -11,8 +11,10 @@ state, alternating before/after so machine noise falls on both alike. A
 worker runs its tree's code: ``PYTHONPATH`` names the tree and
 ``PYTHONSAFEPATH`` keeps the working directory off ``sys.path``.
 
-Reported per version: events/s of every run, the best and the median, and
-the after/before ratio of the medians.
+Reported per version: events/s of every run (from ready to the last event),
+the best and the median; the steady rate (between 10% and 90% of the
+workload, leaving out assignment, recovery and the first fetch) and the
+seconds to the first event; and the after/before ratios of the medians.
 """
 
 from __future__ import annotations
@@ -100,12 +102,16 @@ def main() -> None:
         summary = {}
         for label, results in runs.items():
             rates = [r["events_per_s"] for r in results]
+            steady = [r["steady_events_per_s"] for r in results]
             summary[label] = {
                 "tree": str(trees[label]),
                 "commit": tree_commit(trees[label]),
                 "events_per_s_of_each_run": rates,
                 "best": max(rates),
                 "median": statistics.median(rates),
+                "steady_events_per_s_of_each_run": steady,
+                "steady_median": statistics.median(x for x in steady if x is not None),
+                "first_event_s_of_each_run": [r["first_event_s"] for r in results],
                 "complete_of_each_run": [r["events"] >= len(events) for r in results],
                 "peak_rss_mb_of_each_run": [r["peak_rss_mb"] for r in results],
             }
@@ -118,6 +124,9 @@ def main() -> None:
                 "versions": summary,
                 "after_over_before_median": round(
                     summary["after"]["median"] / summary["before"]["median"], 3
+                ),
+                "after_over_before_steady_median": round(
+                    summary["after"]["steady_median"] / summary["before"]["steady_median"], 3
                 ),
             },
             args.out,

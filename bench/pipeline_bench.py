@@ -128,12 +128,14 @@ def run_mode(
         worker.wait_ready(180)
         started = time.monotonic()
         done = 0.0
+        progress: list[tuple[float, float]] = []  # (seconds since ready, events done)
         while time.monotonic() - started < 1800:
             _, body = worker.get("/metrics", timeout_s=10)
             text = body.decode()
             done = metric_sum(text, "segstream_events_consumed_total") + metric_sum(
                 text, "segstream_dead_letters_total"
             )
+            progress.append((time.monotonic() - started, done))
             if done >= expected:
                 break
             time.sleep(0.25)
@@ -146,9 +148,29 @@ def run_mode(
         "events": int(done),
         "seconds": round(elapsed, 2),
         "events_per_s": round(done / elapsed, 1),
+        **steady_rate(progress, expected),
         "peak_rss_mb": round(rss, 1),
         "store_mb": round(dir_size_mb(workdir / mode), 1),
     }
+
+
+def steady_rate(progress: list[tuple[float, float]], expected: int) -> dict[str, float | None]:
+    """Events/s between 10% and 90% of the workload, and the seconds to the first event.
+
+    The whole-run rate also counts the start: partition assignment, table
+    recovery, the first fetch. The steady rate leaves that out.
+
+    >>> steady_rate([(1.0, 0), (2.0, 10), (3.0, 50), (4.0, 95), (5.0, 100)], 100)
+    {'steady_events_per_s': 40.0, 'first_event_s': 2.0}
+    """
+    def reached(share: float) -> float | None:
+        return next((t for t, n in progress if n >= share * expected and n > 0), None)
+
+    low, high = reached(0.1), reached(0.9)
+    rate = None
+    if low is not None and high is not None and high > low:
+        rate = round(0.8 * expected / (high - low), 1)
+    return {"steady_events_per_s": rate, "first_event_s": reached(0.0)}
 
 
 def run_faust_floor(
