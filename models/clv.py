@@ -1,6 +1,6 @@
 """Customer lifetime value: the simple formula, and a BG/NBD model learned incrementally.
 
-*Simple CLV* is ``DOMAIN.md``'s AOV × purchases per year × expected lifespan.
+*Simple CLV* is ``docs/definitions.md``'s AOV × purchases per year × expected lifespan.
 
 *Model-based CLV* uses the BG/NBD model (Fader, Hardie & Lee, "Counting your
 customers the easy way", Marketing Science 24(2), 2005). While alive a

@@ -5,7 +5,7 @@
 offline profiles are the same function of the same state. ``as_of_ms`` is
 event time: the worker's watermark, or the evaluation cutoff.
 
-Metric definitions follow ``DOMAIN.md``; rates are ``None`` when their
+Metric definitions follow ``docs/definitions.md``; rates are ``None`` when their
 denominator is zero rather than a misleading 0.
 """
 
@@ -166,7 +166,7 @@ def summarise(
     population: Population | None = None,
     value: ValueConfig | None = None,
 ) -> dict[str, Any]:
-    """Every per-customer metric of ``DOMAIN.md`` that the profile supports.
+    """Every per-customer metric of ``docs/definitions.md`` that the profile supports.
 
     Parameters
     ----------

@@ -1,7 +1,7 @@
 """Streaming distribution sketches with exact deletions, and RFM quintile scores.
 
 RFM scores R, F and M from 1 to 5 by quintile across the customer base
-(``DOMAIN.md``). Sorting every customer on each update is out of the
+(``docs/definitions.md``). Sorting every customer on each update is out of the
 question, and a customer's values change over time, so each dimension keeps a
 *histogram sketch*: fixed bins with counts. Adding a value increments its
 bin, removing one decrements it, so removing a customer's old value and adding

@@ -7,7 +7,7 @@ are settings, :class:`SegmentConfig`):
 dimension           values
 ==================  ==========================================================
 lifecycle           prospect, new, active, at_risk, dormant, churned, reactivated
-rfm_segment         Champions … Lost (the R×F map of ``DOMAIN.md``)
+rfm_segment         Champions … Lost (the R×F map of ``docs/definitions.md``)
 engagement          heavy, medium, light, inactive (sessions in 30 days)
 loyalty             active_loyal, passive_loyal, chaser, drop_off
 value_tier          top_5, top_20, rest (by simple CLV across the partition's buyers)
