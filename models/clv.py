@@ -122,6 +122,11 @@ def _check_history(x: int, t_x: float, big_t: float) -> None:
         raise ClvError(f"need 0 <= t_x <= T, got t_x={t_x!r}, T={big_t!r}")
 
 
+def _check_horizon(horizon_days: float) -> None:
+    if not (math.isfinite(horizon_days) and horizon_days >= 0):
+        raise ClvError(f"horizon must be a finite number of days >= 0, got {horizon_days!r}")
+
+
 def _log_odds_dead(params: Params, x: int, t_x: float, big_t: float) -> float:
     # log of (a / (b + x - 1)) * ((alpha + T) / (alpha + t_x)) ** (r + x): P(dead) / P(alive).
     r, alpha, a, b = params
@@ -273,11 +278,40 @@ def expected_purchases(
         Length ``t`` of the future window; 0 gives 0.
     """
     _check_history(x, t_x, T)
-    if not (math.isfinite(horizon_days) and horizon_days >= 0):
-        raise ClvError(f"horizon must be a finite number of days >= 0, got {horizon_days!r}")
+    _check_horizon(horizon_days)
     params = bgnbd_params(state_or_params)
     alive = 1.0 if x == 0 else _logistic(-_log_odds_dead(params, x, t_x, T))
     return alive * _expected_if_alive(params, x, T, horizon_days)
+
+
+def p_no_purchase(
+    state_or_params: Mapping[str, Any] | Sequence[float],
+    x: int,
+    t_x: float,
+    T: float,
+    horizon_days: float,
+) -> float:
+    """Probability of no purchase in the next ``horizon_days``: churn over that horizon.
+
+    A customer who has dropped out buys nothing; one still alive at ``T``
+    stays alive until their next purchase (dropout follows purchases), so
+    buys nothing in ``t`` days with probability ``e^(−λt)``, and with
+    ``λ | alive, data ~ Gamma(r+x, α+T)``:
+    ``P = 1 − P(alive) · (1 − ((α+T)/(α+T+t))^(r+x))``.
+
+    >>> state = new_bgnbd()
+    >>> round(p_no_purchase(state, 6, 200.0, 220.0, 90.0), 3)  # bought 20 days ago
+    0.276
+    >>> round(p_no_purchase(state, 6, 120.0, 220.0, 90.0), 3)  # 100 days ago
+    0.763
+    """
+    _check_history(x, t_x, T)
+    _check_horizon(horizon_days)
+    params = bgnbd_params(state_or_params)
+    r, alpha, _, _ = params
+    alive = 1.0 if x == 0 else _logistic(-_log_odds_dead(params, x, t_x, T))
+    quiet_if_alive = math.exp((r + x) * (math.log(alpha + T) - math.log(alpha + T + horizon_days)))
+    return 1.0 - alive * (1.0 - quiet_if_alive)
 
 
 def _expected_if_alive(params: Params, x: int, big_t: float, t: float) -> float:

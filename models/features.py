@@ -1,16 +1,17 @@
 """Feature vectors for the online models, computed from a customer's profile.
 
 One function, :func:`feature_vector`, turns profile state into a fixed set
-of numbers in ``[0, 1]`` — the input of both the behavioural clustering and
-the churn model. It is pure (no Faust, no model), so the worker, the trainer
-and ``segstream evaluate`` compute identical vectors from identical state.
+of numbers in ``[0, 1]`` — the input of the behavioural clustering. It is
+pure (no Faust, no model), so the worker, the trainer and ``segstream
+evaluate`` compute identical vectors from identical state.
 
 Scaling is fixed, not learned: counts and money are log-scaled against a
 reference level and capped, rates are already in ``[0, 1]``, durations are
 divided by a horizon and capped. Fixed scaling keeps cluster centroids
 readable (a persona label is read straight off them) and keeps a replay
-deterministic. The churn model standardises the same vector on top
-(``river.preprocessing.StandardScaler``).
+deterministic. The churn model reads its own inputs, which never saturate
+(:mod:`models.churn_features`), and takes only the behavioural features
+from this vector.
 
 Missing values — a rate with a zero denominator, a survey never answered —
 take a documented neutral value (:data:`MISSING`), never NaN, and every

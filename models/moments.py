@@ -5,9 +5,11 @@ The worker does not score or learn on every click. A customer's *moments* are
 * **activity moments** — their first event after ``moment_interval`` of
   event time since the previous moment (weekly by default), taken before the
   event is applied;
-* **quiet ticks** — every week of silence after their last event, for up
-  to twelve weeks (driven by the partition's watermark and the deadline
-  index in :mod:`models.deadlines`, never by a scan of all customers).
+* **quiet ticks** — every week of silence after their last event for
+  thirteen weeks, then every four weeks up to two years (driven by the
+  partition's watermark and the deadline index in :mod:`models.deadlines`,
+  never by a scan of all customers): the churn model learns from customers
+  as long as they are scored, not only from the recently active.
 
 So every customer — active or quiet — is seen about once a week: the
 examples the clusterer learns from are a weekly census of the customer
@@ -34,10 +36,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from models.features import FEATURES, feature_vector
+from models.churn_features import CHURN_FEATURES, bgnbd_inputs, churn_logit, model_inputs
+from models.clv import new_bgnbd, p_no_purchase
+from models.features import FEATURES
 from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig
-from models.state import ChurnPending
+from models.state import ChurnPending, PopulationState
 
 Example = dict[str, Any]
 
@@ -48,7 +52,16 @@ MAX_PENDING = 8
 class Scorer(Protocol):
     """Anything that scores a feature vector (a :class:`models.training.ModelBundle`)."""
 
+    @property
+    def horizon_days(self) -> float: ...
+
     def score(self, x: Mapping[str, float]) -> dict[str, Any]: ...
+
+
+# Quiet ticks: weekly for 13 weeks of silence, then every 4 weeks up to 2 years.
+QUIET_TICKS_MS: tuple[int, ...] = tuple(
+    week * 7 * DAY_MS for week in (*range(1, 14), *range(17, 105, 4))
+)
 
 
 @dataclass
@@ -81,7 +94,7 @@ class Moments:
     profile_config: ProfileConfig
     id_key: bytes
     moment_interval_ms: int = 7 * DAY_MS
-    quiet_ticks_ms: tuple[int, ...] = tuple(week * 7 * DAY_MS for week in range(1, 13))
+    quiet_ticks_ms: tuple[int, ...] = QUIET_TICKS_MS
     sample_rate: float = 1.0
     examples: list[Example] = field(default_factory=list)
 
@@ -93,25 +106,40 @@ class Moments:
         """Whether the example with this id goes to the trainer (``sample_rate``)."""
         return self.sample_rate >= 1.0 or int(example_id[:8], 16) < self.sample_rate * 16**8
 
-    def before_event(self, customer_id: str, profile: Profile, event: Mapping[str, Any]) -> None:
-        """Resolve labels and take an activity moment before ``event`` is applied."""
+    def before_event(
+        self,
+        customer_id: str,
+        profile: Profile,
+        event: Mapping[str, Any],
+        population: PopulationState | None = None,
+    ) -> None:
+        """Resolve labels and take an activity moment before ``event`` is applied.
+
+        ``population`` holds the BG/NBD fit the churn features use.
+        """
         ts = int(event["ts"])
-        self.on_deadline(customer_id, profile, ts)
+        self.on_deadline(customer_id, profile, ts, population)
         if event["topic"] == "purchases" and event["type"] == "order":
             for pending in [p for p in profile.get("churn_pending", []) if p["scored_ms"] <= ts]:
-                self._resolve(customer_id, profile, pending, 0, ts)
+                self._resolve(customer_id, profile, pending, 0, ts, population)
         last_seen = profile["last_seen_ms"] or ts
         if ts >= last_seen and ts >= profile.get("moment_ms", -self.moment_interval_ms) + (
             self.moment_interval_ms
         ):
-            self._moment(customer_id, profile, ts)
+            self._moment(customer_id, profile, ts, population)
 
-    def on_deadline(self, customer_id: str, profile: Profile, now_ms: int) -> None:
+    def on_deadline(
+        self,
+        customer_id: str,
+        profile: Profile,
+        now_ms: int,
+        population: PopulationState | None = None,
+    ) -> None:
         """Event time reached ``now_ms``: take passed quiet ticks, resolve expired labels."""
         for tick in self._ticks_until(profile, now_ms):
-            self._resolve_expired(customer_id, profile, tick)
-            self._moment(customer_id, profile, tick)
-        self._resolve_expired(customer_id, profile, now_ms)
+            self._resolve_expired(customer_id, profile, tick, population)
+            self._moment(customer_id, profile, tick, population)
+        self._resolve_expired(customer_id, profile, now_ms, population)
 
     def next_deadline(self, profile: Profile | None) -> int | None:
         """Event time at which the customer's state changes with no new event."""
@@ -134,46 +162,82 @@ class Moments:
         after = max(profile.get("moment_ms", -1), last_seen)
         return [last_seen + q for q in self.quiet_ticks_ms if after < last_seen + q <= now_ms]
 
-    def _moment(self, customer_id: str, profile: Profile, ts: int) -> None:
+    def _moment(
+        self, customer_id: str, profile: Profile, ts: int, population: PopulationState | None
+    ) -> None:
         profile["moment_ms"] = ts
-        x = feature_vector(profile, self.profile_config, ts)
+        bgnbd = population["bgnbd"] if population is not None else new_bgnbd()
+        x = model_inputs(profile, self.profile_config, ts, bgnbd, self.scorer.horizon_days)
         example_id = self.example_id(customer_id, "cluster", ts)
         if self.sampled(example_id):
-            self.examples.append({"example_id": example_id, "kind": "cluster", "x": x, "ts": ts})
+            clustering = {name: x[name] for name in FEATURES}
+            self.examples.append(
+                {"example_id": example_id, "kind": "cluster", "x": clustering, "ts": ts}
+            )
         pending: list[ChurnPending] = profile.setdefault("churn_pending", [])
         if profile["last_order_ms"] is not None and len(pending) < MAX_PENDING:
             scores = self.scorer.score(x)
+            summary = bgnbd_inputs(profile, ts)
             pending.append(
                 {
                     "scored_ms": ts,
-                    # Values in FEATURES order: profiles are written on every
-                    # commit, so the snapshot is kept without the names.
-                    "x": [x[name] for name in FEATURES],
+                    # Values in CHURN_FEATURES order: profiles are written on
+                    # every commit, so the snapshot is kept without the names.
+                    "x": [x[name] for name in CHURN_FEATURES],
                     "p": scores["churn_probability"],
                     "source": scores["churn_source"],
                     "version": scores["model_version"],
                 }
             )
+            if summary is not None:
+                pending[-1]["bg"] = list(summary)
 
-    def _resolve_expired(self, customer_id: str, profile: Profile, now_ms: int) -> None:
+    def _rebased(
+        self, pending: ChurnPending, population: PopulationState | None
+    ) -> dict[str, float]:
+        """The example's features, its base worked out with today's BG/NBD fit.
+
+        The model learns a correction to the base it will be scored with,
+        not to the fit of H days ago (which learning has moved since).
+        """
+        x = dict(zip(CHURN_FEATURES, pending["x"], strict=True))
+        bg = pending.get("bg")
+        if bg is not None and population is not None:
+            horizon_days = self.horizon_ms / DAY_MS
+            p = p_no_purchase(population["bgnbd"], int(bg[0]), bg[1], bg[2], horizon_days)
+            x["bgnbd_churn_logit"] = churn_logit(p)
+        return x
+
+    def _resolve_expired(
+        self,
+        customer_id: str,
+        profile: Profile,
+        now_ms: int,
+        population: PopulationState | None,
+    ) -> None:
         for pending in list(profile.get("churn_pending", [])):
             if now_ms > pending["scored_ms"] + self.horizon_ms:
-                self._resolve(
-                    customer_id, profile, pending, 1, pending["scored_ms"] + self.horizon_ms
-                )
+                at = pending["scored_ms"] + self.horizon_ms
+                self._resolve(customer_id, profile, pending, 1, at, population)
 
     def _resolve(
-        self, customer_id: str, profile: Profile, pending: ChurnPending, y: int, ts: int
+        self,
+        customer_id: str,
+        profile: Profile,
+        pending: ChurnPending,
+        y: int,
+        ts: int,
+        population: PopulationState | None,
     ) -> None:
         profile["churn_pending"].remove(pending)
         example_id = self.example_id(customer_id, "churn", pending["scored_ms"])
-        if not self.sampled(example_id):
-            return
+        if not self.sampled(example_id) or len(pending["x"]) != len(CHURN_FEATURES):
+            return  # not sampled, or scored on the inputs of an older model
         self.examples.append(
             {
                 "example_id": example_id,
                 "kind": "churn",
-                "x": dict(zip(FEATURES, pending["x"], strict=True)),
+                "x": self._rebased(pending, population),
                 "y": y,
                 "p": pending["p"],
                 "source": pending["source"],

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from models.churn_features import CHURN_FEATURES, model_inputs
 from models.clv import bgnbd_learn, new_bgnbd
 from models.deadlines import DeadlineIndex
-from models.features import feature_vector
+from models.features import FEATURES
 from models.ids import keyed_id
 from models.moments import Moments
 from models.profile import (
@@ -91,7 +92,7 @@ def update_customer(
         if profile is not None and seen_outcome(profile, event, config) is None:
             _learn_purchase_process(profile, population, ts)
             if moments is not None:
-                moments.before_event(customer_id, profile, event)
+                moments.before_event(customer_id, profile, event, population)
             if segments is not None:
                 segments.before_event(customer_id, profile, ts, population)
         profile, outcome = apply_event(profile, event, config, sentiment, input_watermark_ms)
@@ -295,7 +296,10 @@ def act_on_deadline(
 ) -> None:
     """Event time reached ``now_ms`` for a quiet customer: moments, then segment
     decisions. The customer's deadline is spent; the caller files the next."""
-    moments.on_deadline(customer_id, profile, now_ms)
+    if population is not None:
+        # Quiet customers are sampled too, so the fit sees silences.
+        _learn_purchase_process(profile, population, now_ms)
+    moments.on_deadline(customer_id, profile, now_ms, population)
     if segments is not None and population is not None:
         segments.on_deadline(customer_id, profile, now_ms, population)
     profile["deadline_ms"] = None
@@ -337,11 +341,14 @@ def customer_view(
 ) -> dict[str, Any]:
     """A customer as served and exported: metrics, model features and scores."""
     summary = summarise(profile, config, as_of_ms, population, value)
-    features = feature_vector(profile, config, summary["as_of_ms"])
+    as_of = summary["as_of_ms"]
+    bgnbd = population.bgnbd if population.bgnbd is not None else new_bgnbd()
+    inputs = model_inputs(profile, config, as_of, bgnbd, models.horizon_days)
     return {
         "customer_id": customer_id,
         **summary,
-        "features": features,
-        "scores": models.score(features),
+        "features": {name: inputs[name] for name in FEATURES},
+        "churn_features": {name: inputs[name] for name in CHURN_FEATURES},
+        "scores": models.score(inputs),
         "segments": dict(sorted(profile.get("segments", {}).items())),
     }

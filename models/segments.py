@@ -39,8 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from models.clv import simple_clv
-from models.features import feature_vector
+from models.churn_features import model_inputs
+from models.clv import new_bgnbd, simple_clv
 from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, net_revenue
 from models.profile_summary import nps_category
@@ -337,8 +337,11 @@ class Segmenter:
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
         profile["segments_decided_ms"] = now_ms
         current: dict[str, SegmentMembership] = profile.setdefault("segments", {})
-        features = feature_vector(profile, self.profile_config, now_ms)
-        scores = self.scorer.score(features)
+        bgnbd = population["bgnbd"] if "bgnbd" in population else new_bgnbd()
+        inputs = model_inputs(
+            profile, self.profile_config, now_ms, bgnbd, self.scorer.horizon_days
+        )
+        scores = self.scorer.score(inputs)
         sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
         clv = customer_clv(profile, now_ms, c)
         clv_rank = self._clv_rank(profile, clv, population)

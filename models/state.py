@@ -85,10 +85,13 @@ class ChurnPending(TypedDict):
     """A churn score waiting for its label (``Profile.churn_pending``)."""
 
     scored_ms: int  # moment (event time) the customer was scored at
-    x: list[float]  # feature values in models.features.FEATURES order (names left out)
+    x: list[float]  # values in models.churn_features.CHURN_FEATURES order (names left out)
     p: float  # churn probability given at the moment
     source: str  # which churn model gave it (score's churn_source)
     version: int  # model snapshot version that scored it
+    # BG/NBD inputs at the moment, [x, t_x, T] in days: the example's base is
+    # worked out again with the fit as it is when the label resolves
+    bg: NotRequired[list[float]]
 
 
 class Profile(TypedDict):

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import importlib
 import io
+import math
 import pickle
 import random
 from collections import OrderedDict, deque
@@ -26,14 +27,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from river import drift, metrics, utils
+from river import drift
 
 from models.churn import ChurnModel
+from models.churn_features import CHURN_FEATURES
 from models.clustering import Clusterer, persona_labels
+from models.evaluation import brier, exact_auc, log_loss
 from models.features import FEATURES
 from schemas.errors import SegstreamError
 
-SNAPSHOT_MAGIC: Final = b"SGSM\x02"  # bump when the pickled classes change shape
+SNAPSHOT_MAGIC: Final = b"SGSM\x03"  # bump when the pickled classes change shape
 _DIGEST_BYTES: Final = 32
 # Example ids remembered by the trainer to drop examples sent twice (a worker
 # crash replays uncommitted events, which re-send their examples).
@@ -58,30 +61,46 @@ class ModelConfig:
 
 
 class ModelQuality:
-    """Churn predictions against resolved labels, measured as labels arrive.
+    """Churn predictions against resolved labels, beside trivial baselines.
 
     Every resolved example carries the probability the customer was given
     when scored — before the label existed — so these are honest
-    progressive-validation figures: rolling ROC AUC and log loss over the
-    last ``window`` labels, the rolling churn rate, and ADWIN drift alarms
-    on the label stream.
+    progressive-validation figures over the last ``window`` labels: exact
+    ROC AUC, log loss and Brier score of the model, and on the same labels
+    the baselines: recency alone (days since the last order; AUC only, it is
+    no probability) and the BG/NBD fit's own probability of no order in H.
+    ``lift`` is the model's AUC less the best baseline's. Also the rolling
+    churn rate, and ADWIN drift alarms on the label stream.
     """
 
     def __init__(self, window: int = 1000) -> None:
         self.window = window
-        self.auc = metrics.RollingROCAUC(window_size=window)
-        self.log_loss: Any = utils.Rolling(metrics.LogLoss, window_size=window)
-        self.labels: deque[int] = deque(maxlen=window)
+        # (label, model probability, recency score, BG/NBD probability)
+        self.recent: deque[tuple[int, float, float, float | None]] = deque(maxlen=window)
         self.adwin = drift.ADWIN()
         self.drifts = 0
         self.resolved = 0
         self.by_source: dict[str, int] = {}
 
-    def update(self, y: int, p: float, source: str) -> None:
-        """Record one resolved label ``y`` and the probability ``p`` given earlier."""
-        self.auc.update(bool(y), p)
-        self.log_loss.update(bool(y), min(max(p, 1e-6), 1 - 1e-6))
-        self.labels.append(y)
+    @property
+    def labels(self) -> list[int]:
+        return [y for y, _, _, _ in self.recent]
+
+    def update(
+        self,
+        y: int,
+        p: float,
+        source: str,
+        x: Mapping[str, float] | None = None,
+    ) -> None:
+        """Record one resolved label ``y``, the probability ``p`` given earlier,
+        and the churn features ``x`` it was given at (for the baselines)."""
+        x = x or {}
+        recency = float(x.get("recency_log", 0.0))
+        bgnbd = None
+        if x.get("has_ordered") and "bgnbd_churn_logit" in x:
+            bgnbd = 1 / (1 + math.exp(-float(x["bgnbd_churn_logit"])))
+        self.recent.append((y, p, recency, bgnbd))
         self.adwin.update(float(y))
         if self.adwin.drift_detected:
             self.drifts += 1
@@ -89,15 +108,39 @@ class ModelQuality:
         self.by_source[source] = self.by_source.get(source, 0) + 1
 
     def report(self) -> dict[str, Any]:
-        """Current figures; AUC is ``None`` until both classes were seen in the window."""
-        both = 0 < sum(self.labels) < len(self.labels)
+        """Current figures; an AUC is ``None`` until both classes were seen in the window."""
+        labels = self.labels
+        model = [p for _, p, _, _ in self.recent]
+        with_bgnbd = [(y, b) for y, _, _, b in self.recent if b is not None]
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 4)
+
+        auc = exact_auc(labels, model)
+        baselines = {
+            "recency": {"roc_auc": rounded(exact_auc(labels, [r for _, _, r, _ in self.recent]))},
+            "bgnbd": {
+                "labels": len(with_bgnbd),
+                "roc_auc": rounded(
+                    exact_auc([y for y, _ in with_bgnbd], [b for _, b in with_bgnbd])
+                ),
+                "log_loss": rounded(
+                    log_loss([y for y, _ in with_bgnbd], [b for _, b in with_bgnbd])
+                ),
+                "brier": rounded(brier([y for y, _ in with_bgnbd], [b for _, b in with_bgnbd])),
+            },
+        }
+        best = [b["roc_auc"] for b in baselines.values() if b["roc_auc"] is not None]
         return {
             "resolved_labels": self.resolved,
             "labels_by_score_source": dict(sorted(self.by_source.items())),
             "window": self.window,
-            "roc_auc": round(self.auc.get(), 4) if both else None,
-            "log_loss": round(float(self.log_loss.get()), 4) if self.labels else None,
-            "churn_rate": round(sum(self.labels) / len(self.labels), 4) if self.labels else None,
+            "roc_auc": rounded(auc),
+            "log_loss": rounded(log_loss(labels, model)),
+            "brier": rounded(brier(labels, model)),
+            "baselines": baselines,
+            "lift": rounded(auc - max(best)) if auc is not None and best else None,
+            "churn_rate": round(sum(labels) / len(labels), 4) if labels else None,
             "churn_rate_drifts": self.drifts,
         }
 
@@ -148,12 +191,13 @@ class ModelBundle:
         self._seen[example_id] = None
         if len(self._seen) > _SEEN_IDS:
             self._seen.popitem(last=False)
-        x = {name: float(example["x"][name]) for name in FEATURES if name in example["x"]}
         if example["kind"] == "cluster":
+            x = {name: float(example["x"][name]) for name in FEATURES if name in example["x"]}
             self.clusters.learn_one(x)
         else:
+            x = {n: float(example["x"][n]) for n in CHURN_FEATURES if n in example["x"]}
             y = int(example["y"])
-            self.quality.update(y, float(example["p"]), str(example["source"]))
+            self.quality.update(y, float(example["p"]), str(example["source"]), x)
             self.churn.learn_one(x, y)
         self.examples += 1
         return True
@@ -166,10 +210,18 @@ class ModelBundle:
             self._personas = (self.clusters.examples, labels)
         return labels
 
+    @property
+    def horizon_days(self) -> float:
+        """H: the churn probability is of no order in the next H days."""
+        return self.config.horizon_days
+
     def score(self, x: Mapping[str, float]) -> dict[str, Any]:
-        """Churn probability with its explanation, and cluster with persona."""
+        """Churn probability with its explanation, and cluster with persona.
+
+        ``x`` holds both models' inputs (:func:`models.churn_features.model_inputs`).
+        """
         p, source, reasons = self.churn.predict_one(x)
-        cluster_id = self.clusters.predict_one(x)
+        cluster_id = self.clusters.predict_one({n: x[n] for n in FEATURES if n in x})
         return {
             "churn_probability": p,
             "churn_source": source,
@@ -190,7 +242,13 @@ class ModelBundle:
             "trained_through_offset": self.trained_through,
             "churn": {
                 "horizon_days": self.config.horizon_days,
-                "source": "model" if self.churn.trained else "prior",
+                "source": (
+                    "model" if self.churn.trained else "bgnbd" if self.churn.calibrated else "prior"
+                ),
+                # The calibrated BG/NBD base and the learned correction, each
+                # predicted before learning every label: the correction is
+                # served only while it is the better of the two.
+                "validation": self.churn.validation(),
                 "labels": {"retained": self.churn.counts[0], "churned": self.churn.counts[1]},
                 "min_labels_per_class": self.config.min_labels,
                 "quality": self.quality.report(),

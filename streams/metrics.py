@@ -139,6 +139,12 @@ churn_log_loss = Gauge(
     "Rolling log loss of churn scores against resolved labels.",
     registry=registry,
 )
+churn_lift = Gauge(
+    "segstream_churn_auc_lift",
+    "Churn model's rolling exact ROC AUC less the best baseline's (recency alone, the "
+    "BG/NBD probability) on the same labels; below 0 the model ranks worse than a baseline.",
+    registry=registry,
+)
 churn_rate = Gauge(
     "segstream_churn_rate_ratio",
     "Share of resolved labels that were churn, over the quality window.",
@@ -171,6 +177,7 @@ def observe_models(description: dict[str, Any]) -> None:
     model_examples.set(description["examples"])
     churn_roc_auc.set(nan if quality["roc_auc"] is None else quality["roc_auc"])
     churn_log_loss.set(nan if quality["log_loss"] is None else quality["log_loss"])
+    churn_lift.set(nan if quality["lift"] is None else quality["lift"])
     churn_rate.set(nan if quality["churn_rate"] is None else quality["churn_rate"])
     churn_drifts.set(quality["churn_rate_drifts"])
     for label, count in description["churn"]["labels"].items():

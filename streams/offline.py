@@ -26,6 +26,7 @@ from models.engine import (
     Watermarks,
     population_key,
 )
+from models.evaluation import exact_auc
 from models.pipeline import (
     PopulationState,
     combined_bgnbd,
@@ -154,25 +155,31 @@ def score_against_truth(
 
     ``adjusted_rand_index`` compares cluster ids with the planted personas;
     ``churn_roc_auc`` ranks every customer's churn probability against
-    whether they were planted as fading (``truth.churns``).
+    whether they were planted as fading (``truth.churns``), exactly (every
+    threshold); ``recency_roc_auc`` ranks days since the last event the same
+    way, the trivial baseline beside it.
     """
     by_id = {p["customer_id"]: p for p in profiles}
     ari = metrics.AdjustedRand()
-    auc = metrics.ROCAUC()
-    scored = 0
+    labels: list[int] = []
+    churn: list[float] = []
+    recency: list[float] = []
     for customer in truth:
         profile = by_id.get(customer.customer_id)
         if profile is None:
             continue
         scores = profile["scores"]
-        scored += 1
         if scores["cluster_id"] is not None:
             ari.update(customer.persona, scores["cluster_id"])
-        auc.update(customer.churns, scores["churn_probability"])
+        labels.append(int(customer.churns))
+        churn.append(float(scores["churn_probability"]))
+        recency.append(float(profile["days_since_last_seen"] or 0.0))
+    auc, recency_auc = exact_auc(labels, churn), exact_auc(labels, recency)
     return {
-        "customers": scored,
+        "customers": len(labels),
         "adjusted_rand_index": round(float(ari.get()), 4),
-        "churn_roc_auc": round(float(auc.get()), 4),
+        "churn_roc_auc": None if auc is None else round(auc, 4),
+        "recency_roc_auc": None if recency_auc is None else round(recency_auc, 4),
     }
 
 

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from models.simulator import SimConfig, simulate
+from schemas.event_time import parse_event_time
 from streams.cli.admin import create_topics
 from streams.cli.process import WorkerProcess
 from streams.offline import evaluate
@@ -192,9 +193,11 @@ def test_recovery_from_compacted_changelog_with_empty_partitions(
     records: list[Any] = []
     gaps = False
     trickle = [e for e in events if e["topic"] == "clickstream" and "customer_id" in e][:60]
+    end_ms = max(parse_event_time(e["ts"]) for e in events)
     for i, event in enumerate(trickle):
         # New writes roll segments, so the cleaner may compact the old ones.
-        send(settings, [dict(event, event_id=f"trickle-{i}")])
+        # (New events, after the history: an old time would be stale.)
+        send(settings, [dict(event, event_id=f"trickle-{i}", ts=end_ms + i * 1000)])
         expected[event["customer_id"]][f"clickstream.{event['type']}"] += 1
         time.sleep(1)
         records = read_topic(settings, changelog, expected=1, timeout_s=5)

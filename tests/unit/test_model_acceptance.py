@@ -2,8 +2,9 @@
 never used while choosing features or settings).
 
 Reproduce with the README's commands (``segstream simulate`` then
-``segstream evaluate --report --truth``). Measured: churn ROC AUC 0.853
-(target 0.85: met); adjusted Rand index 0.829 (target 0.6: met).
+``segstream evaluate --report --truth``). Measured (exact AUC): churn ROC
+AUC 0.990 (target 0.85: met; recency alone 1.000 on this simulator);
+adjusted Rand index 0.715 (target 0.6: met).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def test_models_recover_planted_personas_and_fading_customers_on_a_held_out_seed
     assert figures["churn_roc_auc"] >= 0.85, figures
     assert figures["adjusted_rand_index"] >= 0.6, figures
     report = run.models.describe()
-    assert report["churn"]["source"] == "model"
+    # Calibrated from labels: the BG/NBD base, or the correction where it wins.
+    assert report["churn"]["source"] in ("bgnbd", "model"), report["churn"]
     assert report["clusters_ready"]
     assert sorted(c["persona"] for c in report["clusters"]) == sorted(
         {c["persona"] for c in report["clusters"]}
