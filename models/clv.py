@@ -314,6 +314,24 @@ def p_no_purchase(
     return 1.0 - alive * (1.0 - quiet_if_alive)
 
 
+def median_days_to_next_purchase(
+    state_or_params: Mapping[str, Any] | Sequence[float], x: int, t_x: float, T: float
+) -> float:
+    """Days from ``T`` until the next purchase is as likely as not, if the customer is alive.
+
+    Alive, the customer buys nothing in ``t`` days with probability
+    ``((α+T)/(α+T+t))^(r+x)``; that is one half at
+    ``t = (α+T)·(2^(1/(r+x)) − 1)``. Read it with :func:`p_alive`: a customer
+    more likely gone than alive may never buy again.
+
+    >>> round(median_days_to_next_purchase(new_bgnbd(), 6, 200.0, 220.0), 1)
+    29.3
+    """
+    _check_history(x, t_x, T)
+    r, alpha, _, _ = bgnbd_params(state_or_params)
+    return (alpha + T) * math.expm1(math.log(2) / (r + x))
+
+
 def _expected_if_alive(params: Params, x: int, big_t: float, t: float) -> float:
     """E[Y(t)] for a customer alive at T: λ | data ~ Gamma(r+x, α+T), p ~ Beta(a, b+x).
 

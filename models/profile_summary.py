@@ -15,7 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from models.clv import ClvError, expected_purchases, p_alive, simple_clv
+from models.clv import (
+    ClvError,
+    expected_purchases,
+    median_days_to_next_purchase,
+    p_alive,
+    simple_clv,
+)
 from models.profile import (
     DAY_MS,
     Profile,
@@ -216,7 +222,7 @@ def summarise(
         "recent_orders": [dict(order) for order in reversed(profile.get("recent_orders", []))],
     }
     rfm = None
-    expected = alive = None
+    expected = alive = year = median_days = None
     if population is not None and population.rfm is not None and last_order is not None:
         r, f, m = rfm_scores(
             population.rfm,
@@ -234,6 +240,8 @@ def summarise(
             expected_purchases(population.bgnbd, x, t_x, big_t, value.clv_horizon_days), 4
         )
         alive = round(p_alive(population.bgnbd, x, t_x, big_t), 4)
+        year = round(expected_purchases(population.bgnbd, x, t_x, big_t, 365.0), 4)
+        median_days = round(median_days_to_next_purchase(population.bgnbd, x, t_x, big_t), 1)
     aov = lifetime["aov"]
     per_year = orders / max(tenure_days or 0.0, 30.0) * 365 if orders else 0.0
     value_metrics = {
@@ -245,6 +253,17 @@ def summarise(
         f"expected_purchases_{int(value.clv_horizon_days)}d": expected,
         "clv_model": round(expected * aov, 2) if expected is not None and aov is not None else None,
         "p_alive": alive,
+        # A year ahead, and the next order: expected orders and value in 365
+        # days; the median wait for the next order if still active, and its
+        # date when the customer is more likely active than gone (else null).
+        "expected_purchases_365d": year,
+        "clv_365d": round(year * aov, 2) if year is not None and aov is not None else None,
+        "next_order_median_days_if_active": median_days,
+        "next_order_expected_ms": (
+            as_of + int(median_days * DAY_MS)
+            if median_days is not None and alive is not None and alive >= 0.5
+            else None
+        ),
     }
     support = _support(profile, config, as_of)
     return {
