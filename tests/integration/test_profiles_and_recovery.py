@@ -63,9 +63,14 @@ def assert_same_profile(live: dict[str, Any], offline: dict[str, Any]) -> None:
     for dimension in ("lifecycle", "nps_category"):
         a, b = live["segments"].get(dimension), offline["segments"].get(dimension)
         assert (a or {}).get("value") == (b or {}).get("value"), dimension
-    skip = ("value", "scores", "segments")
+    skip = ("value", "scores", "segments", "churn_features")
     rest = {k: v for k, v in live.items() if k not in skip}
     assert rest == {k: v for k, v in offline.items() if k not in skip}, diff(live, offline)
+    # The churn inputs are facts but for the BG/NBD fit's log-odds (model output).
+    live_churn, offline_churn = dict(live["churn_features"]), dict(offline["churn_features"])
+    logits = live_churn.pop("bgnbd_churn_logit"), offline_churn.pop("bgnbd_churn_logit")
+    assert live_churn == offline_churn
+    assert logits[0] == pytest.approx(logits[1], abs=0.5)
     for name in THRESHOLDED_FIELDS:
         live_value.pop(name), offline_value.pop(name)
     for name in MODEL_FIELDS:
