@@ -41,6 +41,7 @@ from typing import Any, Final
 from models.clv import p_no_purchase
 from models.features import FEATURES, FeatureVector, feature_vector
 from models.profile import DAY_MS, Profile, ProfileConfig
+from models.profile_summary import bgnbd_summary
 
 # Clustering features kept for churn: behaviour, not time or rates over tenure.
 TIME_AND_TENURE: Final = (
@@ -65,12 +66,9 @@ LOGIT_CLIP: Final = 12.0
 
 def bgnbd_inputs(profile: Profile, as_of_ms: int) -> tuple[int, float, float] | None:
     """BG/NBD's ``(x, t_x, T)`` in days as of ``as_of_ms``; None before an order."""
-    first, last = profile["first_order_ms"], profile["last_order_ms"]
-    if first is None or last is None:
+    if profile["first_order_ms"] is None or profile["last_order_ms"] is None:
         return None
-    x = max(int(profile["totals"].get("orders", 0)) - 1, 0)
-    t_x = (last - first) / DAY_MS
-    return x, t_x, max((as_of_ms - first) / DAY_MS, t_x)
+    return bgnbd_summary(profile, as_of_ms)
 
 
 def bgnbd_churn(

@@ -89,13 +89,19 @@ def update_customer(
         ts = int(event["ts"])
         last_seen = None if profile is None else profile["last_seen_ms"]
         new_day = last_seen is None or ts // DAY_MS > last_seen // DAY_MS
-        if profile is not None and seen_outcome(profile, event, config) is None:
+        refused = seen_outcome(profile, event, config)
+        if refused is not None:  # a duplicate, or stale: nothing changes
+            outcomes.append(refused)
+            continue
+        if profile is not None:
             _learn_purchase_process(profile, population, ts)
             if moments is not None:
                 moments.before_event(customer_id, profile, event, population)
             if segments is not None:
                 segments.before_event(customer_id, profile, ts, population)
-        profile, outcome = apply_event(profile, event, config, sentiment, input_watermark_ms)
+        profile, outcome = apply_event(
+            profile, event, config, sentiment, input_watermark_ms, seen_checked=True
+        )
         outcomes.append(outcome)
         if segments is not None and outcome in ("applied", "late"):
             segments.after_event(customer_id, profile, event, population, new_day)

@@ -138,6 +138,8 @@ def apply_event(
     config: ProfileConfig,
     sentiment: Callable[[str], float] | None = None,
     input_watermark_ms: int | None = None,
+    *,
+    seen_checked: bool = False,
 ) -> tuple[Profile, Outcome]:
     """Fold one decoded event into a customer's profile.
 
@@ -159,6 +161,8 @@ def apply_event(
         are finalised against it, so an order read after the clicks around it
         (another topic, consumed later) still counts. ``None`` uses the
         customer's own latest event time.
+    seen_checked
+        The caller has already asked :func:`seen_outcome` and got ``None``.
 
     Returns
     -------
@@ -169,7 +173,7 @@ def apply_event(
     """
     profile = new_profile() if state is None else state
     ts = int(event["ts"])
-    seen = seen_outcome(profile, event, config)
+    seen = None if seen_checked else seen_outcome(profile, event, config)
     if seen is not None:
         return profile, seen
     watermark = profile["last_seen_ms"]

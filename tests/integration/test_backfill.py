@@ -7,24 +7,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import pytest
 
 from models.simulator import SimConfig, simulate
-from streams.cli.admin import create_topics
 from streams.cli.process import WorkerProcess
 from streams.producer import mark_historical, send_events
 from streams.settings import Settings
 from tests.conftest import await_event_counts, metric_total, read_topic
 from tests.integration.helpers import expected_counts
-
-
-@pytest.fixture
-def settings(
-    kafka_bootstrap: str, topic_prefix: str, settings_factory: Callable[..., Settings]
-) -> Settings:
-    made = settings_factory(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
-    create_topics(made)
-    return made
 
 
 def test_a_historical_backfill_sends_historical_changes_and_no_trigger(

@@ -11,10 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import pytest
-
 from models.simulator import SimConfig, simulate
-from streams.cli.admin import create_topics
 from streams.cli.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import Settings
@@ -54,15 +51,6 @@ PRESENT = (
     "segstream_faust_total_rebalances",  # rebalances in progress
     "segstream_faust_total_rebalances_recovering",
 )
-
-
-@pytest.fixture
-def settings(
-    kafka_bootstrap: str, topic_prefix: str, settings_factory: Callable[..., Settings]
-) -> Settings:
-    made = settings_factory(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
-    create_topics(made)
-    return made
 
 
 def samples(text: str) -> dict[str, float]:

@@ -14,11 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import pytest
 
 from models.simulator import SimConfig, simulate
 from models.training import ModelBundle, ModelConfig, encode_snapshot
-from streams.cli.admin import create_topics
 from streams.cli.process import WorkerProcess
 from streams.producer import make_producer, send_events
 from streams.settings import Settings
@@ -31,15 +29,6 @@ MODEL_ENV = {
     "CHURN_MIN_LABELS": "5",
     "MODEL_WARMUP_EXAMPLES": "50",
 }
-
-
-@pytest.fixture
-def settings(
-    kafka_bootstrap: str, topic_prefix: str, settings_factory: Callable[..., Settings]
-) -> Settings:
-    made = settings_factory(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
-    create_topics(made)
-    return made
 
 
 def models_of(worker: WorkerProcess) -> dict[str, Any]:

@@ -91,15 +91,6 @@ def diff(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: live={a!r} offline={b!r}"]
 
 
-@pytest.fixture
-def settings(
-    kafka_bootstrap: str, topic_prefix: str, settings_factory: Callable[..., Settings]
-) -> Settings:
-    made = settings_factory(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
-    create_topics(made)
-    return made
-
-
 def test_live_profiles_equal_offline_evaluate(
     settings: Settings, worker_factory: Callable[..., WorkerProcess]
 ) -> None:

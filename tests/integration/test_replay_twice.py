@@ -12,11 +12,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
-
 from models.simulator import SimConfig, simulate
 from schemas.event_time import parse_event_time
-from streams.cli.admin import create_topics
 from streams.cli.process import WorkerProcess
 from streams.producer import send_events
 from streams.settings import Settings
@@ -25,15 +22,6 @@ from tests.integration.helpers import expected_counts
 
 # Depend on which model snapshot was current when they were read.
 MODEL_DEPENDENT = ("scores", "value", "explanation")
-
-
-@pytest.fixture
-def settings(
-    kafka_bootstrap: str, topic_prefix: str, settings_factory: Callable[..., Settings]
-) -> Settings:
-    made = settings_factory(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
-    create_topics(made)
-    return made
 
 
 def test_a_history_sent_twice_to_the_worker_changes_no_profile(

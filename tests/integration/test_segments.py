@@ -22,13 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from models.profile import DAY_MS
 from models.segments import NO_DWELL
 from models.simulator import SimConfig, simulate
 from schemas.event_time import parse_event_time
-from streams.cli.admin import create_topics
 from streams.cli.process import WorkerProcess
 from streams.partitioning import partition_for_key
 from streams.producer import send_events
@@ -45,15 +43,6 @@ SEGMENT_ENV = {
 }
 DWELL_MS = DAY_MS  # the default SEGSTREAM_SEGMENT_MIN_DWELL_S
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def settings(
-    kafka_bootstrap: str, topic_prefix: str, settings_factory: Callable[..., Settings]
-) -> Settings:
-    made = settings_factory(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
-    create_topics(made)
-    return made
 
 
 def sentinels(settings: Settings, ts_ms: int) -> list[dict[str, Any]]:

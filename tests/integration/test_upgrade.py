@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from kafka import KafkaProducer
 
 from models.pipeline import combined_bgnbd, combined_rfm, customer_view
@@ -36,7 +35,6 @@ from models.state import (
     undeclared_population_keys,
 )
 from models.training import ModelBundle
-from streams.cli.admin import create_topics
 from streams.cli.process import WorkerProcess
 from streams.partitioning import partition_for_key
 from streams.producer import send_events
@@ -83,15 +81,6 @@ def with_events(counts: dict[str, int], events: list[dict[str, Any]]) -> dict[st
     total = Counter(counts)
     total.update(f"{e.get('topic', 'clickstream')}.{e['type']}" for e in events)
     return dict(total)
-
-
-@pytest.fixture
-def settings(
-    kafka_bootstrap: str, topic_prefix: str, settings_factory: Callable[..., Settings]
-) -> Settings:
-    made = settings_factory(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
-    create_topics(made)  # the input topics and this app id's changelogs
-    return made
 
 
 def write_changelogs(settings: Settings, old: OldStore) -> None:
