@@ -121,3 +121,26 @@ def test_the_historical_mark_passes_the_input_contracts() -> None:
     role, key, value = encode_event(line)
     record = decode_event(role, key, value, DecodeLimits(), END)
     assert record.historical is True
+
+
+@pytest.mark.parametrize(
+    ("topic", "field", "value", "kind"),
+    [
+        ("support", "historical", "yes", "wrong_type"),
+        ("clickstream", "identified_by", "x" * 500, "invalid_value"),
+    ],
+)
+def test_a_bad_new_field_is_a_decode_error_for_the_dead_letter_topic(
+    topic: str, field: str, value: object, kind: str
+) -> None:
+    """What the worker sends to the dead-letter topic, with this kind as its reason."""
+    import orjson
+
+    from schemas.decode import DecodeError, DecodeLimits, decode_event
+
+    event = {"type": "complaint" if topic == "support" else "page_view", "event_id": "t1"}
+    event |= {"customer_id": "c1", "ts": "2025-01-02T00:00:00+00:00", field: value}
+    with pytest.raises(DecodeError) as raised:
+        decode_event(topic, b"c1", orjson.dumps(event), DecodeLimits(), END)
+    assert raised.value.kind == kind
+    assert field in raised.value.message
