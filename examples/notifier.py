@@ -29,6 +29,13 @@ sink** POSTs each record with an ``Idempotency-Key`` header (its id), and
 remembers delivered ids in a side file after each 2xx answer; a crash
 between the two re-sends once with the same key, which the receiver drops.
 
+What to deliver can be narrowed (records left out are read and committed,
+never delivered): ``--dimensions lifecycle,churn_risk`` keeps the segment
+changes of those dimensions only, ``--kinds vip,churn_alert`` the triggers of
+those kinds only, and ``--skip-initial`` leaves out first assignments
+(``initial: true``: a new customer's onboarding, not a move). An erasure's
+own records are always delivered.
+
 Configuration comes from the same ``SEGSTREAM_*`` settings as the workers
 (broker, topics, TLS/SASL).
 """
@@ -41,6 +48,7 @@ import os
 import signal
 import urllib.request
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -161,8 +169,46 @@ def dropped(record: dict[str, Any], forgotten: set[str]) -> bool:
     return not is_erasure(record) and record.get("customer_id") in forgotten
 
 
-def run(settings: Settings, sink: Sink, group_id: str, max_idle_polls: int | None = None) -> None:
+@dataclass(frozen=True)
+class Selection:
+    """Which records to deliver; None: every dimension / every kind."""
+
+    dimensions: frozenset[str] | None = None
+    kinds: frozenset[str] | None = None
+    skip_initial: bool = False
+
+    def wanted(self, record: dict[str, Any]) -> bool:
+        """Whether to deliver ``record`` (an erasure's own records always).
+
+        >>> only = Selection(dimensions=frozenset({"lifecycle"}), kinds=frozenset({"vip"}),
+        ...                  skip_initial=True)
+        >>> change = {"change_id": "a", "dimension": "lifecycle", "to_segment": "new"}
+        >>> only.wanted(change), only.wanted({**change, "initial": True})
+        (True, False)
+        >>> only.wanted({"change_id": "b", "dimension": "persona"})
+        False
+        >>> only.wanted({"trigger_id": "t", "kind": "vip"}), only.wanted({"trigger_id": "u",
+        ...                                                               "kind": "win_back"})
+        (True, False)
+        """
+        if is_erasure(record):
+            return True
+        if "trigger_id" in record:
+            return self.kinds is None or record.get("kind") in self.kinds
+        if self.skip_initial and record.get("initial"):
+            return False
+        return self.dimensions is None or record.get("dimension") in self.dimensions
+
+
+def run(
+    settings: Settings,
+    sink: Sink,
+    group_id: str,
+    max_idle_polls: int | None = None,
+    selection: Selection | None = None,
+) -> None:
     """Consume and deliver until stopped (or ``max_idle_polls`` empty polls in a row)."""
+    selection = selection or Selection()
     names = settings.topic_names()
     topics = [names["segment_changes"], names["triggers"]]
     consumer = make_consumer(settings, *topics, group_id=group_id)
@@ -197,7 +243,7 @@ def run(settings: Settings, sink: Sink, group_id: str, max_idle_polls: int | Non
             forgotten.update(erased)
             for topic, record in decoded:
                 rid = record_id(record)
-                if rid in delivered or dropped(record, forgotten):
+                if rid in delivered or dropped(record, forgotten) or not selection.wanted(record):
                     continue
                 sink.deliver(rid, topic, record)
                 delivered.add(rid)
@@ -225,9 +271,20 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--group", default="segstream-notifier", help="consumer group id")
     parser.add_argument("--state-dir", type=Path, default=Path("var/notifier"))
     parser.add_argument("--max-idle-polls", type=int, default=None, help="stop when idle (tests)")
+    parser.add_argument("--dimensions", help="deliver changes of these dimensions only (a,b,…)")
+    parser.add_argument("--kinds", help="deliver triggers of these kinds only (a,b,…)")
+    parser.add_argument(
+        "--skip-initial", action="store_true", help="leave out first assignments (initial: true)"
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run(load_settings(), parse_sink(args.sink, args.state_dir), args.group, args.max_idle_polls)
+    selection = Selection(
+        dimensions=frozenset(args.dimensions.split(",")) if args.dimensions else None,
+        kinds=frozenset(args.kinds.split(",")) if args.kinds else None,
+        skip_initial=args.skip_initial,
+    )
+    sink = parse_sink(args.sink, args.state_dir)
+    run(load_settings(), sink, args.group, args.max_idle_polls, selection)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,8 @@ class Outputs:
 
     ``counts`` holds ``(what, label) -> n`` for the worker's metrics:
     ``duplicate``/``stale``/``late``/``held`` by topic, ``forced``,
-    ``anonymous`` by outcome, ``historical_trigger`` by trigger kind.
+    ``anonymous`` by outcome, ``historical_trigger`` and ``capped_trigger``
+    by trigger kind.
     """
 
     changes: list[dict[str, Any]] = field(default_factory=list)
@@ -554,6 +555,8 @@ class _Step:
             self.outputs.triggers.extend(self._segmenter.triggers)
             for kind in self._segmenter.withheld:
                 self.outputs.counts["historical_trigger", kind] += 1
+            for kind in self._segmenter.capped:
+                self.outputs.counts["capped_trigger", kind] += 1
         if self._moments is not None:
             self.outputs.examples.extend(self._moments.examples)
         return self.outputs

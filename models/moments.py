@@ -19,10 +19,19 @@ At each moment the customer's features (as of that moment) go to the
 trainer as a **cluster example**, and a customer who has ordered is
 **scored**: features, score and moment are kept in the profile
 (``churn_pending``, at most :data:`MAX_PENDING` at once). A pending
-snapshot **resolves** to 0 at the customer's first order within H days of
-its moment, and to 1 once event time passes the moment plus H without one;
-then a **churn example** (features, label, and the score given at the
-moment, for honest progressive validation) goes to the trainer.
+snapshot's label is 0 if the customer orders within H days of its moment
+and 1 otherwise; it **resolves** once event time passes the moment plus H,
+whatever the label, and a **churn example** (features, label, and the score
+given at the moment, for honest progressive validation) goes to the trainer.
+
+Resolving a 0 only at the horizon, though it is known at the order, keeps
+the trainer's examples free of label-delay bias: were 0s sent at once, the
+moments of the last H days would reach the trainer only as 0s, and where
+customers keep arriving (so many moments are recent) the model would learn
+too low a churn rate. Likewise snapshots are taken at most every H /
+(``MAX_PENDING`` − 1) of event time, so the bound on pending snapshots never
+drops moments of silent customers (whose labels wait longest) more than those
+of buyers.
 
 Quiet ticks are what teach the model silence: a customer scored only when
 active would always look freshly active. Examples carry no customer id:
@@ -120,8 +129,9 @@ class Moments:
         ts = int(event["ts"])
         self.on_deadline(customer_id, profile, ts, population)
         if event["topic"] == "purchases" and event["type"] == "order":
-            for pending in [p for p in profile.get("churn_pending", []) if p["scored_ms"] <= ts]:
-                self._resolve(customer_id, profile, pending, 0, ts, population)
+            for pending in profile.get("churn_pending", []):
+                if pending["scored_ms"] <= ts:
+                    pending["y"] = 0
         last_seen = profile["last_seen_ms"] or ts
         if ts >= last_seen and ts >= profile.get("moment_ms", -self.moment_interval_ms) + (
             self.moment_interval_ms
@@ -175,7 +185,12 @@ class Moments:
                 {"example_id": example_id, "kind": "cluster", "x": clustering, "ts": ts}
             )
         pending: list[ChurnPending] = profile.setdefault("churn_pending", [])
-        if profile["last_order_ms"] is not None and len(pending) < MAX_PENDING:
+        spacing = self.horizon_ms // (MAX_PENDING - 1)
+        if (
+            profile["last_order_ms"] is not None
+            and len(pending) < MAX_PENDING
+            and (not pending or ts >= pending[-1]["scored_ms"] + spacing)
+        ):
             scores = self.scorer.score(x)
             summary = bgnbd_inputs(profile, ts)
             pending.append(
@@ -218,7 +233,7 @@ class Moments:
         for pending in list(profile.get("churn_pending", [])):
             if now_ms > pending["scored_ms"] + self.horizon_ms:
                 at = pending["scored_ms"] + self.horizon_ms
-                self._resolve(customer_id, profile, pending, 1, at, population)
+                self._resolve(customer_id, profile, pending, pending.get("y", 1), at, population)
 
     def _resolve(
         self,

@@ -71,12 +71,20 @@ NO_DWELL: Final = frozenset({"lifecycle", "nps_category"})
 TRIGGER_KINDS: Final = (
     "cart_abandoned",
     "win_back",
-    "churn_risk",
-    "detractor",
+    "churn_alert",
+    "nps_detractor",
+    "negative_feedback",
     "vip",
     "sla_breach",
     "welcome_back",
 )
+# Entering these segments fires a trigger, the first assignment included.
+_ENTRY_TRIGGERS: Final[Mapping[tuple[str, str], str]] = {
+    ("lifecycle", "dormant"): "win_back",
+    ("lifecycle", "reactivated"): "welcome_back",
+    ("churn_risk", "high"): "churn_alert",
+    ("value_tier", "top_5"): "vip",
+}
 _MAX_NOTIFIED_TICKETS: Final = 32
 
 
@@ -101,6 +109,9 @@ class SegmentConfig:
     churn_medium_leave: float = 0.3
     min_dwell_ms: int = DAY_MS
     trigger_interval_ms: int = DAY_MS
+    # At most this many triggers of any kinds per customer in 24 hours of
+    # event time; 0: no cap
+    trigger_daily_cap: int = 3
     negative_text: float = -0.5
     expected_lifespan_years: float = 3.0
 
@@ -260,6 +271,8 @@ class Segmenter:
     triggers: list[dict[str, Any]] = field(default_factory=list)
     # kinds of the triggers not sent because their moment was historical
     withheld: list[str] = field(default_factory=list)
+    # kinds of the triggers not sent because the customer's daily cap was reached
+    capped: list[str] = field(default_factory=list)
 
     # -- when --------------------------------------------------------------------
 
@@ -481,16 +494,13 @@ class Segmenter:
             "scores": snapshot,
             "model_version": scores["model_version"],
         }
+        if old is None:
+            change["initial"] = True
         if self._historical(profile, now_ms):
             change["historical"] = True
         self.changes.append(change)
-        entered = {
-            ("lifecycle", "dormant"): "win_back",
-            ("lifecycle", "reactivated"): "welcome_back",
-            ("churn_risk", "high"): "churn_risk",
-            ("value_tier", "top_5"): "vip",
-        }.get((dim, value))
-        if entered is not None and old is not None:
+        entered = _ENTRY_TRIGGERS.get((dim, value))
+        if entered is not None:
             self._trigger(
                 customer_id,
                 profile,
@@ -542,7 +552,7 @@ class Segmenter:
             self._trigger(
                 customer_id,
                 profile,
-                "detractor",
+                "nps_detractor",
                 now_ms,
                 f"NPS {profile['nps_last']}",
                 {
@@ -561,7 +571,7 @@ class Segmenter:
             self._trigger(
                 customer_id,
                 profile,
-                "detractor",
+                "negative_feedback",
                 now_ms,
                 f"negative ticket text (sentiment {profile['sentiment_last']:.2f})",
                 {"sentiment": profile["sentiment_last"], "scores": snapshot},
@@ -596,7 +606,15 @@ class Segmenter:
         limits: dict[str, int] = profile.setdefault("trigger_last_ms", {})
         if now_ms - limits.get(kind, -(10**15)) < self.config.trigger_interval_ms:
             return  # rate limit per customer and kind
-        limits[kind] = now_ms  # as if sent: state does not depend on the wall clock
+        cap = self.config.trigger_daily_cap
+        if cap:
+            recent = [t for t in profile.get("trigger_recent_ms", []) if now_ms - t < DAY_MS]
+            if len(recent) >= cap:
+                self.capped.append(kind)  # across kinds: enough messages for today
+                return
+            profile["trigger_recent_ms"] = [*recent, now_ms]
+        # As if sent, historical or not: state does not depend on the wall clock.
+        limits[kind] = now_ms
         if self._historical(profile, now_ms):
             self.withheld.append(kind)
             return

@@ -50,6 +50,7 @@ Persona = Literal[
     "unhappy_support_heavy",
 ]
 Role = Literal["clickstream", "purchases", "support"]
+PurchaseProcess = Literal["planted", "realistic"]
 MalformedKind = Literal[
     "not_json",
     "not_object",
@@ -207,9 +208,12 @@ class CustomerTruth:
     persona
         One of :data:`PERSONAS`.
     churns
-        Whether the customer stops all activity inside the span.
+        Planted process: whether the customer stops all activity inside the
+        span. Realistic process: whether they have dropped out of buying by its
+        end (silently; they may still browse).
     churn_ts
-        ISO-8601 UTC time of the customer's last event when ``churns``; else None.
+        When ``churns``: ISO-8601 UTC time of the customer's last event
+        (planted) or of their dropout (realistic); else None.
     first_ts
         ISO-8601 UTC time of the customer's first event (including logged-out
         browsing before ``identify``); None only for a customer with no events.
@@ -241,6 +245,12 @@ class SimConfig:
     persona_weights
         Relative share of each persona; None means :data:`DEFAULT_PERSONA_WEIGHTS`.
         Personas left out get no customers.
+    process
+        ``"planted"``: every persona buys at a steady rate and the fading ones
+        stop everything at once (recency alone separates them). ``"realistic"``:
+        customers join over the span and buy by a latent purchase process (see
+        :class:`_Lifetime`): rates that differ between customers, irregular
+        gaps, silent dropout that browsing outlives for some, and comebacks.
     """
 
     customers: int = 1000
@@ -249,6 +259,7 @@ class SimConfig:
     start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
     malformed_rate: float = 0.0
     persona_weights: dict[str, float] | None = None
+    process: PurchaseProcess = "planted"
 
 
 @dataclass(frozen=True)
@@ -349,6 +360,101 @@ _BEHAVIOURS: Final[Mapping[str, _Behaviour]] = {
 
 
 @dataclass(frozen=True)
+class _Buying:
+    """How a persona buys under the realistic process (means over its customers)."""
+
+    first_order: float  # P(the customer ever orders, at their arrival)
+    repeat_days: float  # mean days between repeat orders while alive
+    dropout: tuple[float, float]  # Beta(a, b) of P(dropping out after an order)
+
+
+# fmt: off
+_BUYING: Final[Mapping[str, _Buying]] = {
+    "loyal_high_spender":    _Buying(first_order=1.0, repeat_days=35, dropout=(1.0, 6.0)),
+    "bargain_hunter":        _Buying(first_order=0.9, repeat_days=80, dropout=(1.5, 3.0)),
+    "window_shopper":        _Buying(first_order=0.3, repeat_days=250, dropout=(2.0, 2.5)),
+    "new_customer":          _Buying(first_order=0.9, repeat_days=60, dropout=(1.5, 2.5)),
+    "fading":                _Buying(first_order=1.0, repeat_days=50, dropout=(3.0, 2.5)),
+    "unhappy_support_heavy": _Buying(first_order=0.8, repeat_days=120, dropout=(2.5, 2.5)),
+}
+# fmt: on
+# Realistic process, for every persona: the shape of the Gamma spread of
+# purchase rates between customers (below 1: most buy rarely, a few often);
+# the shape of the Gamma gaps between one customer's orders (below 1:
+# bursts and long gaps, not a steady Poisson rhythm); a dropout hazard in
+# time besides the one after each order; P(a dropped-out customer comes back)
+# and the mean wait; P(browsing outlives buying), and otherwise how fast it fades.
+_RATE_SHAPE: Final = 0.6
+_GAP_SHAPE: Final = 0.5
+_MEAN_LIFETIME_DAYS: Final = 500.0
+_COMEBACK_SHARE: Final = 0.25
+_COMEBACK_MEAN_DAYS: Final = 150.0
+_LINGER_SHARE: Final = 0.35
+_FADE_DAYS: Final = (5.0, 30.0)
+
+
+class _Lifetime:
+    """A customer's latent life as a buyer under the realistic process.
+
+    From ``arrival_ms`` they order (with P ``first_order``) and then buy at
+    their own rate while alive, in Gamma-distributed gaps. After each order
+    they drop out with their own probability, and at any time with a small
+    hazard. A dropped-out customer may come back later with an order. Other
+    activity follows :meth:`presence`: full while alive; after a dropout it
+    either lingers at a lower level (browsing without buying) or fades out.
+    """
+
+    def __init__(self, rng: random.Random, buying: _Buying, arrival_ms: int, end_ms: int) -> None:
+        self.arrival_ms = arrival_ms
+        self.orders: list[int] = []
+        self.dropouts: list[int] = []
+        self.comebacks: list[int] = []
+        rate = rng.gammavariate(_RATE_SHAPE, 1.0 / _RATE_SHAPE) / buying.repeat_days
+        p_drop = rng.betavariate(*buying.dropout)
+        self.linger = rng.uniform(0.2, 0.7) if rng.random() < _LINGER_SHARE else 0.0
+        self.fade_ms = rng.uniform(*_FADE_DAYS) * _DAY_MS
+        death_ms = arrival_ms + rng.expovariate(1.0 / _MEAN_LIFETIME_DAYS) * _DAY_MS
+        if rng.random() >= buying.first_order:
+            # Never buys; leaves the site at the end of their lifetime.
+            self.dropouts.append(int(death_ms))
+            return
+        t = arrival_ms + rng.uniform(0.0, 2.0) * _HOUR_MS
+        while t < end_ms:
+            self.orders.append(int(t))
+            gap = rng.gammavariate(_GAP_SHAPE, 1.0 / (_GAP_SHAPE * rate)) * _DAY_MS
+            if rng.random() < p_drop:
+                drop_ms = t
+            elif t + gap >= death_ms:
+                drop_ms = death_ms
+            else:
+                t += gap
+                continue
+            self.dropouts.append(int(drop_ms))
+            if rng.random() >= _COMEBACK_SHARE:
+                return
+            t = drop_ms + rng.expovariate(1.0 / _COMEBACK_MEAN_DAYS) * _DAY_MS
+            self.comebacks.append(int(t))
+            death_ms = t + rng.expovariate(1.0 / _MEAN_LIFETIME_DAYS) * _DAY_MS
+
+    def dropped_out_at(self, ts_ms: int) -> int | None:
+        """When the customer dropped out, if they are out of buying at ``ts_ms``."""
+        last_drop = next((d for d in reversed(self.dropouts) if d <= ts_ms), None)
+        if last_drop is None:
+            return None
+        back = any(last_drop < c <= ts_ms for c in self.comebacks)
+        return None if back else last_drop
+
+    def presence(self, ts_ms: int) -> float:
+        """How much of their usual activity the customer shows at ``ts_ms`` (0..1)."""
+        if ts_ms < self.arrival_ms:
+            return 0.0
+        dropped_ms = self.dropped_out_at(ts_ms)
+        if dropped_ms is None:
+            return 1.0
+        return self.linger or math.exp(-(ts_ms - dropped_ms) / self.fade_ms)
+
+
+@dataclass(frozen=True)
 class _Product:
     product_id: str
     category: str
@@ -414,18 +520,27 @@ def simulate(config: SimConfig) -> tuple[list[Event], list[CustomerTruth]]:
     timeline: list[tuple[int, int, int, Event]] = []
     truth: list[CustomerTruth] = []
     for index, (persona, seed) in enumerate(zip(personas, customer_seeds, strict=True)):
-        customer = _Customer(world, index + 1, persona, random.Random(seed))  # noqa: S311
+        customer = _Customer(
+            world,
+            index + 1,
+            persona,
+            random.Random(seed),  # noqa: S311
+            config.process,
+        )
         records = customer.live()
         timeline.extend((ts_ms, index, seq, event) for ts_ms, seq, event in records)
         first_ms = min((r[0] for r in records), default=None)
         last_ms = max((r[0] for r in records), default=None)
-        churns = persona == "fading"
+        if customer.lifetime is not None:
+            churn_ms = customer.lifetime.dropped_out_at(end_ms - 1)
+        else:
+            churn_ms = last_ms if persona == "fading" else None
         truth.append(
             CustomerTruth(
                 customer_id=customer.customer_id,
                 persona=persona,
-                churns=churns,
-                churn_ts=_iso_ms(last_ms) if churns and last_ms is not None else None,
+                churns=churn_ms is not None,
+                churn_ts=_iso_ms(churn_ms) if churn_ms is not None else None,
                 first_ts=_iso_ms(first_ms) if first_ms is not None else None,
             )
         )
@@ -605,6 +720,8 @@ def _check_config(config: SimConfig) -> dict[str, float]:
         raise SimConfigError("malformed_rate must be within [0, 1]")
     if config.start.tzinfo is None or config.start.utcoffset() is None:
         raise SimConfigError("start must be timezone-aware")
+    if config.process not in get_args(PurchaseProcess):
+        raise SimConfigError(f"process must be one of {get_args(PurchaseProcess)}")
     weights = dict(
         DEFAULT_PERSONA_WEIGHTS if config.persona_weights is None else config.persona_weights
     )
@@ -726,7 +843,14 @@ def _weights_with_noise(
 class _Customer:
     """One simulated customer; :meth:`live` returns their ``(ts_ms, seq, event)`` records."""
 
-    def __init__(self, world: _World, number: int, persona: str, rng: random.Random) -> None:
+    def __init__(
+        self,
+        world: _World,
+        number: int,
+        persona: str,
+        rng: random.Random,
+        process: PurchaseProcess = "planted",
+    ) -> None:
         self.world = world
         self.customer_id = f"c{number:06d}"
         self.persona = persona
@@ -765,8 +889,12 @@ class _Customer:
         self.lo_ms, self.hi_ms = world.start_ms, world.end_ms
         self.fade_ms = self.hi_ms
         span = world.end_ms - world.start_ms
+        self.lifetime: _Lifetime | None = None
         if persona == "new_customer":
             self.lo_ms = world.start_ms + int(span * rng.uniform(0.8, 0.9))
+        elif process == "realistic":
+            # Customers keep arriving over most of the span.
+            self.lo_ms = world.start_ms + int(span * rng.uniform(0.0, 0.7))
         elif persona == "fading":
             cut = world.start_ms + int(span * rng.uniform(0.3, 0.65))
             self.fade_ms = world.start_ms + int((cut - world.start_ms) * rng.uniform(0.25, 0.55))
@@ -775,6 +903,8 @@ class _Customer:
             f"a{rng.getrandbits(64):016x}" if rng.random() < _ANONYMOUS_SHARE else None
         )
         self.identified = False
+        if process == "realistic":
+            self.lifetime = _Lifetime(rng, _BUYING[persona], self.lo_ms, world.end_ms)
 
     # -- scheduling ------------------------------------------------------------------
 
@@ -787,8 +917,12 @@ class _Customer:
 
         for ts_ms in self._arrivals(self.b.sessions_per_day * self.activity, _HOUR_CUM_WEIGHTS):
             add(ts_ms, self._browse_session)
-        for ts_ms in self._arrivals(self.b.orders_per_day * self.buying, _HOUR_CUM_WEIGHTS):
-            add(ts_ms, self._order_flow)
+        if self.lifetime is not None:
+            for ts_ms in self.lifetime.orders:
+                add(ts_ms, self._order_flow)
+        else:
+            for ts_ms in self._arrivals(self.b.orders_per_day * self.buying, _HOUR_CUM_WEIGHTS):
+                add(ts_ms, self._order_flow)
         for ts_ms in self._arrivals(self.b.tickets_per_day, _HOUR_CUM_WEIGHTS):
             add(ts_ms, self._ticket)
         for campaign in self.world.campaigns:
@@ -796,7 +930,9 @@ class _Customer:
                 add(campaign.sent_ms, functools.partial(self._campaign, campaign))
         if self.rng.random() < self.b.nps_rate:
             add(self._some_time(), self._nps_survey)
-        if self.persona == "new_customer":
+        if self.lifetime is not None:
+            add(self.lo_ms, self._browse_session)  # arrives with a visit
+        elif self.persona == "new_customer":
             # Arrives with a first visit, and buys soon after.
             add(self.lo_ms, self._browse_session)
             room = max(self.world.end_ms - self.lo_ms - 2 * _HOUR_MS, _HOUR_MS)
@@ -814,9 +950,12 @@ class _Customer:
         return [r for r in self.records if self.world.start_ms <= r[0] < self.world.end_ms]
 
     def _keeps(self, ts_ms: int) -> bool:
-        """Thinning for fading customers: activity decays to nothing at the cut, fast at first."""
+        """Thinning: activity follows the realistic lifetime's presence; fading
+        customers' decays to nothing at the cut, fast at first."""
         if not self.lo_ms <= ts_ms < self.hi_ms:
             return False
+        if self.lifetime is not None:
+            return self.rng.random() < self.lifetime.presence(ts_ms)
         if ts_ms < self.fade_ms:
             return True
         return self.rng.random() < ((self.hi_ms - ts_ms) / (self.hi_ms - self.fade_ms)) ** 3
@@ -1008,7 +1147,8 @@ class _Customer:
         landing = f"landing/{campaign.name}"
         buy = self.b.email_buy * (boost if campaign.promo else 0.3)
         start_ms = clicked_ms + rng.randrange(1_000, 6_000)
-        if rng.random() < buy:
+        # Under the realistic process every order comes from the lifetime.
+        if self.lifetime is None and rng.random() < buy:
             self._order_flow(
                 start_ms,
                 discounted=campaign.promo or None,

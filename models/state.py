@@ -92,6 +92,9 @@ class ChurnPending(TypedDict):
     # BG/NBD inputs at the moment, [x, t_x, T] in days: the example's base is
     # worked out again with the fit as it is when the label resolves
     bg: NotRequired[list[float]]
+    # 0 once the customer ordered after the moment; the example still waits
+    # for the horizon to pass, like every other (see models.moments)
+    y: NotRequired[int]
 
 
 class Profile(TypedDict):
@@ -152,6 +155,8 @@ class Profile(TypedDict):
     negative_text_seen_ms: NotRequired[int]  # event time of the support text last triggered on
     sla_notified: NotRequired[list[str]]  # ticket ids whose SLA breach was triggered (bounded)
     trigger_last_ms: NotRequired[dict[str, int]]  # trigger kind -> when it last fired (rate limit)
+    # event times of the triggers of the last 24 hours (daily cap across kinds)
+    trigger_recent_ms: NotRequired[list[int]]
     # present (true) while the latest event applied came from a backfill
     # (`replay --historical`): its old moments are historical (models.segments)
     backfilling: NotRequired[bool]

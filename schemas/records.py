@@ -229,6 +229,10 @@ class SegmentChange(Struct, frozen=True, kw_only=True):
     change worked out during a backfill (``segstream replay --historical``)
     for a moment long past: it says what the customer's segment was from
     ``ts`` on, not that anything happened now. Update records; send nothing.
+
+    ``initial`` (backward compatible: absent means false) marks a customer's
+    first assignment in the dimension (``from_segment`` is null): onboarding,
+    not a move. A consumer that acts on moves can skip these.
     """
 
     change_id: str
@@ -242,14 +246,16 @@ class SegmentChange(Struct, frozen=True, kw_only=True):
     model_version: int | None = None
     change_kind: ChangeKind = "change"
     historical: bool = False
+    initial: bool = False
     schema_version: Literal[1] = SCHEMA_VERSION
 
 
 class Trigger(Struct, frozen=True, kw_only=True):
     """An action a notification service should take for one customer.
 
-    ``kind`` is one of cart_abandoned, win_back, churn_risk, detractor, vip,
-    sla_breach, welcome_back; ``trigger_id`` is deterministic.
+    ``kind`` is one of cart_abandoned, win_back, churn_alert, nps_detractor,
+    negative_feedback, vip, sla_breach, welcome_back; ``trigger_id`` is
+    deterministic.
     """
 
     trigger_id: str

@@ -256,6 +256,8 @@ def count(outputs: Outputs) -> None:
             metrics.anonymous_events.labels(label).inc(n)
         elif what == "historical_trigger":
             metrics.child(metrics.historical_triggers, label).inc(n)
+        elif what == "capped_trigger":
+            metrics.child(metrics.capped_triggers, label).inc(n)
 
 
 async def send_dead_letter(role: str, message: Any, exc: DecodeError) -> None:

@@ -56,6 +56,13 @@ historical_triggers = Counter(
     ["kind"],
     registry=registry,
 )
+capped_triggers = Counter(
+    "segstream_capped_triggers",
+    "Triggers not sent because the customer already had SEGSTREAM_TRIGGER_DAILY_CAP "
+    "triggers in the last 24 hours of event time.",
+    ["kind"],
+    registry=registry,
+)
 stale_events = Counter(
     "segstream_stale_events",
     "Events not applied because they are older than the customer's deduplication memory "

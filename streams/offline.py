@@ -14,9 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import orjson
 from river import metrics
 
 from models.engine import (
@@ -120,6 +122,21 @@ class OfflineRun:
         for fields in step.rekeyed:
             self.feed({"topic": "clickstream", **fields})
 
+    def advance_to(self, ts_ms: int) -> None:
+        """Event time reaches ``ts_ms`` with no further event.
+
+        Every engine fires its deadlines up to ``ts_ms`` — quiet ticks,
+        resolved churn labels, time-driven segment changes — as a worker's
+        engines do once their watermark passes it.
+        """
+        if self.input_watermark_ms is not None and ts_ms <= self.input_watermark_ms:
+            return
+        self.input_watermark_ms = ts_ms
+        step = Outputs()
+        for engine in self.engines.values():
+            step.extend(engine.advance(Watermarks.up_to(ts_ms)))
+        self._publish(step)
+
     def _publish(self, step: Outputs) -> None:
         for example in step.examples:
             self.models.learn(example)
@@ -186,10 +203,34 @@ def score_against_truth(
 def evaluate(
     lines: Iterable[dict[str, Any]], settings: Settings, cutoff_ms: int | None = None
 ) -> OfflineRun:
-    """Replay ``lines`` (in file order) up to ``cutoff_ms``; return the run."""
+    """Replay ``lines`` (in file order) up to ``cutoff_ms``; return the run.
+
+    With a cutoff, event time then moves on to it: the deadlines between the
+    last event and the cutoff fire, so the run is what a worker would hold
+    once its watermark reached the cutoff.
+    """
     run = OfflineRun(settings)
     for line in lines:
         if cutoff_ms is not None and "ts" in line and parse_event_time(line["ts"]) > cutoff_ms:
             continue
         run.feed(line)
+    if cutoff_ms is not None:
+        run.advance_to(cutoff_ms)
     return run
+
+
+def write_outputs(run: OfflineRun, path: Path) -> tuple[int, int]:
+    """Write the segment changes and triggers ``run`` published, as JSON Lines.
+
+    One record per line, as it would be on its topic, with ``"output"`` naming
+    which (``segment_change`` or ``trigger``): the changes in the order they
+    were published, then the triggers. Returns ``(changes, triggers)``.
+    """
+    with path.open("wb") as handle:
+        for output, records in (
+            ("segment_change", run.outputs.changes),
+            ("trigger", run.outputs.triggers),
+        ):
+            for record in records:
+                handle.write(orjson.dumps({"output": output, **record}) + b"\n")
+    return len(run.outputs.changes), len(run.outputs.triggers)

@@ -380,6 +380,12 @@ class Settings(BaseSettings):
     trigger_min_interval_s: int = Field(
         86_400, ge=0, description="Least event time between two triggers of one kind per customer."
     )
+    trigger_daily_cap: int = Field(
+        3,
+        ge=0,
+        description="At most this many triggers of any kinds per customer in 24 hours of event "
+        "time; the rest are not sent (counted in segstream_capped_triggers_total). 0: no cap.",
+    )
     historical_after_hours: float = Field(
         24.0,
         ge=0,
@@ -525,6 +531,7 @@ class Settings(BaseSettings):
             churn_medium_leave=self.churn_band_medium[1],
             min_dwell_ms=self.segment_min_dwell_s * 1000,
             trigger_interval_ms=self.trigger_min_interval_s * 1000,
+            trigger_daily_cap=self.trigger_daily_cap,
             negative_text=self.detractor_sentiment,
             expected_lifespan_years=self.expected_lifespan_days / 365,
         )

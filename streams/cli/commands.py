@@ -248,6 +248,14 @@ def simulate(
     speed: Annotated[
         float, typer.Option(help="With --to-kafka: 0 = as fast as possible, k = k× real time.")
     ] = 0.0,
+    process: Annotated[
+        str,
+        typer.Option(
+            help="How customers buy: 'planted' (steady rates; fading customers stop "
+            "everything at once) or 'realistic' (rates differ, silent dropout, gaps, "
+            "comebacks, mostly one-time buyers)."
+        ),
+    ] = "planted",
 ) -> None:
     """Simulate customers from planted personas, with known ground truth."""
     from datetime import UTC, datetime
@@ -258,12 +266,16 @@ def simulate(
     if out is None and not to_kafka:
         console.print("[red]error:[/red] give --out DIR, --to-kafka, or both")
         raise typer.Exit(2)
+    if process not in ("planted", "realistic"):
+        console.print("[red]error:[/red] --process must be planted or realistic")
+        raise typer.Exit(2)
     config = SimConfig(
         customers=customers,
         days=days,
         seed=seed,
         start=datetime.fromisoformat(start).replace(tzinfo=UTC),
         malformed_rate=malformed_rate,
+        process="realistic" if process == "realistic" else "planted",
     )
     if out is not None:
         n_events, n_customers = write_outputs(config, out)
@@ -354,6 +366,13 @@ def evaluate(
         Path | None,
         typer.Option(help="Simulator truth.jsonl: add ARI and churn AUC against it to the report."),
     ] = None,
+    changes: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write every segment change and trigger the run computed (JSON Lines) here: "
+            "what would have been sent over the period."
+        ),
+    ] = None,
     order_col: history.OrderCol = None,
     customer_col: history.CustomerCol = None,
     date_col: history.DateCol = None,
@@ -379,7 +398,7 @@ def evaluate(
     from schemas.event_time import parse_event_time
     from schemas.history import ImportReport, read_history
     from streams.offline import evaluate as run_offline
-    from streams.offline import score_against_truth
+    from streams.offline import score_against_truth, write_outputs
 
     cutoff_ms = (
         parse_event_time(int(cutoff) if cutoff and cutoff.isdigit() else cutoff) if cutoff else None
@@ -412,6 +431,9 @@ def evaluate(
     console.print(
         f"wrote {len(profiles)} profiles to {out} ({rejected} events rejected: {run.rejected})"
     )
+    if changes is not None:
+        n_changes, n_triggers = write_outputs(run, changes)
+        console.print(f"wrote {n_changes} segment changes and {n_triggers} triggers to {changes}")
     if report is not None:
         body: dict[str, object] = {"models": run.models.describe()}
         if truth is not None:

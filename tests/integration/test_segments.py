@@ -123,7 +123,7 @@ def test_fading_customers_are_won_back_then_churned_and_nobody_flaps(
         times.sort()
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(gap >= DWELL_MS for gap in gaps), (customer, dimension, gaps)
-    assert {t["kind"] for t in triggers} >= {"win_back", "cart_abandoned", "detractor"}
+    assert {t["kind"] for t in triggers} >= {"win_back", "cart_abandoned", "nps_detractor"}
 
     # /segments counts every customer once per dimension.
     status, body = worker.get("/segments")

@@ -6,7 +6,7 @@ from typing import Any
 
 from models.deadlines import DeadlineIndex, DictStore
 from models.features import FEATURES, MISSING, feature_vector
-from models.moments import Moments
+from models.moments import MAX_PENDING, Moments
 from models.pipeline import fire_deadlines, new_population, refile_deadline, update_customer
 from models.profile import DAY_MS, ProfileConfig, event
 from models.training import ModelBundle, ModelConfig
@@ -43,13 +43,34 @@ def view(day: float, n: int) -> dict[str, Any]:
     return event("clickstream", "page_view", int(day * DAY_MS), f"v{n}", channel="web")
 
 
-def test_a_purchase_within_the_horizon_resolves_the_label_to_zero() -> None:
+def test_a_purchase_within_the_horizon_labels_zero_but_resolves_at_the_horizon() -> None:
     events = [order(0, 1), view(8, 2), order(20, 3)]
-    examples = run(events, [e["ts"] for e in events])
-    churn = [e for e in examples if e["kind"] == "churn"]
-    # Scored at the day-8 visit and at the day-15 quiet tick; the order resolves both.
-    assert [(e["y"], e["ts"]) for e in churn] == [(0, 20 * DAY_MS)] * 2
-    assert churn[0]["x"]["has_ordered"] == 1.0
+    # Scored at the day-7 and day-15 quiet ticks (the day-8 visit is within a
+    # week of the first); the order at day
+    # 20 decides both labels, yet nothing reaches the trainer before the horizon.
+    assert not [e for e in run(events, [e["ts"] for e in events]) if e["kind"] == "churn"]
+    examples = run(events, [0, 8 * DAY_MS, 46 * DAY_MS])
+    churn = {e["ts"]: e for e in examples if e["kind"] == "churn"}
+    assert sorted(churn) == [37 * DAY_MS, 45 * DAY_MS]
+    assert churn[37 * DAY_MS]["y"] == 0 and churn[45 * DAY_MS]["y"] == 0
+    assert churn[37 * DAY_MS]["x"]["has_ordered"] == 1.0
+
+
+def test_snapshots_are_spaced_so_the_pending_bound_drops_no_label() -> None:
+    # Horizon 90 days: weekly moments would be 13 pending; they are spaced to
+    # H / (MAX_PENDING - 1) so at most MAX_PENDING wait, buyer or silent alike.
+    m = Moments(ModelBundle(ModelConfig(horizon_days=90)), 90 * DAY_MS, CONFIG, b"k")
+    population = new_population()
+    profile, _ = update_customer(None, [order(0, 1)], population, CONFIG, None, None, "c1", m)
+    for day in range(7, 90, 7):
+        profile, _ = update_customer(
+            profile, [view(day, day)], population, CONFIG, None, None, "c1", m
+        )
+    assert profile is not None
+    scored = [p["scored_ms"] for p in profile["churn_pending"]]
+    # Every other weekly visit: 12.9 days apart is the least spacing allowed.
+    assert scored == [day * DAY_MS for day in range(7, 90, 14)]
+    assert len(scored) <= MAX_PENDING
 
 
 def test_a_quiet_customer_resolves_to_one_when_the_watermark_passes_the_horizon() -> None:

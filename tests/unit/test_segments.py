@@ -165,7 +165,7 @@ def test_changes_carry_every_contract_field_and_deterministic_ids() -> None:
     change = a.changes[0]
     assert set(change) == {
         "change_id", "customer_id", "dimension", "from_segment", "to_segment", "ts",
-        "reason", "scores", "model_version",
+        "reason", "scores", "model_version", "initial",
     }  # fmt: skip
     assert {c["dimension"] for c in a.changes} <= set(DIMENSIONS)
 
