@@ -18,7 +18,8 @@ persona             the behavioural cluster's persona (:mod:`models.clustering`)
 ==================  ==========================================================
 
 :class:`Segmenter` decides them at the customer's *decision points* — after
-an order, refund or support event, at the first event of a new day, and at
+an order, refund or support event, at the first event of a new day or of a
+new session, and at
 deadlines (a lifecycle threshold passing, a cart timing out, a ticket's SLA
 running out) — never per click. A change of membership becomes a
 segment-change record with a deterministic ``change_id``; a minimum dwell
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from models.churn_features import model_inputs
-from models.clv import new_bgnbd, simple_clv
+from models.clv import simple_clv
 from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, net_revenue
 from models.profile_summary import nps_category
@@ -86,6 +87,11 @@ _ENTRY_TRIGGERS: Final[Mapping[tuple[str, str], str]] = {
     ("value_tier", "top_5"): "vip",
 }
 _MAX_NOTIFIED_TICKETS: Final = 32
+# When a silent customer's segments are decided again, in days after their
+# last event: on days 1, 2 and 4, then weekly to 13 weeks and every 4 weeks
+# to two years (with the model's quiet ticks, models.moments). Bounds how
+# stale segments can be, at 38 decisions per silence at most.
+REFRESH_DAYS: Final = (1, 2, 4, *range(7, 92, 7), *range(91 + 28, 731, 28))
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,19 +212,27 @@ def value_tier(rank: float | None, config: SegmentConfig) -> str:
     return "top_20" if rank >= config.top_20_rank else "rest"
 
 
-def churn_risk_band(probability: float, previous: str | None, config: SegmentConfig) -> str:
-    """Low, medium or high, with hysteresis: a band is left only past its leave threshold.
+def churn_risk_band(
+    probability: float, previous: str | None, config: SegmentConfig, lifecycle: str | None = None
+) -> str:
+    """Low, medium or high, with hysteresis: a band is left only past its leave
+    threshold. A customer the lifecycle calls ``churned`` (no order for
+    ``churned_days``) is at least medium, whatever the score.
 
     >>> c = SegmentConfig()
     >>> churn_risk_band(0.65, "high", c), churn_risk_band(0.65, "medium", c)
     ('high', 'medium')
+    >>> churn_risk_band(0.1, "low", c, "churned")
+    'medium'
     """
     if probability >= config.churn_high_enter or (
         previous == "high" and probability >= config.churn_high_leave
     ):
         return "high"
-    if probability >= config.churn_medium_enter or (
-        previous in ("medium", "high") and probability >= config.churn_medium_leave
+    if (
+        probability >= config.churn_medium_enter
+        or (previous in ("medium", "high") and probability >= config.churn_medium_leave)
+        or lifecycle == "churned"
     ):
         return "medium"
     return "low"
@@ -301,8 +315,15 @@ class Segmenter:
             return
         if event["topic"] == "purchases" and event["type"] == "order":
             self._note_return(profile, int(event["ts"]))
-        if new_day or event["topic"] != "clickstream" or "segments" not in profile:
-            self.decide(customer_id, profile, int(event["ts"]), population)
+        ts = int(event["ts"])
+        if (
+            new_day
+            or event["topic"] != "clickstream"
+            or "segments" not in profile
+            # A new session moves the session counts engagement and loyalty use.
+            or any(session["start_ms"] == ts for session in profile["sessions"])
+        ):
+            self.decide(customer_id, profile, ts, population)
 
     def on_deadline(
         self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
@@ -332,6 +353,18 @@ class Segmenter:
         adds = profile["cart_adds"]
         if adds:
             candidates.append(adds[0] + self.profile_config.cart_timeout_ms)
+        candidates += _window_edges(profile)
+        last_seen = profile["last_seen_ms"]
+        if last_seen is not None:
+            refresh = next(
+                (last_seen + d * DAY_MS for d in REFRESH_DAYS if last_seen + d * DAY_MS >= decided),
+                None,
+            )
+            if refresh is not None:
+                candidates.append(refresh)
+        for membership in profile.get("segments", {}).values():
+            if "pending" in membership:
+                candidates.append(membership["pending"]["applies_ms"] - 1)
         if profile["open_tickets"]:
             notified = set(profile.get("sla_notified", []))
             for ticket, (opened, priority) in profile["open_tickets"].items():
@@ -350,9 +383,8 @@ class Segmenter:
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
         profile["segments_decided_ms"] = now_ms
         current: dict[str, SegmentMembership] = profile.setdefault("segments", {})
-        bgnbd = population["bgnbd"] if "bgnbd" in population else new_bgnbd()
         inputs = model_inputs(
-            profile, self.profile_config, now_ms, bgnbd, self.scorer.horizon_days
+            profile, self.profile_config, now_ms, self.scorer.bgnbd, self.scorer.horizon_days
         )
         scores = self.scorer.score(inputs)
         sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
@@ -367,10 +399,13 @@ class Segmenter:
             )
             ranks = rfm_ranks(population["rfm"], values)
         rfm = tuple(quintile_score(r) for r in ranks) if ranks else None
+        if rfm:
+            profile["rfm_decided"] = list(rfm)  # shown with the segment (one truth)
         churn_p = scores["churn_probability"] if profile["last_order_ms"] is not None else None
         prev = {dim: current[dim]["value"] if dim in current else None for dim in DIMENSIONS}
+        stage = lifecycle_stage(profile, now_ms, prev["lifecycle"], c)
         decided: dict[str, tuple[str | None, str]] = {
-            "lifecycle": lifecycle_stage(profile, now_ms, prev["lifecycle"], c),
+            "lifecycle": stage,
             "rfm_segment": (
                 (rfm_segment(*rfm), f"R={rfm[0]} F={rfm[1]} M={rfm[2]}")
                 if rfm
@@ -391,10 +426,11 @@ class Segmenter:
             ),
             "churn_risk": (
                 (
-                    churn_risk_band(churn_p, prev["churn_risk"], c),
-                    "churn_probability={:.3f}; {}".format(
+                    churn_risk_band(churn_p, prev["churn_risk"], c, stage[0]),
+                    "churn_probability={:.3f}; {}{}".format(
                         churn_p,
                         ", ".join(r["feature"] for r in scores["churn_explanation"]) or "prior",
+                        "; lifecycle churned: at least medium" if stage[0] == "churned" else "",
                     ),
                 )
                 if churn_p is not None
@@ -415,14 +451,23 @@ class Segmenter:
         for dim in DIMENSIONS:
             value, reason = decided[dim]
             before = current.get(dim)
-            if value is None or (before is not None and before["value"] == value):
+            if value is None:
+                continue
+            if before is not None and value == before["value"]:
+                before.pop("pending", None)  # the held-back change no longer holds
                 continue
             if (
                 before is not None
                 and dim not in NO_DWELL
                 and now_ms - before["since_ms"] < c.min_dwell_ms
             ):
-                continue  # too soon after the last move: no flapping
+                # Too soon after the last move: no flapping. Said so, and decided
+                # again when the dwell ends.
+                before["pending"] = {
+                    "value": value,
+                    "applies_ms": before["since_ms"] + c.min_dwell_ms,
+                }
+                continue
             current[dim] = {"value": value, "since_ms": now_ms}
             _count(population, dim, before["value"] if before else None, value)
             self._change(customer_id, profile, dim, before, value, now_ms, reason, snapshot, scores)
@@ -628,6 +673,23 @@ class Segmenter:
                 "payload": payload,
             }
         )
+
+
+def _window_edges(profile: Profile) -> list[int]:
+    """When the oldest session leaves the 30-day window and the oldest order
+    the 90-day one: engagement and loyalty may change then with no event.
+
+    Counts are kept per day bucket, so a bucket leaves a window at the start
+    of the day 30 (or 90) days later, as :func:`_recent_sessions_and_orders`
+    counts them.
+    """
+    edges = [s["start_ms"] + 30 * DAY_MS for s in profile["sessions"]]
+    for key, bucket in profile["buckets"].items():
+        if bucket.get("sessions"):
+            edges.append((int(key) + 30) * DAY_MS)
+        if bucket.get("purchases.order"):
+            edges.append((int(key) + 90) * DAY_MS)
+    return edges
 
 
 def _recent_sessions_and_orders(profile: Profile, now_ms: int) -> tuple[int, int]:

@@ -31,13 +31,11 @@ from models.engine import (
 from models.evaluation import exact_auc
 from models.pipeline import (
     PopulationState,
-    combined_bgnbd,
-    combined_rfm,
     customer_view,
     new_population,
+    partition_population,
 )
 from models.profile import Profile
-from models.profile_summary import Population
 from models.simulator import CustomerTruth
 from models.training import ModelBundle
 from schemas.decode import DecodeError, decode_event
@@ -148,20 +146,18 @@ class OfflineRun:
     def summaries(self, as_of_ms: int | None = None) -> Iterator[dict[str, Any]]:
         """Every customer's profile as of ``as_of_ms`` (default: the last event)."""
         as_of = self.watermark_ms if as_of_ms is None else as_of_ms
-        populations = self.populations.values()
-        population = Population(rfm=combined_rfm(populations), bgnbd=combined_bgnbd(populations))
         value_config = self.settings.value_config()
         config = self.settings.profile_config()
-        profiles = self.profiles
-        for customer_id in sorted(profiles):
+        held = []
+        for partition, engine in self.engines.items():
+            population = partition_population(self.populations[partition])
+            profiles = engine.stores.profiles.data  # type: ignore[attr-defined]
+            held += [
+                (customer_id, profile, population) for customer_id, profile in profiles.items()
+            ]
+        for customer_id, profile, population in sorted(held, key=lambda item: item[0]):
             yield customer_view(
-                customer_id,
-                profiles[customer_id],
-                config,
-                as_of,
-                population,
-                value_config,
-                self.models,
+                customer_id, profile, config, as_of, population, value_config, self.models
             )
 
 

@@ -17,8 +17,7 @@ from faust.tables.manager import TableManager
 from prometheus_client import generate_latest
 from yarl import URL
 
-from models.pipeline import combined_bgnbd, combined_rfm, customer_view
-from models.profile_summary import Population
+from models.pipeline import customer_view, partition_population
 from schemas.decode import is_safe_id
 from schemas.records import MAX_ID_CHARS, ErasureRequest
 from streams import metrics
@@ -90,9 +89,10 @@ def current_profile(customer_id: str) -> Any:
 
 def customer_summary(customer_id: str, profile: Any) -> dict[str, Any]:
     """A profile as served: metrics as of this worker's watermark."""
-    local = list(local_populations().values())
-    watermark = max((p.get("watermark_ms", 0) for p in local), default=None)
-    population = Population(rfm=combined_rfm(local), bgnbd=combined_bgnbd(local))
+    local = local_populations()
+    watermark = max((p.get("watermark_ms", 0) for p in local.values()), default=None)
+    partition = partition_for_key(customer_id, settings.input_partitions)
+    population = partition_population(local.get(population_key(partition)))
     return customer_view(
         customer_id, profile, PROFILE_CONFIG, watermark, population, VALUE_CONFIG, holder.bundle
     )

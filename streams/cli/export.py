@@ -22,11 +22,12 @@ from typing import IO, Any, Literal
 import orjson
 from kafka import TopicPartition
 
-from models.pipeline import combined_bgnbd, combined_rfm, customer_view
-from models.profile_summary import Population
+from models.engine import population_key
+from models.pipeline import customer_view, partition_population
 from models.segments import DIMENSIONS
 from models.training import ModelBundle, SnapshotError, decode_snapshot
 from schemas.errors import SegstreamError
+from streams.partitioning import partition_for_key
 from streams.producer import make_consumer
 from streams.settings import Settings
 
@@ -118,22 +119,23 @@ def latest_models(settings: Settings) -> ModelBundle:
 def current_profiles(settings: Settings) -> Iterator[dict[str, Any]]:
     """Every customer's profile as the workers hold it now, in customer-id order."""
     profiles = read_compacted(settings, changelog_topic(settings, "profiles"))
-    populations = [
-        orjson.loads(v)
-        for v in read_compacted(settings, changelog_topic(settings, "population")).values()
-    ]
-    population = Population(rfm=combined_rfm(populations), bgnbd=combined_bgnbd(populations))
-    as_of = max((int(p.get("watermark_ms", 0)) for p in populations), default=None)
+    populations = {
+        _table_key(k): orjson.loads(v)
+        for k, v in read_compacted(settings, changelog_topic(settings, "population")).items()
+    }
+    as_of = max((int(p.get("watermark_ms", 0)) for p in populations.values()), default=None)
     models = latest_models(settings)
     profile_config = settings.profile_config()
     value_config = settings.value_config()
     for key in sorted(profiles):
+        customer_id = _table_key(key)
+        partition = partition_for_key(customer_id, settings.input_partitions)
         yield customer_view(
-            _table_key(key),
+            customer_id,
             orjson.loads(profiles[key]),
             profile_config,
             as_of,
-            population,
+            partition_population(populations.get(population_key(partition))),
             value_config,
             models,
         )

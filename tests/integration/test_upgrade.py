@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from models.pipeline import combined_bgnbd, combined_rfm, customer_view
-from models.profile_summary import Population
+from models.engine import population_key
+from models.pipeline import customer_view, partition_population
 from models.state import (
     PopulationState,
     Profile,
@@ -135,17 +135,17 @@ def test_worker_upgraded_over_an_old_store_recovers_it_and_goes_on(
 
     # (b) What is served is the new code's view of the old state, key for key:
     # the recovered state is the changelog's, read with the declared schema.
-    profiles, populations = old.table("profiles"), list(old.table("population").values())
-    population = Population(rfm=combined_rfm(populations), bgnbd=combined_bgnbd(populations))
-    as_of = max(p["watermark_ms"] for p in populations)
+    profiles, populations = old.table("profiles"), old.table("population")
+    as_of = max(p["watermark_ms"] for p in populations.values())
     bundle = ModelBundle(settings.learning_config())  # no snapshot: the cold-start models
     for customer_id, profile in served.items():
+        partition = partition_for_key(customer_id, settings.input_partitions)
         view = customer_view(
             customer_id,
             profiles[customer_id],
             settings.profile_config(),
             as_of,
-            population,
+            partition_population(populations[population_key(partition)]),
             settings.value_config(),
             bundle,
         )
