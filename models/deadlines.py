@@ -130,6 +130,9 @@ class DeadlineIndex:
             if not entries:
                 continue
             ready = [(int(d), str(c)) for d, c in entries if d <= watermark_ms]
+            if not ready:
+                # Unchanged: no write (in the worker, no changelog record for it).
+                continue
             rest = [e for e in entries if e[0] > watermark_ms]
             due.extend(ready)
             if rest:
@@ -138,5 +141,6 @@ class DeadlineIndex:
                 self.store.delete(key)
         if last >= int(oldest):
             remaining = last if self.store.get(self._key(last)) else last + 1
-            self.store.put(self._from_key, remaining)
+            if remaining != oldest:
+                self.store.put(self._from_key, remaining)
         return sorted(due)
