@@ -17,6 +17,8 @@ segment held back by dwell is not a contradiction when the profile says so
 * ``persona``: not ``scores.persona``;
 * ``preferred_channel``: not the profile's ``preferred_channel``;
 * ``lifecycle``: not the stage of the profile's own order dates.
+
+Also reported: how many profiles show a ``pending`` value, per dimension.
 """
 
 from __future__ import annotations
@@ -58,10 +60,15 @@ def contradictions(profile: dict[str, Any], config: SegmentConfig) -> set[str]:
         return str(entry.get("pending", {}).get("value", entry["value"]))
 
     def check(dim: str, expected: str | None, also: str | None = None) -> None:
-        if dim in segments and expected is not None and expected not in (
-            segments[dim]["value"],
-            shown(dim),
-            also,
+        if (
+            dim in segments
+            and expected is not None
+            and expected
+            not in (
+                segments[dim]["value"],
+                shown(dim),
+                also,
+            )
         ):
             found.add(dim)
 
@@ -107,8 +114,10 @@ def measure(customers: int, days: int, seed: int) -> dict[str, Any]:
     profiles = list(run.summaries())
     config = settings.segment_config()
     counts: Counter[str] = Counter()
+    pending: Counter[str] = Counter()
     for profile in profiles:
         counts.update(contradictions(profile, config))
+        pending.update(d for d, entry in profile["segments"].items() if "pending" in entry)
     buyers = sum(1 for p in profiles if p["purchases"]["last_order_ms"] is not None)
     churned = sum(
         1 for p in profiles if p["segments"].get("lifecycle", {}).get("value") == "churned"
@@ -120,6 +129,8 @@ def measure(customers: int, days: int, seed: int) -> dict[str, Any]:
         "churned": churned,
         "contradictions": dict(sorted(counts.items())),
         "share_of_profiles": {k: round(v / len(profiles), 4) for k, v in sorted(counts.items())},
+        # profiles whose segment in a dimension is shown with a pending value
+        "pending_shown": dict(sorted(pending.items())),
         "churned_but_low_share_of_churned": round(counts["churned_but_low"] / churned, 4)
         if churned
         else None,

@@ -91,14 +91,15 @@ def main() -> None:
     bundle = run.models
     profile = next(iter(run.profiles.values()))
     as_of = run.watermark_ms
-    x = model_inputs(profile, config, as_of, bundle.bgnbd, bundle.horizon_days)
+    bgnbd = run.populations[0]["bgnbd"]
+    x = model_inputs(profile, config, as_of, bgnbd, bundle.horizon_days)
     key = b"bench"
     snapshot = encode_snapshot(bundle, key)
     costs = {
         "feature_vector_us": per_call_us(lambda: feature_vector(profile, config, as_of), 2000),
         # Both models' inputs (clustering features, then the churn features).
         "model_inputs_us": per_call_us(
-            lambda: model_inputs(profile, config, as_of, bundle.bgnbd, bundle.horizon_days), 2000
+            lambda: model_inputs(profile, config, as_of, bgnbd, bundle.horizon_days), 2000
         ),
         "score_us": per_call_us(lambda: bundle.score(x), 2000),
         "learn_cluster_example_us": per_call_us(

@@ -163,6 +163,7 @@ def steady_rate(progress: list[tuple[float, float]], expected: int) -> dict[str,
     >>> steady_rate([(1.0, 0), (2.0, 10), (3.0, 50), (4.0, 95), (5.0, 100)], 100)
     {'steady_events_per_s': 40.0, 'first_event_s': 2.0}
     """
+
     def reached(share: float) -> float | None:
         return next((t for t, n in progress if n >= share * expected and n > 0), None)
 

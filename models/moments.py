@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from models.churn_features import CHURN_FEATURES, bgnbd_inputs, churn_logit, model_inputs
-from models.clv import p_no_purchase
+from models.clv import new_bgnbd, p_no_purchase
 from models.features import FEATURES
 from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig
@@ -63,9 +63,6 @@ class Scorer(Protocol):
 
     @property
     def horizon_days(self) -> float: ...
-
-    @property
-    def bgnbd(self) -> Mapping[str, Any]: ...
 
     def score(self, x: Mapping[str, float]) -> dict[str, Any]: ...
 
@@ -179,19 +176,14 @@ class Moments:
         self, customer_id: str, profile: Profile, ts: int, population: PopulationState | None
     ) -> None:
         profile["moment_ms"] = ts
-        bgnbd = self.scorer.bgnbd
+        bgnbd = population["bgnbd"] if population is not None else new_bgnbd()
         x = model_inputs(profile, self.profile_config, ts, bgnbd, self.scorer.horizon_days)
-        summary = bgnbd_inputs(profile, ts)
         example_id = self.example_id(customer_id, "cluster", ts)
         if self.sampled(example_id):
             clustering = {name: x[name] for name in FEATURES}
-            example: Example = {"example_id": example_id, "kind": "cluster", "x": clustering}
-            if summary is not None:
-                # The BG/NBD fit learns from this census of buyers, silent
-                # ones included: sampled only when they buy, it would learn
-                # that nobody drops out.
-                example["bg"] = list(summary)
-            self.examples.append({**example, "ts": ts})
+            self.examples.append(
+                {"example_id": example_id, "kind": "cluster", "x": clustering, "ts": ts}
+            )
         pending: list[ChurnPending] = profile.setdefault("churn_pending", [])
         spacing = self.horizon_ms // (MAX_PENDING - 1)
         if (
@@ -200,6 +192,7 @@ class Moments:
             and (not pending or ts >= pending[-1]["scored_ms"] + spacing)
         ):
             scores = self.scorer.score(x)
+            summary = bgnbd_inputs(profile, ts)
             pending.append(
                 {
                     "scored_ms": ts,
@@ -224,9 +217,9 @@ class Moments:
         """
         x = dict(zip(CHURN_FEATURES, pending["x"], strict=True))
         bg = pending.get("bg")
-        if bg is not None:
+        if bg is not None and population is not None:
             horizon_days = self.horizon_ms / DAY_MS
-            p = p_no_purchase(self.scorer.bgnbd, int(bg[0]), bg[1], bg[2], horizon_days)
+            p = p_no_purchase(population["bgnbd"], int(bg[0]), bg[1], bg[2], horizon_days)
             x["bgnbd_churn_logit"] = churn_logit(p)
         return x
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from models.churn_features import CHURN_FEATURES, model_inputs
+from models.clv import bgnbd_learn, new_bgnbd
 from models.deadlines import DeadlineIndex
 from models.features import FEATURES
 from models.ids import keyed_id
@@ -29,16 +30,18 @@ from models.profile import (
 )
 from models.profile_summary import Population, ValueConfig, summarise
 from models.quantiles import RfmValues, merge_sketches, new_rfm_population, rfm_update
-from models.segments import Segmenter, new_segment_population
+from models.segments import SegmentConfig, Segmenter, new_segment_population, view_pending
+from models.state import BgNbdState
 from models.state import PopulationState as PopulationState  # re-exported
 from models.training import ModelBundle
 
 
 def new_population() -> PopulationState:
-    """An empty population: RFM sketches and segment counts."""
+    """An empty population: RFM sketches and starting BG/NBD parameters."""
     segments = new_segment_population()
     return {
         "rfm": new_rfm_population(),
+        "bgnbd": new_bgnbd(),
         "counts": segments["counts"],
         "clv": segments["clv"],
     }
@@ -72,7 +75,9 @@ def update_customer(
     :func:`models.profile.apply_event`).
 
     The RFM sketches are updated once, from the customer's values before and
-    after all the events. With ``moments``, the customer's
+    after all the events; the BG/NBD parameters learn from the customer's
+    purchase history at most once per event-time day (see
+    :func:`_learn_purchase_process`). With ``moments``, the customer's
     model moments (scoring, churn labels, training examples; see
     :mod:`models.moments`) are taken before each new event and collected there;
     with ``segments``, segments are decided at the customer's decision points
@@ -89,6 +94,7 @@ def update_customer(
             outcomes.append(refused)
             continue
         if profile is not None:
+            _learn_purchase_process(profile, population, ts)
             if moments is not None:
                 moments.before_event(customer_id, profile, event, population)
             if segments is not None:
@@ -208,11 +214,14 @@ def still_suppressed(entry: Mapping[str, Any] | None, now_ms: int) -> bool:
     return expires is None or now_ms < int(expires)
 
 
-def partition_population(state: Mapping[str, Any] | None) -> Population:
-    """What a customer's profile is ranked against: their own partition's RFM
-    sketches, the ones their segments are decided with — so a served profile
-    and its segments agree, whichever worker serves it."""
-    return Population(rfm=(state or {}).get("rfm") or new_rfm_population())
+def partition_population(
+    state: Mapping[str, Any] | None, bgnbd: Mapping[str, Any] | None
+) -> Population:
+    """What a customer's profile is worked out against: their own partition's
+    RFM sketches — the ones their segments are decided with, so the RFM shown
+    and the segment agree whichever worker serves it — and the BG/NBD fit
+    pooled across partitions (:func:`combined_bgnbd`)."""
+    return Population(rfm=(state or {}).get("rfm") or new_rfm_population(), bgnbd=bgnbd)
 
 
 def combined_rfm(populations: Iterable[PopulationState]) -> Mapping[str, Any]:
@@ -221,6 +230,50 @@ def combined_rfm(populations: Iterable[PopulationState]) -> Mapping[str, Any]:
     if not parts:
         return new_rfm_population()
     return {dim: merge_sketches(p["rfm"][dim] for p in parts) for dim in ("r", "f", "m")}
+
+
+def _learn_purchase_process(profile: Profile, population: PopulationState, now_ms: int) -> None:
+    """One BG/NBD learning step from this customer, at most once per day.
+
+    Run before the customer's first event of each new event-time day, the
+    sample is the purchase history observed up to that moment (``T`` = now −
+    first order). Learning only at orders would observe customers exactly
+    when they buy and never in their silence, which teaches the model that
+    nobody drops out; sampling on any activity sees silences too. Customers
+    who stop all activity stop contributing — a remaining bias towards the
+    active, which the README states. Because the step depends only on the
+    customer's own event order, batch boundaries do not change which samples
+    are learned.
+    """
+    first, last = profile["first_order_ms"], profile["last_order_ms"]
+    day = now_ms // DAY_MS
+    if first is None or last is None or profile.get("bgnbd_learned_day", -1) >= day:
+        return
+    profile["bgnbd_learned_day"] = day
+    x = int(profile["totals"].get("orders", 0)) - 1
+    t_x = (last - first) / DAY_MS
+    bgnbd_learn(population["bgnbd"], x, t_x, max((now_ms - first) / DAY_MS, t_x))
+
+
+def combined_bgnbd(populations: Iterable[PopulationState]) -> BgNbdState:
+    """BG/NBD parameters of several partitions pooled into one estimate.
+
+    Each partition learns from its own customers; the log-parameters are
+    averaged, weighted by the learning steps behind them, so scores do not
+    depend on which partition a customer hashes to and partition noise
+    averages out.
+    """
+    states = [p["bgnbd"] for p in populations if "bgnbd" in p]
+    if not states:
+        return new_bgnbd()
+    weights = [int(state["steps"]) + 1 for state in states]
+    total = sum(weights)
+    pooled = [
+        sum(w * float(state["log_params"][i]) for w, state in zip(weights, states, strict=True))
+        / total
+        for i in range(4)
+    ]
+    return {"log_params": pooled, "steps": sum(int(state["steps"]) for state in states)}
 
 
 def next_deadline(
@@ -259,6 +312,9 @@ def act_on_deadline(
 ) -> None:
     """Event time reached ``now_ms`` for a quiet customer: moments, then segment
     decisions. The customer's deadline is spent; the caller files the next."""
+    if population is not None:
+        # Quiet customers are sampled too, so the fit sees silences.
+        _learn_purchase_process(profile, population, now_ms)
     moments.on_deadline(customer_id, profile, now_ms, population)
     if segments is not None and population is not None:
         segments.on_deadline(customer_id, profile, now_ms, population)
@@ -298,30 +354,29 @@ def customer_view(
     population: Population,
     value: ValueConfig,
     models: ModelBundle,
+    segment_config: SegmentConfig | None = None,
 ) -> dict[str, Any]:
-    """A customer as served and exported: metrics, model features and scores."""
-    population = Population(rfm=population.rfm, bgnbd=models.bgnbd)
+    """A customer as served and exported: metrics, model features and scores.
+
+    Segments a dwell holds back carry their ``pending`` value; where the
+    scores shown put the churn band, persona or RFM segment elsewhere than the
+    last decision did, that is shown as ``pending`` too
+    (:func:`models.segments.view_pending`).
+    """
     summary = summarise(profile, config, as_of_ms, population, value)
     as_of = summary["as_of_ms"]
-    inputs = model_inputs(profile, config, as_of, models.bgnbd, models.horizon_days)
-    decided = profile.get("rfm_decided")
-    if decided is not None:
-        # The scores the RFM segment was decided with, and when: the segment and
-        # the scores shown beside it agree (the population moves on between
-        # decisions; see REFRESH_DAYS in models.segments).
-        r, f, m = decided
-        summary["rfm"] = {
-            "r": r,
-            "f": f,
-            "m": m,
-            "score": f"{r}{f}{m}",
-            "decided_ms": profile.get("segments_decided_ms"),
-        }
+    bgnbd = population.bgnbd if population.bgnbd is not None else new_bgnbd()
+    inputs = model_inputs(profile, config, as_of, bgnbd, models.horizon_days)
+    scores = models.score(inputs)
+    segments: dict[str, Any] = dict(sorted(profile.get("segments", {}).items()))
+    config_ = segment_config or SegmentConfig()
+    for dim, pending in view_pending(profile, scores, summary["rfm"], config_).items():
+        segments[dim] = {**segments[dim], "pending": pending}
     return {
         "customer_id": customer_id,
         **summary,
         "features": {name: inputs[name] for name in FEATURES},
         "churn_features": {name: inputs[name] for name in CHURN_FEATURES},
-        "scores": models.score(inputs),
-        "segments": dict(sorted(profile.get("segments", {}).items())),
+        "scores": scores,
+        "segments": segments,
     }

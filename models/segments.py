@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from models.churn_features import model_inputs
-from models.clv import simple_clv
+from models.clv import new_bgnbd, simple_clv
 from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, net_revenue
 from models.profile_summary import nps_category
@@ -54,7 +54,7 @@ from models.quantiles import (
     sketch_rank,
     sketch_remove,
 )
-from models.state import PopulationState, SegmentMembership, SegmentPopulation
+from models.state import PendingSegment, PopulationState, SegmentMembership, SegmentPopulation
 
 DIMENSIONS: Final = (
     "lifecycle",
@@ -383,9 +383,8 @@ class Segmenter:
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
         profile["segments_decided_ms"] = now_ms
         current: dict[str, SegmentMembership] = profile.setdefault("segments", {})
-        inputs = model_inputs(
-            profile, self.profile_config, now_ms, self.scorer.bgnbd, self.scorer.horizon_days
-        )
+        bgnbd = population["bgnbd"] if "bgnbd" in population else new_bgnbd()
+        inputs = model_inputs(profile, self.profile_config, now_ms, bgnbd, self.scorer.horizon_days)
         scores = self.scorer.score(inputs)
         sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
         clv = customer_clv(profile, now_ms, c)
@@ -399,8 +398,6 @@ class Segmenter:
             )
             ranks = rfm_ranks(population["rfm"], values)
         rfm = tuple(quintile_score(r) for r in ranks) if ranks else None
-        if rfm:
-            profile["rfm_decided"] = list(rfm)  # shown with the segment (one truth)
         churn_p = scores["churn_probability"] if profile["last_order_ms"] is not None else None
         prev = {dim: current[dim]["value"] if dim in current else None for dim in DIMENSIONS}
         stage = lifecycle_stage(profile, now_ms, prev["lifecycle"], c)
@@ -673,6 +670,41 @@ class Segmenter:
                 "payload": payload,
             }
         )
+
+
+def view_pending(
+    profile: Profile,
+    scores: Mapping[str, Any],
+    rfm: Mapping[str, Any] | None,
+    config: SegmentConfig,
+) -> dict[str, PendingSegment]:
+    """Churn band, persona and RFM segment as the scores shown put them now,
+    where they differ from the segments last decided (the models learned, or
+    the partition's customers moved the RFM quintiles, since).
+
+    The served profile shows them as ``pending``, applying at the customer's
+    next decision (their deadline), so its segments never contradict the
+    numbers shown beside them.
+    """
+    current = profile.get("segments", {})
+    due = profile.get("deadline_ms")
+    pending: dict[str, PendingSegment] = {}
+
+    def differs(dim: str, value: str | None) -> None:
+        held = current.get(dim)
+        if value is None or held is None or held["value"] == value or "pending" in held:
+            return
+        pending[dim] = {"value": value, "applies_ms": due if due is not None else held["since_ms"]}
+
+    p = scores.get("churn_probability")
+    if p is not None and profile["last_order_ms"] is not None and "churn_risk" in current:
+        stage = current.get("lifecycle")
+        lifecycle = stage["value"] if stage is not None else None
+        differs("churn_risk", churn_risk_band(p, current["churn_risk"]["value"], config, lifecycle))
+    differs("persona", scores.get("persona"))
+    if rfm is not None:
+        differs("rfm_segment", rfm_segment(int(rfm["r"]), int(rfm["f"]), int(rfm["m"])))
+    return pending
 
 
 def _window_edges(profile: Profile) -> list[int]:

@@ -149,9 +149,7 @@ class Profile(TypedDict):
     # models.profile, from the first order on
     recent_orders: NotRequired[list[RecentOrder]]  # latest orders with amounts (refund links)
     # models.pipeline
-    # UTC day of the last BG/NBD step learned from it, written by releases
-    # that learned the fit per partition; nothing reads it now
-    bgnbd_learned_day: NotRequired[int]
+    bgnbd_learned_day: NotRequired[int]  # UTC day index of the last BG/NBD step learned from it
     deadline_ms: NotRequired[int | None]  # due time filed in the deadline index, if any
     # models.moments
     moment_ms: NotRequired[int]  # event time of the latest moment (activity or quiet tick)
@@ -165,7 +163,6 @@ class Profile(TypedDict):
     detractor_seen_ms: NotRequired[int]  # event time of the NPS answer last triggered on
     negative_text_seen_ms: NotRequired[int]  # event time of the support text last triggered on
     sla_notified: NotRequired[list[str]]  # ticket ids whose SLA breach was triggered (bounded)
-    rfm_decided: NotRequired[list[int]]  # [R, F, M] scores at the last decision (shown with it)
     trigger_last_ms: NotRequired[dict[str, int]]  # trigger kind -> when it last fired (rate limit)
     # event times of the triggers of the last 24 hours (daily cap across kinds)
     trigger_recent_ms: NotRequired[list[int]]
@@ -180,9 +177,7 @@ Binning = Literal["day", "count", "log"]
 
 
 # Keys that old state may hold and the code reads once and replaces, never writes.
-READ_ONLY_PROFILE_KEYS: Final = frozenset({"recent_ids", "bgnbd_learned_day"})
-# Population keys of older releases, still declared so old state reads; never written.
-READ_ONLY_POPULATION_KEYS: Final = frozenset({"bgnbd"})
+READ_ONLY_PROFILE_KEYS: Final = frozenset({"recent_ids"})
 
 
 class Sketch(TypedDict):
@@ -219,10 +214,7 @@ class PopulationState(SegmentPopulation):
     """What one input partition knows about its customer base (:mod:`models.pipeline`)."""
 
     rfm: RfmPopulation  # for RFM quintile scores
-    # The BG/NBD fit of releases that learned it per partition; the fit is
-    # now one model for all (models.training.ModelBundle.bgnbd). Old state
-    # may still hold it; nothing reads it.
-    bgnbd: NotRequired[BgNbdState]
+    bgnbd: BgNbdState  # for expected purchases and P(alive)
     # streams (the worker and evaluate)
     watermark_ms: NotRequired[int]  # latest event time applied in the partition
     held_customers: NotRequired[int]  # customers holding events (worker only)

@@ -32,12 +32,11 @@ from river import drift
 from models.churn import ChurnModel
 from models.churn_features import CHURN_FEATURES
 from models.clustering import Clusterer, persona_labels
-from models.clv import BgNbdState, bgnbd_learn, bgnbd_params, new_bgnbd
 from models.evaluation import brier, exact_auc, log_loss
 from models.features import FEATURES
 from schemas.errors import SegstreamError
 
-SNAPSHOT_MAGIC: Final = b"SGSM\x04"  # bump when the pickled classes change shape
+SNAPSHOT_MAGIC: Final = b"SGSM\x05"  # bump when the pickled classes change shape
 _DIGEST_BYTES: Final = 32
 # Example ids remembered by the trainer to drop examples sent twice (a worker
 # crash replays uncommitted events, which re-send their examples).
@@ -173,9 +172,6 @@ class ModelBundle:
             seed=config.seed,
         )
         self.quality = ModelQuality(config.quality_window)
-        # The purchase process (BG/NBD), one fit for the whole customer base:
-        # churn base, expected purchases and P(alive) for every partition.
-        self.bgnbd: BgNbdState = new_bgnbd()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._personas: tuple[int, dict[int, str]] = (-1, {})
 
@@ -198,9 +194,6 @@ class ModelBundle:
         if example["kind"] == "cluster":
             x = {name: float(example["x"][name]) for name in FEATURES if name in example["x"]}
             self.clusters.learn_one(x)
-            bg = example.get("bg")
-            if bg is not None:  # a buyer's purchase history at the moment: [x, t_x, T]
-                bgnbd_learn(self.bgnbd, int(bg[0]), float(bg[1]), float(bg[2]))
         else:
             x = {n: float(example["x"][n]) for n in CHURN_FEATURES if n in example["x"]}
             y = int(example["y"])
@@ -259,16 +252,6 @@ class ModelBundle:
                 "labels": {"retained": self.churn.counts[0], "churned": self.churn.counts[1]},
                 "min_labels_per_class": self.config.min_labels,
                 "quality": self.quality.report(),
-            },
-            # BG/NBD parameters (alpha in days) and the learning steps behind them
-            "purchase_process": {
-                **{
-                    name: round(value, 4)
-                    for name, value in zip(
-                        ("r", "alpha", "a", "b"), bgnbd_params(self.bgnbd), strict=True
-                    )
-                },
-                "steps": int(self.bgnbd["steps"]),
             },
             "clusters": [
                 {

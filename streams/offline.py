@@ -31,6 +31,7 @@ from models.engine import (
 from models.evaluation import exact_auc
 from models.pipeline import (
     PopulationState,
+    combined_bgnbd,
     customer_view,
     new_population,
     partition_population,
@@ -148,16 +149,19 @@ class OfflineRun:
         as_of = self.watermark_ms if as_of_ms is None else as_of_ms
         value_config = self.settings.value_config()
         config = self.settings.profile_config()
+        segments = self.settings.segment_config()
+        populations = self.populations
+        pooled = combined_bgnbd(populations.values())
         held = []
         for partition, engine in self.engines.items():
-            population = partition_population(self.populations[partition])
+            population = partition_population(populations[partition], pooled)
             profiles = engine.stores.profiles.data  # type: ignore[attr-defined]
             held += [
                 (customer_id, profile, population) for customer_id, profile in profiles.items()
             ]
         for customer_id, profile, population in sorted(held, key=lambda item: item[0]):
             yield customer_view(
-                customer_id, profile, config, as_of, population, value_config, self.models
+                customer_id, profile, config, as_of, population, value_config, self.models, segments
             )
 
 

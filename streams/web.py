@@ -17,7 +17,7 @@ from faust.tables.manager import TableManager
 from prometheus_client import generate_latest
 from yarl import URL
 
-from models.pipeline import customer_view, partition_population
+from models.pipeline import combined_bgnbd, customer_view, partition_population
 from schemas.decode import is_safe_id
 from schemas.records import MAX_ID_CHARS, ErasureRequest
 from streams import metrics
@@ -31,6 +31,7 @@ from streams.topics import erasure_requests_topic
 
 PROFILE_CONFIG = settings.profile_config()
 VALUE_CONFIG = settings.value_config()
+SEGMENT_CONFIG = settings.segment_config()
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
 protected = require_token(settings)
 
@@ -92,9 +93,17 @@ def customer_summary(customer_id: str, profile: Any) -> dict[str, Any]:
     local = local_populations()
     watermark = max((p.get("watermark_ms", 0) for p in local.values()), default=None)
     partition = partition_for_key(customer_id, settings.input_partitions)
-    population = partition_population(local.get(population_key(partition)))
+    pooled = combined_bgnbd(local.values())
+    population = partition_population(local.get(population_key(partition)), pooled)
     return customer_view(
-        customer_id, profile, PROFILE_CONFIG, watermark, population, VALUE_CONFIG, holder.bundle
+        customer_id,
+        profile,
+        PROFILE_CONFIG,
+        watermark,
+        population,
+        VALUE_CONFIG,
+        holder.bundle,
+        SEGMENT_CONFIG,
     )
 
 

@@ -23,7 +23,7 @@ import orjson
 from kafka import TopicPartition
 
 from models.engine import population_key
-from models.pipeline import customer_view, partition_population
+from models.pipeline import combined_bgnbd, customer_view, partition_population
 from models.segments import DIMENSIONS
 from models.training import ModelBundle, SnapshotError, decode_snapshot
 from schemas.errors import SegstreamError
@@ -127,6 +127,8 @@ def current_profiles(settings: Settings) -> Iterator[dict[str, Any]]:
     models = latest_models(settings)
     profile_config = settings.profile_config()
     value_config = settings.value_config()
+    segment_config = settings.segment_config()
+    pooled = combined_bgnbd(populations.values())
     for key in sorted(profiles):
         customer_id = _table_key(key)
         partition = partition_for_key(customer_id, settings.input_partitions)
@@ -135,9 +137,10 @@ def current_profiles(settings: Settings) -> Iterator[dict[str, Any]]:
             orjson.loads(profiles[key]),
             profile_config,
             as_of,
-            partition_population(populations.get(population_key(partition))),
+            partition_population(populations.get(population_key(partition)), pooled),
             value_config,
             models,
+            segment_config,
         )
 
 

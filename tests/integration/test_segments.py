@@ -3,7 +3,8 @@
 A simulator history (short lifecycle thresholds so it fits in 60 days)
 streams through a worker. Fading customers must go quiet all the way to
 churned — driven by the watermark, not by their own events — after a
-win-back trigger; no customer flaps within the dwell period; ``/segments``
+win-back trigger, and turn engagement ``inactive`` when their last session
+leaves the 30-day window; no customer flaps within the dwell period; ``/segments``
 counts every customer; and the example notification service, killed with
 -9 part-way and restarted, delivers every change and trigger exactly once.
 """
@@ -104,6 +105,25 @@ def test_fading_customers_are_won_back_then_churned_and_nobody_flaps(
             break
         time.sleep(2)
     assert fading <= set(churned), f"{len(fading - set(churned))} fading customers not churned"
+
+    # Time-driven changes of silent customers, within the stated bound: once
+    # their last session's day leaves the 30-day window, engagement turns
+    # inactive at that edge (not at an event of theirs, they send none).
+    last_click: dict[str, int] = {}
+    for e in events:
+        if e.get("topic") == "clickstream" and "customer_id" in e:
+            last_click[e["customer_id"]] = parse_event_time(e["ts"])
+    inactive = {
+        c["customer_id"]: c["ts"]
+        for c in changes
+        if c["dimension"] == "engagement" and c["to_segment"] == "inactive"
+    }
+    silent = [c for c in fading if last_click.get(c, end) <= end - 31 * DAY_MS]
+    assert silent
+    for customer in silent:
+        edge = (last_click[customer] // DAY_MS + 30) * DAY_MS
+        assert customer in inactive, customer
+        assert last_click[customer] < inactive[customer] <= edge + DAY_MS, customer
 
     triggers = [orjson.loads(r.value) for r in read_topic(settings, names["triggers"], 1)]
     win_back = {t["customer_id"]: t["ts"] for t in triggers if t["kind"] == "win_back"}

@@ -24,7 +24,7 @@ import orjson
 from kafka import KafkaProducer
 
 from models.engine import population_key
-from models.pipeline import customer_view, partition_population
+from models.pipeline import combined_bgnbd, customer_view, partition_population
 from models.state import (
     PopulationState,
     Profile,
@@ -145,7 +145,9 @@ def test_worker_upgraded_over_an_old_store_recovers_it_and_goes_on(
             profiles[customer_id],
             settings.profile_config(),
             as_of,
-            partition_population(populations[population_key(partition)]),
+            partition_population(
+                populations[population_key(partition)], combined_bgnbd(populations.values())
+            ),
             settings.value_config(),
             bundle,
         )

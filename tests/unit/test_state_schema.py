@@ -34,7 +34,6 @@ from models.segments import SegmentConfig, Segmenter
 from models.sentiment import compound
 from models.simulator import SimConfig, simulate
 from models.state import (
-    READ_ONLY_POPULATION_KEYS,
     READ_ONLY_PROFILE_KEYS,
     ChurnPending,
     ClosedSession,
@@ -361,7 +360,7 @@ def test_every_declared_key_is_written_by_some_history() -> None:
     assert seen["closed_sessions[]"] == declared(ClosedSession)
     assert seen["churn_pending[]"] == declared(ChurnPending)
     assert seen["segments.*"] == declared(SegmentMembership)
-    assert seen["population"] == declared(PopulationState) - READ_ONLY_POPULATION_KEYS
+    assert seen["population"] == declared(PopulationState)
     assert seen["identity"] == declared(IdentityState)
 
 
