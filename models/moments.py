@@ -165,6 +165,11 @@ class Moments:
                 due = label_due
         return due
 
+    def due(self, profile: Profile, now_ms: int) -> bool:
+        """Whether a quiet tick or a churn label of the customer is due by ``now_ms``."""
+        deadline = self.next_deadline(profile)
+        return deadline is not None and deadline <= now_ms
+
     def _ticks_until(self, profile: Profile, now_ms: int) -> list[int]:
         last_seen = profile["last_seen_ms"]
         if last_seen is None:

@@ -312,8 +312,10 @@ def act_on_deadline(
 ) -> None:
     """Event time reached ``now_ms`` for a quiet customer: moments, then segment
     decisions. The customer's deadline is spent; the caller files the next."""
-    if population is not None:
-        # Quiet customers are sampled too, so the fit sees silences.
+    if population is not None and moments.due(profile, now_ms):
+        # Quiet customers are sampled too, at their quiet ticks and churn
+        # labels, so the fit sees silences (not at segment refreshes, which
+        # would sample the silent far more often than the active).
         _learn_purchase_process(profile, population, now_ms)
     moments.on_deadline(customer_id, profile, now_ms, population)
     if segments is not None and population is not None:
