@@ -372,7 +372,8 @@ def customer_view(
     scores = models.score(inputs)
     segments: dict[str, Any] = dict(sorted(profile.get("segments", {}).items()))
     config_ = segment_config or SegmentConfig()
-    for dim, pending in view_pending(profile, scores, summary["rfm"], config_).items():
+    shown = view_pending(profile, scores, summary["rfm"], summary["windows"], config_)
+    for dim, pending in shown.items():
         segments[dim] = {**segments[dim], "pending": pending}
     return {
         "customer_id": customer_id,

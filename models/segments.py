@@ -18,8 +18,7 @@ persona             the behavioural cluster's persona (:mod:`models.clustering`)
 ==================  ==========================================================
 
 :class:`Segmenter` decides them at the customer's *decision points* — after
-an order, refund or support event, at the first event of a new day or of a
-new session, and at
+an order, refund or support event, at the first event of a new day, and at
 deadlines (a lifecycle threshold passing, a cart timing out, a ticket's SLA
 running out) — never per click. A change of membership becomes a
 segment-change record with a deterministic ``change_id``; a minimum dwell
@@ -88,10 +87,11 @@ _ENTRY_TRIGGERS: Final[Mapping[tuple[str, str], str]] = {
 }
 _MAX_NOTIFIED_TICKETS: Final = 32
 # When a silent customer's segments are decided again, in days after their
-# last event: on days 1, 2 and 4, then weekly to 13 weeks and every 4 weeks
-# to two years (with the model's quiet ticks, models.moments). Bounds how
-# stale segments can be, at 38 decisions per silence at most.
-REFRESH_DAYS: Final = (1, 2, 4, *range(7, 92, 7), *range(91 + 28, 731, 28))
+# last event: a day after it (so the day's later sessions are counted), then
+# weekly to 13 weeks and every 4 weeks to two years — the model's quiet ticks
+# (models.moments), so both wake the customer at once. Bounds how stale
+# segments can be, at 36 decisions per silence at most.
+REFRESH_DAYS: Final = (1, *range(7, 92, 7), *range(91 + 28, 731, 28))
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,13 +316,7 @@ class Segmenter:
         if event["topic"] == "purchases" and event["type"] == "order":
             self._note_return(profile, int(event["ts"]))
         ts = int(event["ts"])
-        if (
-            new_day
-            or event["topic"] != "clickstream"
-            or "segments" not in profile
-            # A new session moves the session counts engagement and loyalty use.
-            or any(session["start_ms"] == ts for session in profile["sessions"])
-        ):
+        if new_day or event["topic"] != "clickstream" or "segments" not in profile:
             self.decide(customer_id, profile, ts, population)
 
     def on_deadline(
@@ -353,7 +347,7 @@ class Segmenter:
         adds = profile["cart_adds"]
         if adds:
             candidates.append(adds[0] + self.profile_config.cart_timeout_ms)
-        candidates += _window_edges(profile)
+        candidates += _window_edges(profile, c, decided)
         last_seen = profile["last_seen_ms"]
         if last_seen is not None:
             refresh = next(
@@ -676,11 +670,13 @@ def view_pending(
     profile: Profile,
     scores: Mapping[str, Any],
     rfm: Mapping[str, Any] | None,
+    windows: Mapping[str, Mapping[str, Any]],
     config: SegmentConfig,
 ) -> dict[str, PendingSegment]:
-    """Churn band, persona and RFM segment as the scores shown put them now,
-    where they differ from the segments last decided (the models learned, or
-    the partition's customers moved the RFM quintiles, since).
+    """Churn band, persona, RFM segment, engagement and loyalty as the numbers
+    shown put them now, where they differ from the segments last decided (the
+    models learned, the partition's customers moved the RFM quintiles, or the
+    customer's sessions of the day came after the day's decision).
 
     The served profile shows them as ``pending``, applying at the customer's
     next decision (their deadline), so its segments never contradict the
@@ -704,23 +700,65 @@ def view_pending(
     differs("persona", scores.get("persona"))
     if rfm is not None:
         differs("rfm_segment", rfm_segment(int(rfm["r"]), int(rfm["f"]), int(rfm["m"])))
+    if "30d" in windows and "90d" in windows:
+        sessions_30d = int(windows["30d"]["sessions"])
+        differs("engagement", engagement_level(sessions_30d, config))
+        orders_90d = int(windows["90d"]["orders"])
+        differs("loyalty", loyalty_quadrant(orders_90d, sessions_30d, config))
     return pending
 
 
-def _window_edges(profile: Profile) -> list[int]:
-    """When the oldest session leaves the 30-day window and the oldest order
-    the 90-day one: engagement and loyalty may change then with no event.
+def _window_edges(profile: Profile, config: SegmentConfig, after_ms: int) -> list[int]:
+    """When engagement or loyalty can change with no event: the moments the
+    30-day session count or the 90-day order count drops below one of their
+    thresholds, as sessions and orders leave the windows.
 
-    Counts are kept per day bucket, so a bucket leaves a window at the start
-    of the day 30 (or 90) days later, as :func:`_recent_sessions_and_orders`
-    counts them.
+    Counted as :func:`_recent_sessions_and_orders` counts: a day bucket's
+    sessions leave at the start of the day 30 days on (orders: 90), an open
+    session 30 days after it started. Only what is still counted after
+    ``after_ms`` (the last decision) matters.
     """
-    edges = [s["start_ms"] + 30 * DAY_MS for s in profile["sessions"]]
+    sessions: list[tuple[int, int]] = []  # (when it leaves the window, how many)
+    orders: list[tuple[int, int]] = []
     for key, bucket in profile["buckets"].items():
-        if bucket.get("sessions"):
-            edges.append((int(key) + 30) * DAY_MS)
-        if bucket.get("purchases.order"):
-            edges.append((int(key) + 90) * DAY_MS)
+        day_ms = int(key) * DAY_MS
+        if day_ms + 90 * DAY_MS <= after_ms:
+            continue
+        n = bucket.get("sessions")
+        if n and day_ms + 30 * DAY_MS > after_ms:
+            sessions.append((day_ms + 30 * DAY_MS, int(n)))
+        n = bucket.get("purchases.order")
+        if n:
+            orders.append((day_ms + 90 * DAY_MS, int(n)))
+    for session in profile["sessions"]:
+        if session["start_ms"] + 30 * DAY_MS > after_ms:
+            sessions.append((session["start_ms"] + 30 * DAY_MS, 1))
+    levels = (
+        config.heavy_sessions_30d,
+        config.medium_sessions_30d,
+        config.engaged_sessions_30d,
+        1,
+    )
+    return [*_falls_below(sessions, levels), *_falls_below(orders, (config.loyal_orders_90d,))]
+
+
+def _falls_below(expiries: list[tuple[int, int]], levels: tuple[int, ...]) -> list[int]:
+    """When a count of items leaving at the given times drops below each level:
+    as the k-th newest item leaves (its count falls to k − 1).
+
+    >>> _falls_below([(10, 2), (30, 1), (20, 1)], (1, 3, 9))
+    [30, 10]
+    """
+    edges: list[int] = []
+    wanted = sorted(k for k in levels if k > 0)
+    seen = 0
+    for leaves, n in sorted(expiries, reverse=True):
+        seen += n
+        while wanted and seen >= wanted[0]:
+            edges.append(leaves)
+            wanted.pop(0)
+        if not wanted:
+            break
     return edges
 
 
