@@ -99,18 +99,18 @@ def simulated_history(
     start_ms = int(config.start.timestamp() * 1000)
     cutoff = start_ms + calibration_days * DAY_MS
     before: list[dict[str, Any]] = []
-    ordered_after: dict[str, list[int]] = {}
+    buyers: set[str] = set()
+    later: dict[str, list[int]] = {}  # order times after the cutoff
     for event in events:
         ts = parse_event_time(event["ts"])
         if ts <= cutoff:
             before.append(event)
             if event["type"] == "order":
-                ordered_after.setdefault(event["customer_id"], [])
+                buyers.add(event["customer_id"])
         elif event["type"] == "order":
-            ordered_after.setdefault(event["customer_id"], []).append(ts)
-    buyers = {c for e in before if e["type"] == "order" for c in [e["customer_id"]]}
-    holdout = {c: bool(ordered_after[c]) for c in buyers}
-    active_90d = {c: any(t <= cutoff + 90 * DAY_MS for t in ordered_after[c]) for c in buyers}
+            later.setdefault(event["customer_id"], []).append(ts)
+    holdout = {c: c in later for c in buyers}
+    active_90d = {c: any(t <= cutoff + 90 * DAY_MS for t in later.get(c, ())) for c in buyers}
     return before, cutoff, holdout, active_90d
 
 

@@ -29,7 +29,7 @@ from models.profile import (
     seen_outcome,
 )
 from models.profile_summary import Population, ValueConfig, summarise
-from models.quantiles import RfmValues, merge_sketches, new_rfm_population, rfm_update
+from models.quantiles import RfmValues, new_rfm_population, rfm_update
 from models.segments import SegmentConfig, Segmenter, new_segment_population, view_pending
 from models.state import BgNbdState
 from models.state import PopulationState as PopulationState  # re-exported
@@ -222,14 +222,6 @@ def partition_population(
     and the segment agree whichever worker serves it — and the BG/NBD fit
     pooled across partitions (:func:`combined_bgnbd`)."""
     return Population(rfm=(state or {}).get("rfm") or new_rfm_population(), bgnbd=bgnbd)
-
-
-def combined_rfm(populations: Iterable[PopulationState]) -> Mapping[str, Any]:
-    """RFM sketches of several partitions merged: the base a worker can see."""
-    parts = list(populations)
-    if not parts:
-        return new_rfm_population()
-    return {dim: merge_sketches(p["rfm"][dim] for p in parts) for dim in ("r", "f", "m")}
 
 
 def _learn_purchase_process(profile: Profile, population: PopulationState, now_ms: int) -> None:
