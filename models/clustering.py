@@ -41,7 +41,9 @@ base:
   re-placed the same way. The moved centre keeps its id; its persona label
   follows its new centroid.
 
-Each cluster's persona label is read off its centroid (:func:`persona_labels`).
+Each cluster's persona label is read off its centroid (:func:`persona_label`)
+by absolute conditions (:data:`PERSONA_RULES`); a centroid that meets none is
+labelled :data:`GENERAL_PERSONA`.
 """
 
 from __future__ import annotations
@@ -89,62 +91,93 @@ _SWAP_REFINE: Final = 2
 _SWAP_GAIN: Final = 0.02
 
 
-# Persona → (weight per feature) scoring how well a centroid fits the persona.
-# A positive weight means "high in this persona"; scores are compared across
-# clusters after standardising each persona's scores, so no persona wins
-# only because its features have a larger range.
-PERSONA_SIGNATURES: Final[Mapping[str, Mapping[str, float]]] = {
-    "high_value_loyal": {"orders_per_month": 1.0, "aov": 1.0, "discount_share": -0.5},
-    "bargain_hunter": {"discount_share": 1.5, "email_ctr": 0.5, "aov": -0.5},
-    "window_shopper": {"sessions_per_month": 1.0, "pages_per_session": 0.5, "has_ordered": -1.0},
-    "new_explorer": {"tenure": -1.5, "activity_trend": 0.5},
-    "unhappy": {
-        "dissatisfaction": 1.0,
-        "tickets_per_month": 1.0,
-        "complaints_per_month": 1.0,
-        "negative_sentiment": 1.0,
-        "refund_share": 0.5,
-    },
-    "fading": {"days_since_seen": 1.5, "activity_trend": -1.0},
+# Persona → the conditions a centroid (features in [0, 1], models.features)
+# must meet to carry it: (features, ">=" or "<=", threshold), where the mean of
+# the features is compared. Absolute, not ranked across clusters, so a persona
+# appears only where the data has such a group; thresholds read as:
+PERSONA_RULES: Final[Mapping[str, tuple[tuple[tuple[str, ...], str, float], ...]]] = {
+    # ordered, about once a month or more (0.3 ≈ 0.93 a month), within the
+    # last 36 days, mostly at full price
+    "high_value_loyal": (
+        (("has_ordered",), ">=", 0.5),
+        (("orders_per_month",), ">=", 0.3),
+        (("days_since_order",), "<=", 0.4),
+        (("discount_share",), "<=", 0.5),
+    ),
+    # ordered, mostly with a discount
+    "bargain_hunter": ((("has_ordered",), ">=", 0.5), (("discount_share",), ">=", 0.5)),
+    # never ordered, yet visits (0.3 ≈ 2.8 sessions a month) and was seen in
+    # the last 30 days
+    "window_shopper": (
+        (("has_ordered",), "<=", 0.5),
+        (("sessions_per_month",), ">=", 0.3),
+        (("days_since_seen",), "<=", 0.5),
+    ),
+    # first seen under 15 days ago, and seen in the last 30
+    "new_explorer": ((("tenure",), "<=", 0.5), (("days_since_seen",), "<=", 0.5)),
+    # tickets, complaints, low CSAT and negative ticket text, on average half
+    # way to their caps
+    "unhappy": (
+        (
+            ("tickets_per_month", "complaints_per_month", "dissatisfaction", "negative_sentiment"),
+            ">=",
+            0.5,
+        ),
+    ),
+    # not seen for 30 days or more
+    "fading": ((("days_since_seen",), ">=", 0.5),),
 }
+# The label of a cluster whose centroid meets no persona's conditions.
+GENERAL_PERSONA: Final = "general"
+
+
+def persona_fit(centroid: Mapping[str, float], persona: str) -> float:
+    """How well a centroid meets a persona's conditions: the smallest margin
+    over them, each as a share of the room between threshold and bound
+    (negative: a condition is not met).
+
+    >>> persona_fit({"days_since_seen": 0.75}, "fading")
+    0.5
+    >>> persona_fit({"days_since_seen": 0.25}, "fading") < 0
+    True
+    """
+    margins = []
+    for names, op, threshold in PERSONA_RULES[persona]:
+        value = sum(centroid.get(name, 0.0) for name in names) / len(names)
+        if op == ">=":
+            margins.append((value - threshold) / (1.0 - threshold))
+        else:
+            margins.append((threshold - value) / threshold)
+    return min(margins)
+
+
+def persona_label(centroid: Mapping[str, float]) -> str:
+    """The persona whose conditions the centroid meets with the widest margin,
+    or :data:`GENERAL_PERSONA` when it meets none.
+
+    A pure function of the centroid: a cluster's label moves only when its
+    centroid crosses a threshold, and two clusters may share a persona.
+
+    >>> persona_label({"has_ordered": 1.0, "discount_share": 0.9, "tenure": 1.0})
+    'bargain_hunter'
+    >>> persona_label({"has_ordered": 1.0, "discount_share": 0.2, "tenure": 1.0})
+    'general'
+    """
+    fits = {persona: persona_fit(centroid, persona) for persona in PERSONA_RULES}
+    best = max(PERSONA_RULES, key=lambda p: (fits[p], -list(PERSONA_RULES).index(p)))
+    return best if fits[best] >= 0 else GENERAL_PERSONA
 
 
 def persona_labels(centroids: Mapping[int, Mapping[str, float]]) -> dict[int, str]:
-    """A distinct persona label per cluster, read from its centroid.
+    """The persona label of every cluster (:func:`persona_label`).
 
-    Each persona scores every centroid by its signature; scores are
-    standardised per persona across clusters; then the best (cluster,
-    persona) pairs are taken greedily, each persona once. Clusters left over
-    (more clusters than personas) take their best persona with a suffix.
-
-    >>> c = {0: {"discount_share": 0.9, "days_since_seen": 0.0},
-    ...      1: {"discount_share": 0.1, "days_since_seen": 0.9}}
+    >>> c = {0: {"has_ordered": 1.0, "discount_share": 0.9, "tenure": 1.0},
+    ...      1: {"has_ordered": 1.0, "days_since_seen": 0.9, "tenure": 1.0},
+    ...      2: {"has_ordered": 1.0, "tenure": 1.0}}
     >>> persona_labels(c)
-    {0: 'bargain_hunter', 1: 'fading'}
+    {0: 'bargain_hunter', 1: 'fading', 2: 'general'}
     """
-    if not centroids:
-        return {}
-    ids = sorted(centroids)
-    scores: dict[tuple[int, str], float] = {}
-    for persona, signature in PERSONA_SIGNATURES.items():
-        raw = [sum(w * centroids[i].get(f, 0.0) for f, w in signature.items()) for i in ids]
-        mean = sum(raw) / len(raw)
-        spread = math.sqrt(sum((r - mean) ** 2 for r in raw) / len(raw)) or 1.0
-        for i, r in zip(ids, raw, strict=True):
-            scores[i, persona] = (r - mean) / spread
-    labels: dict[int, str] = {}
-    taken: set[str] = set()
-    for (i, persona), _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])):
-        if i not in labels and persona not in taken:
-            labels[i] = persona
-            taken.add(persona)
-    used: Counter[str] = Counter(labels.values())
-    for i in ids:
-        if i not in labels:
-            best = max(PERSONA_SIGNATURES, key=lambda p: (scores[i, p], p))
-            used[best] += 1
-            labels[i] = f"{best}_{used[best]}"
-    return dict(sorted(labels.items()))
+    return {i: persona_label(centroids[i]) for i in sorted(centroids)}
 
 
 class Clusterer:

@@ -419,14 +419,20 @@ class PartitionEngine:
             self._refile(step, customer_id, profile)
             self.stores.profiles.put(customer_id, profile)
 
-    def _refile(self, step: _Step, customer_id: str, profile: Profile) -> None:
+    def _refile(
+        self,
+        step: _Step,
+        customer_id: str,
+        profile: Profile,
+        segments_due: tuple[int | None] | None = None,
+    ) -> None:
         """Note the customer's next deadline; file it in the index once per step.
 
         A deadline this step may still fire (at or before its closing
         watermark) is filed at once; a later one when the step ends, so a
         customer with many events in a batch is filed once, not per event.
         """
-        due = next_deadline(profile, step.moments, step.segmenter)
+        due = next_deadline(profile, step.moments, step.segmenter, segments_due)
         if due is not None and due != profile.get("deadline_ms"):
             if due <= step.closing:
                 self.deadlines.schedule(customer_id, due)
@@ -464,8 +470,10 @@ class PartitionEngine:
             profile = self.stores.profiles.get(customer_id)
             if profile is None or profile.get("deadline_ms") != at:
                 continue  # acted since, or erased: the entry is stale
-            act_on_deadline(customer_id, profile, at, step.moments, step.segmenter, population)
-            self._refile(step, customer_id, profile)
+            known = act_on_deadline(
+                customer_id, profile, at, step.moments, step.segmenter, population
+            )
+            self._refile(step, customer_id, profile, known)
             following = profile.get("deadline_ms")
             if following is not None and following <= limit:
                 heapq.heappush(due, (following, customer_id))

@@ -66,6 +66,8 @@ class Scorer(Protocol):
 
     def score(self, x: Mapping[str, float]) -> dict[str, Any]: ...
 
+    def persona_of(self, x: Mapping[str, float]) -> str | None: ...
+
 
 # Quiet ticks: weekly for 13 weeks of silence, then every 4 weeks up to 2 years.
 QUIET_TICKS_MS: tuple[int, ...] = tuple(

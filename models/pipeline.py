@@ -30,7 +30,13 @@ from models.profile import (
 )
 from models.profile_summary import Population, ValueConfig, summarise
 from models.quantiles import RfmValues, new_rfm_population, rfm_update
-from models.segments import SegmentConfig, Segmenter, new_segment_population, view_pending
+from models.segments import (
+    SegmentConfig,
+    Segmenter,
+    new_segment_population,
+    settled_persona,
+    view_pending,
+)
 from models.state import BgNbdState
 from models.state import PopulationState as PopulationState  # re-exported
 from models.training import ModelBundle
@@ -85,6 +91,8 @@ def update_customer(
     """
     before = rfm_values(profile)
     outcomes: list[Outcome] = []
+    # The deadline filed after the state last changed holds until an event applies.
+    filed = None if profile is None else profile.get("deadline_ms")
     for event in events:
         ts = int(event["ts"])
         last_seen = None if profile is None else profile["last_seen_ms"]
@@ -98,10 +106,11 @@ def update_customer(
             if moments is not None:
                 moments.before_event(customer_id, profile, event, population)
             if segments is not None:
-                segments.before_event(customer_id, profile, ts, population)
+                segments.before_event(customer_id, profile, ts, population, filed)
         profile, outcome = apply_event(
             profile, event, config, sentiment, input_watermark_ms, seen_checked=True
         )
+        filed = None
         outcomes.append(outcome)
         if segments is not None and outcome in ("applied", "late"):
             segments.after_event(customer_id, profile, event, population, new_day)
@@ -269,11 +278,20 @@ def combined_bgnbd(populations: Iterable[PopulationState]) -> BgNbdState:
 
 
 def next_deadline(
-    profile: Profile, moments: Moments, segments: Segmenter | None = None
+    profile: Profile,
+    moments: Moments,
+    segments: Segmenter | None = None,
+    segments_due: tuple[int | None] | None = None,
 ) -> int | None:
-    """The next event time at which the customer's state can change with no new event."""
+    """The next event time at which the customer's state can change with no new event.
+
+    ``segments_due``, when given, holds the segments' next deadline as just
+    computed for the state as it is (:meth:`Segmenter.on_deadline`'s result).
+    """
     dues = [moments.next_deadline(profile)]
-    if segments is not None:
+    if segments_due is not None:
+        dues.append(segments_due[0])
+    elif segments is not None:
         dues.append(segments.next_deadline(profile))
     return min((d for d in dues if d is not None), default=None)
 
@@ -284,11 +302,12 @@ def refile_deadline(
     profile: Profile | None,
     moments: Moments,
     segments: Segmenter | None = None,
+    segments_due: tuple[int | None] | None = None,
 ) -> None:
     """File the customer's next deadline in the index if it changed."""
     if profile is None:
         return
-    due = next_deadline(profile, moments, segments)
+    due = next_deadline(profile, moments, segments, segments_due)
     if due is not None and due != profile.get("deadline_ms"):
         index.schedule(customer_id, due)
     profile["deadline_ms"] = due
@@ -301,18 +320,20 @@ def act_on_deadline(
     moments: Moments,
     segments: Segmenter | None = None,
     population: PopulationState | None = None,
-) -> None:
+) -> tuple[int | None] | None:
     """Event time reached ``now_ms`` for a quiet customer: moments, then segment
-    decisions. The customer's deadline is spent; the caller files the next."""
+    decisions. The customer's deadline is spent; the caller files the next,
+    given the segments' next deadline returned here (None: not decided)."""
     if population is not None and moments.due(profile, now_ms):
         # Quiet customers are sampled too, at their quiet ticks and churn
         # labels, so the fit sees silences (not at segment refreshes, which
         # would sample the silent far more often than the active).
         _learn_purchase_process(profile, population, now_ms)
     moments.on_deadline(customer_id, profile, now_ms, population)
-    if segments is not None and population is not None:
-        segments.on_deadline(customer_id, profile, now_ms, population)
     profile["deadline_ms"] = None
+    if segments is not None and population is not None:
+        return (segments.on_deadline(customer_id, profile, now_ms, population),)
+    return None
 
 
 def fire_deadlines(
@@ -334,8 +355,8 @@ def fire_deadlines(
         profile = load(customer_id)
         if profile is None or profile.get("deadline_ms") != due:
             continue
-        act_on_deadline(customer_id, profile, watermark_ms, moments, segments, population)
-        refile_deadline(index, customer_id, profile, moments, segments)
+        known = act_on_deadline(customer_id, profile, watermark_ms, moments, segments, population)
+        refile_deadline(index, customer_id, profile, moments, segments, known)
         changed.append((customer_id, profile))
     return changed
 
@@ -363,6 +384,9 @@ def customer_view(
     inputs = model_inputs(profile, config, as_of, bgnbd, models.horizon_days)
     scores = models.score(inputs)
     segments: dict[str, Any] = dict(sorted(profile.get("segments", {}).items()))
+    held = segments["persona"]["value"] if "persona" in segments else None
+    scores["cluster_persona"] = scores["persona"]
+    scores["persona"] = settled_persona(profile, held, inputs, scores["persona"], models)
     config_ = segment_config or SegmentConfig()
     shown = view_pending(profile, scores, summary["rfm"], summary["windows"], config_)
     for dim, pending in shown.items():

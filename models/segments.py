@@ -35,12 +35,14 @@ topic until the watermark reaches them (:mod:`models.reorder`).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from models.churn_features import model_inputs
 from models.clv import new_bgnbd, simple_clv
+from models.features import FEATURES
 from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, net_revenue
 from models.profile_summary import nps_category
@@ -92,6 +94,7 @@ _MAX_NOTIFIED_TICKETS: Final = 32
 # (models.moments), so both wake the customer at once. Bounds how stale
 # segments can be, at 36 decisions per silence at most.
 REFRESH_DAYS: Final = (1, *range(7, 92, 7), *range(91 + 28, 731, 28))
+_REFRESH_MS: Final = tuple(d * DAY_MS for d in REFRESH_DAYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,9 +294,22 @@ class Segmenter:
     # -- when --------------------------------------------------------------------
 
     def before_event(
-        self, customer_id: str, profile: Profile, ts: int, population: PopulationState
+        self,
+        customer_id: str,
+        profile: Profile,
+        ts: int,
+        population: PopulationState,
+        filed_ms: int | None = None,
     ) -> None:
-        """Decide at every deadline of the customer that falls before ``ts``."""
+        """Decide at every deadline of the customer that falls before ``ts``.
+
+        ``filed_ms`` is the customer's next deadline as filed after their
+        state last changed (``profile["deadline_ms"]``), given while the state
+        is still as it was then: none of the segments' deadlines falls before
+        it, so when it is at or after ``ts`` nothing is computed.
+        """
+        if filed_ms is not None and filed_ms >= ts:
+            return
         self.on_deadline(customer_id, profile, ts - 1, population)
 
     def after_event(
@@ -321,13 +337,15 @@ class Segmenter:
 
     def on_deadline(
         self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
-    ) -> None:
-        """Decide at each of the customer's due times up to ``now_ms``, in order."""
+    ) -> int | None:
+        """Decide at each of the customer's due times up to ``now_ms``, in order;
+        return the next due time (:meth:`next_deadline` of the state left)."""
         for _ in range(16):  # a bounded number of thresholds can pass at once
             due = self.next_deadline(profile)
             if due is None or due > now_ms:
-                return
+                return due
             self.decide(customer_id, profile, due, population)
+        return self.next_deadline(profile)
 
     def next_deadline(self, profile: Profile) -> int | None:
         """The next event time at which a decision could change with no new event."""
@@ -350,12 +368,10 @@ class Segmenter:
         candidates += _window_edges(profile, c, decided)
         last_seen = profile["last_seen_ms"]
         if last_seen is not None:
-            refresh = next(
-                (last_seen + d * DAY_MS for d in REFRESH_DAYS if last_seen + d * DAY_MS >= decided),
-                None,
-            )
-            if refresh is not None:
-                candidates.append(refresh)
+            # The first refresh at or after the last decision.
+            i = bisect_left(_REFRESH_MS, decided - last_seen)
+            if i < len(_REFRESH_MS):
+                candidates.append(last_seen + _REFRESH_MS[i])
         for membership in profile.get("segments", {}).values():
             if "pending" in membership:
                 candidates.append(membership["pending"]["applies_ms"] - 1)
@@ -429,7 +445,10 @@ class Segmenter:
             ),
             "nps_category": (nps_category(profile["nps_last"]), "latest NPS answer"),
             "preferred_channel": (_preferred(profile["channels"]), "most interactions"),
-            "persona": (scores["persona"], f"nearest centroid: cluster {scores['cluster_id']}"),
+            "persona": (
+                settled_persona(profile, prev["persona"], inputs, scores["persona"], self.scorer),
+                f"nearest centroid: cluster {scores['cluster_id']}",
+            ),
         }
         snapshot = {
             "churn_probability": churn_p,
@@ -462,6 +481,10 @@ class Segmenter:
             current[dim] = {"value": value, "since_ms": now_ms}
             _count(population, dim, before["value"] if before else None, value)
             self._change(customer_id, profile, dim, before, value, now_ms, reason, snapshot, scores)
+        if "persona" in current and current["persona"]["value"] == scores["persona"]:
+            # The persona held agrees with the customer's cluster: a later
+            # move is judged against where the customer stands now.
+            profile["persona_anchor"] = [inputs[name] for name in FEATURES]
         self._fact_triggers(customer_id, profile, now_ms, snapshot)
 
     def erase(self, profile: Profile, population: PopulationState) -> None:
@@ -708,6 +731,39 @@ def view_pending(
     return pending
 
 
+def settled_persona(
+    profile: Profile, held: str | None, x: Mapping[str, float], candidate: str | None, scorer: Any
+) -> str | None:
+    """The customer's persona: their cluster's (``candidate``), unless only the
+    model moved.
+
+    A persona changes only when the customer's own features move across a
+    boundary of the current model: when their features at the last settled
+    decision (``profile["persona_anchor"]``) and their features now ``x`` fall
+    in clusters of different personas. Where both fall in the same persona
+    and it differs from the one ``held``, the model moved (a centroid was
+    learned or re-placed, or a cluster relabelled), not the customer, so the
+    held persona stays.
+
+    >>> class Model:
+    ...     def persona_of(self, x): return "b" if x["tenure"] > 0.5 else "a"
+    >>> profile = {"persona_anchor": [0.6] + [0.0] * (len(FEATURES) - 1)}
+    >>> x = dict.fromkeys(FEATURES, 0.0) | {"tenure": 0.7}
+    >>> settled_persona(profile, "a", x, "b", Model())  # model moved: held
+    'a'
+    >>> settled_persona(profile, "a", x | {"tenure": 0.1}, "a", Model())
+    'a'
+    >>> profile["persona_anchor"][0] = 0.2  # the customer moved
+    >>> settled_persona(profile, "a", x, "b", Model())
+    'b'
+    """
+    anchor = profile.get("persona_anchor")
+    if held is None or candidate is None or candidate == held or anchor is None:
+        return candidate
+    before = scorer.persona_of(dict(zip(FEATURES, anchor, strict=True)))
+    return held if before == candidate else candidate
+
+
 def _window_edges(profile: Profile, config: SegmentConfig, after_ms: int) -> list[int]:
     """When engagement or loyalty can change with no event: the moments the
     30-day session count or the 90-day order count drops below one of their
@@ -720,18 +776,22 @@ def _window_edges(profile: Profile, config: SegmentConfig, after_ms: int) -> lis
     """
     sessions: list[tuple[int, int]] = []  # (when it leaves the window, how many)
     orders: list[tuple[int, int]] = []
+    # In whole days: a bucket of day d leaves a window of w days at (d + w)
+    # days, which is after after_ms exactly when d + w > after_ms // DAY_MS.
+    after_day = after_ms // DAY_MS
     for key, bucket in profile["buckets"].items():
-        day_ms = int(key) * DAY_MS
-        if day_ms + 90 * DAY_MS <= after_ms:
+        day = int(key)
+        if day + 90 <= after_day:
             continue
         n = bucket.get("sessions")
-        if n and day_ms + 30 * DAY_MS > after_ms:
-            sessions.append((day_ms + 30 * DAY_MS, int(n)))
+        if n and day + 30 > after_day:
+            sessions.append(((day + 30) * DAY_MS, int(n)))
         n = bucket.get("purchases.order")
         if n:
-            orders.append((day_ms + 90 * DAY_MS, int(n)))
+            orders.append(((day + 90) * DAY_MS, int(n)))
+    month_ago = after_ms - 30 * DAY_MS
     for session in profile["sessions"]:
-        if session["start_ms"] + 30 * DAY_MS > after_ms:
+        if session["start_ms"] > month_ago:
             sessions.append((session["start_ms"] + 30 * DAY_MS, 1))
     levels = (
         config.heavy_sessions_30d,

@@ -157,6 +157,10 @@ class Profile(TypedDict):
     # models.segments
     segments: NotRequired[dict[str, SegmentMembership]]  # dimension -> current membership
     segments_decided_ms: NotRequired[int]  # decision time of the latest segment decision
+    # features (models.features.FEATURES order) when the persona held last
+    # agreed with the customer's cluster: the persona moves only when the
+    # customer's own features do (models.segments.settled_persona)
+    persona_anchor: NotRequired[list[float]]
     lifecycle_returned_ms: NotRequired[int]  # event time of an order after dormant/churned
     clv_counted: NotRequired[float | None]  # simple CLV as counted in the population sketch
     carts_abandoned_seen: NotRequired[int]  # abandoned carts already triggered on

@@ -210,6 +210,11 @@ class ModelBundle:
             self._personas = (self.clusters.examples, labels)
         return labels
 
+    def persona_of(self, x: Mapping[str, float]) -> str | None:
+        """The persona of the cluster nearest to feature vector ``x`` (None before seeding)."""
+        cluster_id = self.clusters.predict_one(x)
+        return self.personas().get(cluster_id) if cluster_id is not None else None
+
     @property
     def horizon_days(self) -> float:
         """H: the churn probability is of no order in the next H days."""

@@ -9,6 +9,7 @@ adjusted Rand index 0.715 (target 0.6: met).
 
 from __future__ import annotations
 
+from models.clustering import GENERAL_PERSONA, PERSONA_RULES
 from models.simulator import SimConfig, simulate
 from streams.offline import evaluate, score_against_truth
 from streams.settings import Settings
@@ -28,6 +29,8 @@ def test_models_recover_planted_personas_and_fading_customers_on_a_held_out_seed
     # Calibrated from labels: the BG/NBD base, or the correction where it wins.
     assert report["churn"]["source"] in ("bgnbd", "model"), report["churn"]
     assert report["clusters_ready"]
-    assert sorted(c["persona"] for c in report["clusters"]) == sorted(
-        {c["persona"] for c in report["clusters"]}
-    )
+    # Each planted group that is still a group at the end carries its persona;
+    # the new explorers, all past 15 days of tenure by then, fit none.
+    labels = {c["persona"] for c in report["clusters"]}
+    assert labels >= {"high_value_loyal", "bargain_hunter", "window_shopper", "unhappy", "fading"}
+    assert labels <= {*PERSONA_RULES, GENERAL_PERSONA}

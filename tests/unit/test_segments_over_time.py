@@ -108,6 +108,8 @@ def test_served_profiles_agree_with_their_own_numbers(
         assert engagement_level(sessions_30d, c) in allowed(view, "engagement")
         orders_90d = view["windows"]["90d"]["orders"]
         assert loyalty_quadrant(orders_90d, sessions_30d, c) in allowed(view, "loyalty")
+        if "persona" in view["segments"]:
+            assert view["scores"]["persona"] in allowed(view, "persona")
         p = view["scores"]["churn_probability"]
         band = value(view, "churn_risk")
         if band is not None:
