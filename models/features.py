@@ -53,9 +53,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, get_args
 
 from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, net_revenue
+from schemas.records import ClickType, PurchaseType, SupportType
 
 FEATURES: Final = (
     "tenure",
@@ -96,7 +97,15 @@ MISSING: Final[Mapping[str, float]] = {
 FeatureVector = dict[str, float]
 
 # Window counters of input events are named "<topic>.<type>".
-_EVENT_PREFIXES: Final = ("clickstream.", "purchases.", "support.")
+_EVENT_COUNTERS: Final = frozenset(
+    f"{topic}.{kind}"
+    for topic, kinds in (
+        ("clickstream", ClickType),
+        ("purchases", PurchaseType),
+        ("support", SupportType),
+    )
+    for kind in get_args(kinds)
+)
 
 
 def _log_scaled(value: float, reference: float) -> float:
@@ -115,7 +124,7 @@ def _recent_events(buckets: Mapping[str, Mapping[str, float]], today: int) -> tu
     for key, bucket in buckets.items():
         age = today - int(key)
         if 0 <= age < 30:
-            events = sum(v for name, v in bucket.items() if name.startswith(_EVENT_PREFIXES))
+            events = sum(map(bucket.__getitem__, bucket.keys() & _EVENT_COUNTERS))
             month += events
             if age < 7:
                 week += events

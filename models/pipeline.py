@@ -388,7 +388,8 @@ def customer_view(
     scores["cluster_persona"] = scores["persona"]
     scores["persona"] = settled_persona(profile, held, inputs, scores["persona"], models)
     config_ = segment_config or SegmentConfig()
-    shown = view_pending(profile, scores, summary["rfm"], summary["windows"], config_)
+    full_due = Segmenter(config_, config, models, b"").next_full_decision(profile)
+    shown = view_pending(profile, scores, summary["rfm"], summary["windows"], config_, full_due)
     for dim, pending in shown.items():
         segments[dim] = {**segments[dim], "pending": pending}
     return {

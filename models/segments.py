@@ -89,7 +89,8 @@ _ENTRY_TRIGGERS: Final[Mapping[tuple[str, str], str]] = {
 }
 _MAX_NOTIFIED_TICKETS: Final = 32
 # When a silent customer's segments are decided again, in days after their
-# last event: a day after it (so the day's later sessions are counted), then
+# last event: a day after it (so the day's later sessions are counted in
+# engagement and loyalty, the only dimensions decided then), then
 # weekly to 13 weeks and every 4 weeks to two years — the model's quiet ticks
 # (models.moments), so both wake the customer at once. Bounds how stale
 # segments can be, at 36 decisions per silence at most.
@@ -341,19 +342,39 @@ class Segmenter:
         """Decide at each of the customer's due times up to ``now_ms``, in order;
         return the next due time (:meth:`next_deadline` of the state left)."""
         for _ in range(16):  # a bounded number of thresholds can pass at once
-            due = self.next_deadline(profile)
+            due, only_windows = self._next(profile)
             if due is None or due > now_ms:
                 return due
-            self.decide(customer_id, profile, due, population)
+            if only_windows:
+                self._decide_windows(customer_id, profile, due, population)
+            else:
+                self.decide(customer_id, profile, due, population)
         return self.next_deadline(profile)
 
     def next_deadline(self, profile: Profile) -> int | None:
         """The next event time at which a decision could change with no new event."""
+        return self._next(profile)[0]
+
+    def next_full_decision(self, profile: Profile) -> int | None:
+        """The next event time at which every dimension is decided with no new event
+        (a due time that is not only a window edge or the day-after refresh)."""
+        return self._next(profile, full_only=True)[0]
+
+    def _next(self, profile: Profile, full_only: bool = False) -> tuple[int | None, bool]:
+        """The next due time, and whether only engagement and loyalty are due then.
+
+        Window edges and the refresh a day after the last event move only the
+        30-day session and 90-day order counts: at them, engagement and loyalty
+        are decided (:meth:`_decide_windows`); the scores, ranks and the
+        dimensions they drive wait for the next full decision (the weekly
+        refresh at the latest), as they would between two events.
+        """
         decided = profile.get("segments_decided_ms")
         if decided is None:
-            return None
+            return None, False
         c = self.config
-        candidates: list[float] = []
+        candidates: list[float] = []  # decided in full
+        windows: list[float] = []  # engagement and loyalty only
         first, last = profile["first_order_ms"], profile["last_order_ms"]
         if first is not None and last is not None:
             candidates += [last + d * DAY_MS for d in (c.at_risk_days, c.dormant_days)]
@@ -365,13 +386,16 @@ class Segmenter:
         adds = profile["cart_adds"]
         if adds:
             candidates.append(adds[0] + self.profile_config.cart_timeout_ms)
-        candidates += _window_edges(profile, c, decided)
+        if not full_only:
+            windows += _window_edges(profile, c, decided)
         last_seen = profile["last_seen_ms"]
         if last_seen is not None:
-            # The first refresh at or after the last decision.
+            # The first refresh at or after the last decision (the first full one).
             i = bisect_left(_REFRESH_MS, decided - last_seen)
+            if i == 0 and full_only:
+                i = 1
             if i < len(_REFRESH_MS):
-                candidates.append(last_seen + _REFRESH_MS[i])
+                (windows if i == 0 else candidates).append(last_seen + _REFRESH_MS[i])
         for membership in profile.get("segments", {}).values():
             if "pending" in membership:
                 candidates.append(membership["pending"]["applies_ms"] - 1)
@@ -380,8 +404,31 @@ class Segmenter:
             for ticket, (opened, priority) in profile["open_tickets"].items():
                 if ticket not in notified:
                     candidates.append(opened + self._sla_ms(priority))
-        due = [int(t) + 1 for t in candidates if int(t) + 1 > decided]
-        return min(due, default=None)
+        full = min((int(t) + 1 for t in candidates if int(t) + 1 > decided), default=None)
+        light = min((int(t) + 1 for t in windows if int(t) + 1 > decided), default=None)
+        if light is not None and (full is None or light < full):
+            return light, True
+        return full, False
+
+    def _decide_windows(
+        self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
+    ) -> None:
+        """Decide engagement and loyalty as of ``now_ms``: where either moves,
+        every dimension is decided (the change records carry the scores)."""
+        c = self.config
+        now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
+        current = profile.get("segments", {})
+        sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
+        levels = {
+            "engagement": engagement_level(sessions_30d, c),
+            "loyalty": loyalty_quadrant(orders_90d, sessions_30d, c),
+        }
+        if any(dim not in current or current[dim]["value"] != v for dim, v in levels.items()):
+            self.decide(customer_id, profile, now_ms, population)
+            return
+        profile["segments_decided_ms"] = now_ms
+        for dim in levels:
+            current[dim].pop("pending", None)  # the held-back change no longer holds
 
     # -- what --------------------------------------------------------------------
 
@@ -695,6 +742,7 @@ def view_pending(
     rfm: Mapping[str, Any] | None,
     windows: Mapping[str, Mapping[str, Any]],
     config: SegmentConfig,
+    full_due: int | None = None,
 ) -> dict[str, PendingSegment]:
     """Churn band, persona, RFM segment, engagement and loyalty as the numbers
     shown put them now, where they differ from the segments last decided (the
@@ -702,27 +750,30 @@ def view_pending(
     customer's sessions of the day came after the day's decision).
 
     The served profile shows them as ``pending``, applying at the customer's
-    next decision (their deadline), so its segments never contradict the
-    numbers shown beside them.
+    next decision (their deadline; for the churn band, persona and RFM
+    segment the next full decision, ``full_due``:
+    :meth:`Segmenter.next_full_decision`), so its segments never contradict
+    the numbers shown beside them.
     """
     current = profile.get("segments", {})
     due = profile.get("deadline_ms")
     pending: dict[str, PendingSegment] = {}
 
-    def differs(dim: str, value: str | None) -> None:
+    def differs(dim: str, value: str | None, at: int | None = due) -> None:
         held = current.get(dim)
         if value is None or held is None or held["value"] == value or "pending" in held:
             return
-        pending[dim] = {"value": value, "applies_ms": due if due is not None else held["since_ms"]}
+        pending[dim] = {"value": value, "applies_ms": at if at is not None else held["since_ms"]}
 
     p = scores.get("churn_probability")
     if p is not None and profile["last_order_ms"] is not None and "churn_risk" in current:
         stage = current.get("lifecycle")
         lifecycle = stage["value"] if stage is not None else None
-        differs("churn_risk", churn_risk_band(p, current["churn_risk"]["value"], config, lifecycle))
-    differs("persona", scores.get("persona"))
+        band = churn_risk_band(p, current["churn_risk"]["value"], config, lifecycle)
+        differs("churn_risk", band, full_due)
+    differs("persona", scores.get("persona"), full_due)
     if rfm is not None:
-        differs("rfm_segment", rfm_segment(int(rfm["r"]), int(rfm["f"]), int(rfm["m"])))
+        differs("rfm_segment", rfm_segment(int(rfm["r"]), int(rfm["f"]), int(rfm["m"])), full_due)
     if "30d" in windows and "90d" in windows:
         sessions_30d = int(windows["30d"]["sessions"])
         differs("engagement", engagement_level(sessions_30d, config))
