@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.deadlines import DeadlineIndex, DictStore, ScannableStore, Store
+from models.definitions import Definitions
 from models.identity import apply_anonymous
 from models.moments import Moments, Scorer
 from models.pipeline import (
@@ -93,6 +94,8 @@ class EngineConfig:
     # A backfilled customer's moments this long before the wall clock are
     # historical (models.segments.Segmenter.historical_before_ms).
     historical_after_ms: int = 24 * 3_600_000
+    # The user's traits and audiences (SEGSTREAM_DEFINITIONS_FILE), or None.
+    definitions: Definitions | None = None
 
     @classmethod
     def default(cls) -> EngineConfig:
@@ -317,6 +320,7 @@ class PartitionEngine:
             scorer=self._scorer(),
             id_key=self.config.id_key,
             historical_before_ms=self._clock_ms() - self.config.historical_after_ms,
+            definitions=self.config.definitions,
         )
 
     def _population(self) -> PopulationState:

@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from models.audiences import audience_context, audience_dimension, fold_traits, metrics
 from models.churn_features import CHURN_FEATURES, model_inputs
 from models.clv import bgnbd_learn, new_bgnbd
 from models.deadlines import DeadlineIndex
+from models.definitions import Definitions, evaluate_audiences
 from models.features import FEATURES
 from models.ids import keyed_id
 from models.moments import Moments
@@ -33,6 +35,7 @@ from models.quantiles import RfmValues, new_rfm_population, rfm_update
 from models.segments import (
     SegmentConfig,
     Segmenter,
+    customer_clv,
     new_segment_population,
     settled_persona,
     view_pending,
@@ -113,6 +116,8 @@ def update_customer(
         filed = None
         outcomes.append(outcome)
         if segments is not None and outcome in ("applied", "late"):
+            if segments.definitions is not None:
+                fold_traits(profile, event, segments.definitions)
             segments.after_event(customer_id, profile, event, population, new_day)
     after = rfm_values(profile)
     if before != after:
@@ -370,8 +375,10 @@ def customer_view(
     value: ValueConfig,
     models: ModelBundle,
     segment_config: SegmentConfig | None = None,
+    definitions: Definitions | None = None,
 ) -> dict[str, Any]:
-    """A customer as served and exported: metrics, model features and scores.
+    """A customer as served and exported: metrics, model features and scores;
+    with ``definitions``, the user's traits and the audiences the customer is in.
 
     Segments a dwell holds back carry their ``pending`` value; where the
     scores shown put the churn band, persona or RFM segment elsewhere than the
@@ -388,11 +395,12 @@ def customer_view(
     scores["cluster_persona"] = scores["persona"]
     scores["persona"] = settled_persona(profile, held, inputs, scores["persona"], models)
     config_ = segment_config or SegmentConfig()
-    full_due = Segmenter(config_, config, models, b"").next_full_decision(profile)
+    segmenter = Segmenter(config_, config, models, b"", definitions=definitions)
+    full_due = segmenter.next_full_decision(profile)
     shown = view_pending(profile, scores, summary["rfm"], summary["windows"], config_, full_due)
     for dim, pending in shown.items():
         segments[dim] = {**segments[dim], "pending": pending}
-    return {
+    view = {
         "customer_id": customer_id,
         **summary,
         "features": {name: inputs[name] for name in FEATURES},
@@ -400,3 +408,24 @@ def customer_view(
         "scores": scores,
         "segments": segments,
     }
+    if definitions is not None:
+        windows = summary["windows"]
+        sessions_30d = int(windows["30d"]["sessions"]) if "30d" in windows else 0
+        orders_90d = int(windows["90d"]["orders"]) if "90d" in windows else 0
+        built_in = metrics(
+            profile, as_of, sessions_30d, orders_90d, customer_clv(profile, as_of, config_)
+        )
+        values = {dim: entry["value"] for dim, entry in segments.items()}
+        context = audience_context(profile, definitions, as_of, built_in, scores, values)
+        members = evaluate_audiences(definitions, context)
+        view["traits"] = dict(context.traits)
+        view["audiences"] = [name for name, inside in members.items() if inside]
+        for name, inside in members.items():
+            # Where the numbers shown move an audience, it applies at the next
+            # full decision, said so as for the built-in dimensions.
+            dim, now = audience_dimension(name), "in" if inside else "out"
+            held = segments.get(dim)
+            if held is not None and held["value"] != now and "pending" not in held:
+                applies = full_due if full_due is not None else as_of
+                segments[dim] = {**held, "pending": {"value": now, "applies_ms": applies}}
+    return view

@@ -295,6 +295,10 @@ def _apply_click(
         # are finalised, whatever order the topics were read in.
         bisect.insort(profile["cart_adds"], ts)
         del profile["cart_adds"][:-MAX_PENDING_CART_ADDS]
+    if type_ == "track":
+        # The shop's own event: counted by name (bounded), never a session.
+        _bump(profile.setdefault("custom_events", {}), event["name"])
+        return
     if type_ in ("email_open", "email_click", "app_open", "push_open", "identify"):
         return  # not browsing: no session
     session_id = event.get("session_id") or f"~{ts // config.session_timeout_ms}"

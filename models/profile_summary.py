@@ -273,6 +273,8 @@ def summarise(
         "days_since_last_seen": round((as_of - last_seen) / DAY_MS, 3),
         "events": int(sum(profile["lifetime"].values())),
         "event_counts": dict(sorted(profile["lifetime"].items())),
+        # track events by name (the 50 most frequent are kept)
+        "custom_event_counts": dict(sorted(profile.get("custom_events", {}).items())),
         "late_events": profile["late_events"],
         "preferred_channel": _preferred(profile["channels"]),
         "favourite_browse_categories": sorted(

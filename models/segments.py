@@ -37,11 +37,20 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from models.audiences import (
+    AUDIENCE_PREFIX,
+    audience_context,
+    audience_dimension,
+    metrics,
+    trait_states,
+)
 from models.churn_features import model_inputs
 from models.clv import new_bgnbd, simple_clv
+from models.definitions import Definitions, evaluate_audiences
+from models.definitions import next_change_ms as audience_next_change
 from models.features import FEATURES
 from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, net_revenue
@@ -285,6 +294,8 @@ class Segmenter:
     # SEGSTREAM_HISTORICAL_AFTER_HOURS) are historical: their changes are
     # marked so and their triggers are not sent. None: nothing is historical.
     historical_before_ms: int | None = None
+    # The user's traits and audiences (models.definitions); None: none defined.
+    definitions: Definitions | None = None
     changes: list[dict[str, Any]] = field(default_factory=list)
     triggers: list[dict[str, Any]] = field(default_factory=list)
     # kinds of the triggers not sent because their moment was historical
@@ -399,6 +410,9 @@ class Segmenter:
         for membership in profile.get("segments", {}).values():
             if "pending" in membership:
                 candidates.append(membership["pending"]["applies_ms"] - 1)
+        audiences_due = profile.get("audiences_due_ms")
+        if audiences_due is not None and self.definitions is not None:
+            candidates.append(audiences_due - 1)
         if profile["open_tickets"]:
             notified = set(profile.get("sla_notified", []))
             for ticket, (opened, priority) in profile["open_tickets"].items():
@@ -423,7 +437,10 @@ class Segmenter:
             "engagement": engagement_level(sessions_30d, c),
             "loyalty": loyalty_quadrant(orders_90d, sessions_30d, c),
         }
-        if any(dim not in current or current[dim]["value"] != v for dim, v in levels.items()):
+        if self.definitions is not None or any(
+            dim not in current or current[dim]["value"] != v for dim, v in levels.items()
+        ):
+            # (The user's audiences may read the windowed counts: decided in full.)
             self.decide(customer_id, profile, now_ms, population)
             return
         profile["segments_decided_ms"] = now_ms
@@ -507,32 +524,97 @@ class Segmenter:
         }
         for dim in DIMENSIONS:
             value, reason = decided[dim]
-            before = current.get(dim)
-            if value is None:
-                continue
-            if before is not None and value == before["value"]:
-                before.pop("pending", None)  # the held-back change no longer holds
-                continue
-            if (
-                before is not None
-                and dim not in NO_DWELL
-                and now_ms - before["since_ms"] < c.min_dwell_ms
-            ):
-                # Too soon after the last move: no flapping. Said so, and decided
-                # again when the dwell ends.
-                before["pending"] = {
-                    "value": value,
-                    "applies_ms": before["since_ms"] + c.min_dwell_ms,
-                }
-                continue
-            current[dim] = {"value": value, "since_ms": now_ms}
-            _count(population, dim, before["value"] if before else None, value)
-            self._change(customer_id, profile, dim, before, value, now_ms, reason, snapshot, scores)
+            self._apply(
+                customer_id, profile, dim, (value, reason), now_ms, population, snapshot, scores
+            )
+        if self.definitions is not None:
+            built_in = metrics(profile, now_ms, sessions_30d, orders_90d, clv)
+            self._decide_audiences(
+                customer_id, profile, now_ms, population, snapshot, scores, built_in
+            )
         if "persona" in current and current["persona"]["value"] == scores["persona"]:
             # The persona held agrees with the customer's cluster: a later
             # move is judged against where the customer stands now.
             profile["persona_anchor"] = [inputs[name] for name in FEATURES]
         self._fact_triggers(customer_id, profile, now_ms, snapshot)
+
+    def _apply(
+        self,
+        customer_id: str,
+        profile: Profile,
+        dim: str,
+        decision: tuple[str | None, str],
+        now_ms: int,
+        population: PopulationState,
+        snapshot: dict[str, Any],
+        scores: Mapping[str, Any],
+    ) -> None:
+        """Move the customer to the value decided in ``dim`` (with its reason)
+        unless it holds already or the dwell holds the move back (kept as pending)."""
+        value, reason = decision
+        current = profile["segments"]
+        before = current.get(dim)
+        if value is None:
+            return
+        if before is not None and value == before["value"]:
+            before.pop("pending", None)  # the held-back change no longer holds
+            return
+        if (
+            before is not None
+            and dim not in NO_DWELL
+            and now_ms - before["since_ms"] < self.config.min_dwell_ms
+        ):
+            # Too soon after the last move: no flapping. Said so, and decided
+            # again when the dwell ends.
+            before["pending"] = {
+                "value": value,
+                "applies_ms": before["since_ms"] + self.config.min_dwell_ms,
+            }
+            return
+        current[dim] = {"value": value, "since_ms": now_ms}
+        _count(population, dim, before["value"] if before else None, value)
+        self._change(customer_id, profile, dim, before, value, now_ms, reason, snapshot, scores)
+
+    def _decide_audiences(
+        self,
+        customer_id: str,
+        profile: Profile,
+        now_ms: int,
+        population: PopulationState,
+        snapshot: dict[str, Any],
+        scores: Mapping[str, Any],
+        built_in: Mapping[str, Any],
+    ) -> None:
+        """Decide the user's audiences as dimensions ``audience.<name>`` (in or
+        out), after the built-in ones they may read; note when they can next
+        change with no event."""
+        definitions = self.definitions
+        assert definitions is not None  # noqa: S101 - the caller checked
+        current = profile["segments"]
+        values = {dim: entry["value"] for dim, entry in current.items()}
+        context = audience_context(profile, definitions, now_ms, built_in, scores, values)
+        members = evaluate_audiences(definitions, context)
+        context = replace(context, audiences=members)
+        for name, inside in members.items():
+            dim = audience_dimension(name)
+            if dim in current or inside:  # nobody is told they are not in an audience
+                reason = definitions.audiences[name].explain(context)
+                decision = ("in" if inside else "out", reason)
+                self._apply(
+                    customer_id, profile, dim, decision, now_ms, population, snapshot, scores
+                )
+        for dim in [d for d in current if d.startswith(AUDIENCE_PREFIX)]:
+            if dim[len(AUDIENCE_PREFIX) :] not in definitions.audiences:
+                # Removed from the definitions: members exit at once (no dwell).
+                before = current.pop(dim)
+                _count(population, dim, before["value"], None)
+                if before["value"] == "in":
+                    reason = "audience removed from the definitions"
+                    self._change(
+                        customer_id, profile, dim, before, "out", now_ms, reason, snapshot, scores
+                    )
+        states = trait_states(profile, definitions)
+        profile["audiences_due_ms"] = audience_next_change(definitions, states, context)
 
     def erase(self, profile: Profile, population: PopulationState) -> None:
         """Take an erased customer out of the population counts and CLV sketch."""

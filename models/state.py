@@ -146,6 +146,8 @@ class Profile(TypedDict):
     sentiment_last: float | None  # compound sentiment of the latest support text
     sentiment_ms: int | None  # its event time
     anonymous_ids: list[str]  # anonymous ids stitched to the customer (erased with them)
+    # models.profile, from the first custom (track) event on
+    custom_events: NotRequired[dict[str, int]]  # custom event name -> count (bounded)
     # models.profile, from the first order on
     recent_orders: NotRequired[list[RecentOrder]]  # latest orders with amounts (refund links)
     # models.pipeline
@@ -157,6 +159,10 @@ class Profile(TypedDict):
     # models.segments
     segments: NotRequired[dict[str, SegmentMembership]]  # dimension -> current membership
     segments_decided_ms: NotRequired[int]  # decision time of the latest segment decision
+    # the user's computed traits (models.audiences): trait fingerprint -> state
+    traits: NotRequired[dict[str, dict[str, Any]]]
+    # when an audience or trait can next change with no event (at the last decision)
+    audiences_due_ms: NotRequired[int | None]
     # features (models.features.FEATURES order) when the persona held last
     # agreed with the customer's cluster: the persona moves only when the
     # customer's own features do (models.segments.settled_persona)

@@ -10,7 +10,7 @@ why it was chosen over pydantic (about six) for the per-event hot path.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -35,6 +35,7 @@ ClickType = Literal[
     "push_open",
     "social_interaction",
     "identify",
+    "track",
 ]
 ClickChannel = Literal["web", "app", "email", "social", "store"]
 PurchaseType = Literal["order", "refund"]
@@ -54,6 +55,13 @@ MAX_ID_CHARS = 128
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
 Text = Annotated[str, Meta(max_length=4096)]
 Money = Annotated[float, Meta(ge=0)]
+# A custom event's name: lower-case words joined by underscores.
+CustomName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+# A custom event's properties: flat, at most 50, each a string (up to 1,024
+# characters), a number, a boolean or null.
+PropertyName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+PropertyValue = Annotated[str, Meta(max_length=1024)] | int | float | bool | None
+Properties = Annotated[dict[PropertyName, PropertyValue], Meta(max_length=50)]
 
 SCORE_RANGES: dict[str, tuple[float, float]] = {
     "csat_response": (1, 5),
@@ -71,6 +79,11 @@ class ClickEvent(Struct, frozen=True, kw_only=True):
     ``stitched`` marks anonymous browsing that segstream re-issued under the
     customer's id after an ``identify``; ``identified_by`` is that identify's
     event id on browsing that was held until it (once per event, however old).
+
+    ``track`` is the shop's own event: ``name`` says what happened (for
+    example ``store_visit``; never one of the built-in types) and
+    ``properties`` carries its details, flat. Any name is accepted; the
+    profile counts each, and traits and audiences can read them.
     """
 
     event_id: Id
@@ -90,9 +103,18 @@ class ClickEvent(Struct, frozen=True, kw_only=True):
     stitched: bool = False
     identified_by: Id | None = None
     historical: bool = False
+    name: CustomName | None = None
+    properties: Properties | None = None
 
     def __post_init__(self) -> None:
         _normalise_ts(self)
+        if self.type == "track":
+            if self.name is None:
+                raise ValueError("a track event needs a name")
+            if self.name in _CLICK_TYPES:
+                raise ValueError(f"a track event's name must not be a built-in type ({self.name})")
+        elif self.name is not None or self.properties is not None:
+            raise ValueError("only track events carry name and properties")
 
 
 class LineItem(Struct, frozen=True, kw_only=True):
@@ -162,6 +184,9 @@ class SupportEvent(Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         _normalise_ts(self)
+
+
+_CLICK_TYPES = frozenset(get_args(ClickType))
 
 
 def _normalise_ts(event: ClickEvent | PurchaseEvent | SupportEvent) -> None:

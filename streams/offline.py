@@ -67,6 +67,7 @@ class OfflineRun:
         # as soon as they are produced, and scores use the model as it is then.
         self.models = ModelBundle(self.settings.learning_config())
         config = self.settings.engine_config()
+        self.definitions = config.definitions
         self.engines = {
             p: PartitionEngine(p, PartitionStores.in_memory(), config, lambda: self.models)
             for p in range(self.settings.input_partitions)
@@ -161,7 +162,15 @@ class OfflineRun:
             ]
         for customer_id, profile, population in sorted(held, key=lambda item: item[0]):
             yield customer_view(
-                customer_id, profile, config, as_of, population, value_config, self.models, segments
+                customer_id,
+                profile,
+                config,
+                as_of,
+                population,
+                value_config,
+                self.models,
+                segments,
+                self.definitions,
             )
 
 

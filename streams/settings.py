@@ -20,6 +20,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.audiences import METRICS, SCORES
+from models.definitions import Definitions, read_definitions
 from models.engine import EngineConfig
 from models.profile import (
     DAY_MS,
@@ -28,7 +30,7 @@ from models.profile import (
     ProfileConfig,
 )
 from models.profile_summary import ValueConfig
-from models.segments import SegmentConfig
+from models.segments import DIMENSIONS, SegmentConfig
 from models.training import ModelConfig
 from schemas.decode import DEAD_LETTER_MAX_BYTES, DecodeLimits
 from schemas.errors import ConfigError
@@ -392,6 +394,12 @@ class Settings(BaseSettings):
         description="During a backfill (replay --historical), segment changes at moments this "
         "long before the wall clock are marked historical and their triggers are not sent.",
     )
+    definitions_file: Path | None = Field(
+        None,
+        description="YAML file of your own computed traits and audiences "
+        "(docs/definitions-file.md), read and checked once at start: an error names the line, "
+        "the field and what was expected. Unset: none.",
+    )
     detractor_sentiment: float = Field(
         -0.5, ge=-1, le=0, description="Ticket text this negative fires a detractor follow-up."
     )
@@ -536,6 +544,23 @@ class Settings(BaseSettings):
             expected_lifespan_years=self.expected_lifespan_days / 365,
         )
 
+    def definitions(self) -> Definitions | None:
+        """The user's traits and audiences (``definitions_file``), or None.
+
+        Raises
+        ------
+        DefinitionsError
+            If the file cannot be read or is not valid (line, field, expected).
+        """
+        if self.definitions_file is None:
+            return None
+        return read_definitions(
+            self.definitions_file,
+            known_metrics=frozenset(METRICS),
+            known_scores=frozenset(SCORES),
+            known_segments=frozenset(DIMENSIONS),
+        )
+
     def engine_config(self) -> EngineConfig:
         """Settings of the partition engine (models.engine)."""
         return EngineConfig(
@@ -548,6 +573,7 @@ class Settings(BaseSettings):
             id_key=self.model_snapshot_key.get_secret_value().encode(),
             training_sample_rate=self.training_sample_rate,
             historical_after_ms=int(self.historical_after_hours * 3_600_000),
+            definitions=self.definitions(),
         )
 
     def kafka_python_config(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.deadlines import DeadlineIndex, DictStore
+from models.definitions import load_definitions
 from models.identity import apply_anonymous
 from models.moments import Moments
 from models.pipeline import fire_deadlines, new_population, refile_deadline, update_customer
@@ -67,6 +68,18 @@ KINDS = (*BROWSING, "anonymous", "identify", "order", "refund", *SUPPORT, "compl
 NEGATIVE_TEXT = "Terrible, awful service. I hate this, the worst experience ever."
 
 
+# The user's traits and audiences, so their state keys are written too.
+DEFINITIONS = load_definitions(
+    """
+version: 1
+traits:
+  visits_30d: {aggregate: count, topic: clickstream, type: store_visit, window_days: 30}
+audiences:
+  store_regular: {when: "visits_30d >= 1"}
+"""
+)
+
+
 class Replay:
     """A worker holding every partition, built from the functions the engine calls."""
 
@@ -77,7 +90,11 @@ class Replay:
             scorer=self.models, horizon_ms=30 * DAY_MS, profile_config=self.config, id_key=b"k"
         )
         self.segments = Segmenter(
-            config=SegmentConfig(), profile_config=self.config, scorer=self.models, id_key=b"k"
+            config=SegmentConfig(),
+            profile_config=self.config,
+            scorer=self.models,
+            id_key=b"k",
+            definitions=DEFINITIONS,
         )
         self.lag_ms, self.max_held = lag_ms, max_held
         self.store = DictStore()  # the deadlines table: customers' deadlines and held events
@@ -341,6 +358,7 @@ def designed_history() -> list[dict[str, Any]]:
         # Dormant after 60 days without an order, then back.
         order(t + 80 * d, "x16", "c1", 30.0),
         click("page_view", t + 81 * d, "x17", "c1", session_id="s3"),
+        click("track", t + 82 * d, "x18", "c1", name="store_visit", properties={"store": "s"}),
     ]
 
 

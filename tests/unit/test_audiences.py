@@ -1,0 +1,135 @@
+"""The user's traits and audiences in the partition engine and ``evaluate``.
+
+An audience is a segment dimension ``audience.<name>`` (``in``/``out``):
+entering and leaving publish segment changes with the rule's values as the
+reason, the first entry is ``initial``, time alone moves customers in and
+out (trait windows, ``days_since``), and a removed audience publishes exits.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from models.definitions import load_definitions
+from models.engine import EngineConfig, PartitionEngine, PartitionStores, Watermarks
+from models.profile import DAY_MS, event
+from models.simulator import SimConfig, simulate
+from streams.offline import evaluate
+from streams.settings import Settings
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "audiences.yaml"
+T0 = 1_780_000_000_000 // DAY_MS * DAY_MS  # a UTC midnight
+
+DEFINITIONS = """
+version: 1
+traits:
+  store_visits_30d: {aggregate: count, topic: clickstream, type: store_visit, window_days: 30}
+  big_orders:
+    aggregate: count
+    topic: purchases
+    type: order
+    where: [{property: amount, op: ">=", value: 100}]
+audiences:
+  store_regular:
+    when: "store_visits_30d >= 2"
+  cooling_down:
+    when: "metric.orders >= 1 and days_since(metric.last_order_at) > 10"
+  big_spender:
+    when: "big_orders >= 1"
+"""
+
+
+def engine_with(text: str) -> PartitionEngine:
+    config = replace(EngineConfig.default(), definitions=load_definitions(text))
+    return PartitionEngine(0, PartitionStores.in_memory(), config)
+
+
+def run(engine: PartitionEngine, records: list[dict[str, Any]], until: int) -> list[dict[str, Any]]:
+    changes: list[dict[str, Any]] = []
+    for record in records:
+        changes += engine.submit([record], Watermarks.up_to(int(record["ts"]))).changes
+    changes += engine.advance(Watermarks.up_to(until)).changes
+    return [c for c in changes if c["dimension"].startswith("audience.")]
+
+
+def visit(ts: int, n: int) -> dict[str, Any]:
+    return event("clickstream", "track", ts, f"v{n}", customer_id="c1", name="store_visit")
+
+
+def order(ts: int, n: int, amount: float) -> dict[str, Any]:
+    return event(
+        "purchases", "order", ts, f"o{n}", customer_id="c1", order_id=f"o{n}", amount=amount
+    )
+
+
+def test_custom_events_move_a_customer_into_an_audience_and_the_window_moves_them_out() -> None:
+    engine = engine_with(DEFINITIONS)
+    day = DAY_MS
+    changes = run(engine, [visit(T0 + 3_600_000, 1), visit(T0 + 2 * day, 2)], T0 + 40 * day)
+    store = [c for c in changes if c["dimension"] == "audience.store_regular"]
+    assert [(c["from_segment"], c["to_segment"]) for c in store] == [(None, "in"), ("in", "out")]
+    entered, left = store
+    assert entered["ts"] == T0 + 2 * day and entered.get("initial") is True
+    assert "store_visits_30d=2" in entered["reason"]
+    # The first visit's day leaves the 30-day window at the start of day 30.
+    assert left["ts"] == T0 + 30 * day
+    assert "initial" not in left
+    # Nobody is told they are not in an audience they never entered.
+    assert not [c for c in changes if c["dimension"] == "audience.cooling_down"]
+
+
+def test_time_since_an_order_moves_a_customer_in_at_its_threshold() -> None:
+    engine = engine_with(DEFINITIONS)
+    changes = run(engine, [order(T0 + 5_000, 1, 120.0)], T0 + 20 * DAY_MS)
+    by_dim = {c["dimension"]: c for c in changes}
+    assert by_dim["audience.big_spender"]["ts"] == T0 + 5_000
+    cooling = by_dim["audience.cooling_down"]
+    # days_since(last order) > 10 first holds just after 10 days.
+    assert T0 + 5_000 + 10 * DAY_MS < cooling["ts"] <= T0 + 5_000 + 10 * DAY_MS + 1
+    assert cooling["to_segment"] == "in"
+
+
+def test_a_removed_audience_publishes_exits_and_an_unchanged_trait_keeps_its_state() -> None:
+    engine = engine_with(DEFINITIONS)
+    run(engine, [visit(T0, 1), visit(T0 + 1_000, 2), order(T0 + 2_000, 3, 150.0)], T0 + 3_000)
+    fewer = DEFINITIONS.replace('  big_spender:\n    when: "big_orders >= 1"\n', "")
+    engine.config = replace(engine.config, definitions=load_definitions(fewer))
+    changes = run(engine, [visit(T0 + DAY_MS, 4)], T0 + DAY_MS + 1)
+    exits = [c for c in changes if c["dimension"] == "audience.big_spender"]
+    assert [(c["from_segment"], c["to_segment"]) for c in exits] == [("in", "out")]
+    assert exits[0]["reason"] == "audience removed from the definitions"
+    profile = engine.stores.profiles.get("c1")
+    assert "audience.big_spender" not in profile["segments"]
+    # store_visits_30d's definition did not change: its state held, now three visits.
+    trait = engine.config.definitions.traits["store_visits_30d"]
+    assert trait.value(profile["traits"][trait.fingerprint], T0 + DAY_MS + 1) == 3
+    # The removed audience's trait is not kept.
+    assert len(profile["traits"]) == 2
+
+
+def test_evaluate_with_the_example_file_publishes_audiences_that_agree_with_the_profiles(
+    tmp_path: Path,
+) -> None:
+    definitions = tmp_path / "audiences.yaml"
+    shutil.copy(EXAMPLE, definitions)
+    events, _ = simulate(SimConfig(customers=120, days=60, seed=31))
+    settings = Settings(_env_file=None, store="memory", definitions_file=definitions)
+    run_ = evaluate(events, settings)
+    changes = [c for c in run_.outputs.changes if c["dimension"].startswith("audience.")]
+    assert {c["dimension"] for c in changes} >= {
+        "audience.browser_never_bought",
+        "audience.repeat_buyer_cooling_down",
+    }
+    for profile in run_.summaries():
+        shown = set(profile["audiences"])
+        # As of the last decision, the stored membership is what the rules give
+        # (or the profile says the move is pending).
+        for name in ("browser_never_bought", "repeat_buyer_cooling_down", "vip_at_risk"):
+            entry = profile["segments"].get(f"audience.{name}")
+            stored = {entry["value"], entry.get("pending", {}).get("value")} if entry else {"out"}
+            assert ("in" if name in shown else "out") in stored, (profile["customer_id"], name)
+        never = profile["lifetime"]["orders"] == 0 and profile["windows"]["30d"]["sessions"] >= 3
+        assert ("browser_never_bought" in shown) == never
