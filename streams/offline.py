@@ -12,8 +12,9 @@ applied, so the watermarks are the latest event time so far.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import msgspec
 import orjson
 from river import metrics
 
+from models.audiences import audience_dimension
 from models.engine import (
     Outputs,
     PartitionEngine,
@@ -36,7 +38,7 @@ from models.pipeline import (
     new_population,
     partition_population,
 )
-from models.profile import Profile
+from models.profile import DAY_MS, Profile
 from models.simulator import CustomerTruth
 from models.training import ModelBundle
 from schemas.decode import DecodeError, decode_event
@@ -243,3 +245,55 @@ def write_outputs(run: OfflineRun, path: Path) -> tuple[int, int]:
             for record in records:
                 handle.write(orjson.dumps({"output": output, **record}) + b"\n")
     return len(run.outputs.changes), len(run.outputs.triggers)
+
+
+def audience_backtest(
+    changes: Iterable[Mapping[str, Any]], audiences: Iterable[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """What each audience did, day by day, from the segment changes of a run.
+
+    Per audience, one row per UTC day from the first change of the run to
+    the last: the members at the end of the day (``size``), and how many
+    entered and left that day. Customers enter with a change to ``in`` and
+    leave with one to ``out``, as a consumer of the segment-changes topic
+    counts them.
+
+    >>> rows = audience_backtest(
+    ...     [{"dimension": "audience.vip", "customer_id": "c1", "to_segment": "in", "ts": 0},
+    ...      {"dimension": "audience.vip", "customer_id": "c1", "to_segment": "out",
+    ...       "ts": 2 * 86_400_000}], ["vip"])
+    >>> [(r["day"], r["size"], r["entered"], r["exited"]) for r in rows["vip"]]
+    [('1970-01-01', 1, 1, 0), ('1970-01-02', 1, 0, 0), ('1970-01-03', 0, 0, 1)]
+    """
+    names = list(audiences)
+    wanted = {audience_dimension(name): name for name in names}
+    by_day: dict[str, dict[int, list[int]]] = {name: {} for name in names}
+    days: list[int] = []
+    for change in changes:
+        name = wanted.get(str(change["dimension"]))
+        if name is None:
+            continue
+        day = int(change["ts"]) // DAY_MS
+        days.append(day)
+        counts = by_day[name].setdefault(day, [0, 0])
+        if change["to_segment"] == "in":
+            counts[0] += 1
+        else:
+            counts[1] += 1
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    if not days:
+        return out
+    for name in names:
+        size = 0
+        for day in range(min(days), max(days) + 1):
+            entered, exited = by_day[name].get(day, (0, 0))
+            size += entered - exited
+            out[name].append(
+                {
+                    "day": datetime.fromtimestamp(day * 86_400, tz=UTC).date().isoformat(),
+                    "size": size,
+                    "entered": entered,
+                    "exited": exited,
+                }
+            )
+    return out
