@@ -344,7 +344,12 @@ class Segmenter:
         if event["topic"] == "purchases" and event["type"] == "order":
             self._note_return(profile, int(event["ts"]))
         ts = int(event["ts"])
-        if new_day or event["topic"] != "clickstream" or "segments" not in profile:
+        if (
+            new_day
+            or event["topic"] != "clickstream"
+            or event["type"] == "track"  # the shop's own event: a fact, decided at once
+            or "segments" not in profile
+        ):
             self.decide(customer_id, profile, ts, population)
 
     def on_deadline(

@@ -17,13 +17,14 @@ from faust.tables.manager import TableManager
 from prometheus_client import generate_latest
 from yarl import URL
 
+from models.audiences import audience_dimension
 from models.pipeline import combined_bgnbd, customer_view, partition_population
 from schemas.decode import is_safe_id
 from schemas.records import MAX_ID_CHARS, ErasureRequest
 from streams import metrics
 from streams.app import app, settings
 from streams.auth import require_token
-from streams.engines import CACHES, now_ms, population_cache, profile_cache
+from streams.engines import CACHES, ENGINE_CONFIG, now_ms, population_cache, profile_cache
 from streams.model_sync import holder
 from streams.partitioning import partition_for_key
 from streams.tables import population_key, population_table, profiles_table
@@ -104,6 +105,7 @@ def customer_summary(customer_id: str, profile: Any) -> dict[str, Any]:
         VALUE_CONFIG,
         holder.bundle,
         SEGMENT_CONFIG,
+        ENGINE_CONFIG.definitions,
     )
 
 
@@ -201,14 +203,9 @@ def local_segment_counts() -> dict[str, dict[str, int]]:
     return totals
 
 
-@app.page("/segments")
-@protected
-async def segments_view(self: web.View, request: web.Request) -> web.Response:
-    """Current population per dimension and value, gathered from every worker.
-
-    ``?scope=local`` answers for this worker's partitions only (what the
-    worker asked first gathers from the others).
-    """
+async def gathered_counts(request: web.Request) -> tuple[dict[str, dict[str, int]], int] | str:
+    """Members per dimension and value over every worker's partitions, and how
+    many workers answered; or what went wrong. ``?scope=local``: this worker only."""
     totals = local_segment_counts()
     workers = 1
     if request.query.get("scope") != "local":
@@ -219,17 +216,59 @@ async def segments_view(self: web.View, request: web.Request) -> web.Response:
             target = url.with_path("/segments").with_query(scope="local")
             async with app.http_client.get(target, headers=request.headers) as response:
                 if response.status != 200:
-                    return self.json(
-                        {"error": f"worker {url.host}:{url.port} answered {response.status}"},
-                        status=502,
-                    )
+                    return f"worker {url.host}:{url.port} answered {response.status}"
                 for dim, by_value in (await response.json())["segments"].items():
                     into = totals.setdefault(dim, {})
                     for value, count in by_value.items():
                         into[value] = into.get(value, 0) + count
             workers += 1
+    return totals, workers
+
+
+@app.page("/segments")
+@protected
+async def segments_view(self: web.View, request: web.Request) -> web.Response:
+    """Current population per dimension and value, gathered from every worker.
+
+    ``?scope=local`` answers for this worker's partitions only (what the
+    worker asked first gathers from the others).
+    """
+    gathered = await gathered_counts(request)
+    if isinstance(gathered, str):
+        return self.json({"error": gathered}, status=502)
+    totals, workers = gathered
     body = {
         "workers": workers,
         "segments": {dim: dict(sorted(v.items())) for dim, v in sorted(totals.items())},
+    }
+    return self.json(body)
+
+
+@app.page("/audiences")
+@protected
+async def audiences_view(self: web.View, request: web.Request) -> web.Response:
+    """Members of each of the user's audiences, summed over every worker's partitions.
+
+    Each worker counts the members of its own partitions as it decides them;
+    this sums them (as ``/segments`` does). Audiences no longer defined are
+    left out; ``definitions`` says which file version is served.
+    """
+    definitions = ENGINE_CONFIG.definitions
+    if definitions is None:
+        return self.json({"error": "no definitions file (SEGSTREAM_DEFINITIONS_FILE)"}, status=404)
+    gathered = await gathered_counts(request)
+    if isinstance(gathered, str):
+        return self.json({"error": gathered}, status=502)
+    totals, workers = gathered
+    body = {
+        "workers": workers,
+        "definitions": {"version": definitions.version, "digest": definitions.digest},
+        "audiences": {
+            name: {
+                "members": totals.get(audience_dimension(name), {}).get("in", 0),
+                "description": audience.description,
+            }
+            for name, audience in definitions.audiences.items()
+        },
     }
     return self.json(body)

@@ -531,6 +531,10 @@ def audiences_backtest(
 def export_profiles(
     out: Annotated[Path, typer.Option(help="File to write.")],
     fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    audience: Annotated[
+        str | None,
+        typer.Option(help="Only the members of this audience (SEGSTREAM_DEFINITIONS_FILE)."),
+    ] = None,
 ) -> None:
     """Write every current profile (from the state changelogs) as JSONL or CSV."""
     from streams.cli.export import export_profiles as run_export
@@ -539,7 +543,7 @@ def export_profiles(
         console.print("[red]error:[/red] --format must be jsonl or csv")
         raise typer.Exit(2)
     try:
-        count = run_export(load_settings(), out, "csv" if fmt == "csv" else "jsonl")
+        count = run_export(load_settings(), out, "csv" if fmt == "csv" else "jsonl", audience)
     except SegstreamError as exc:
         _fail(exc)
         return

@@ -22,11 +22,12 @@ from typing import IO, Any, Literal
 import orjson
 from kafka import TopicPartition
 
+from models.audiences import audience_dimension
 from models.engine import population_key
 from models.pipeline import combined_bgnbd, customer_view, partition_population
 from models.segments import DIMENSIONS
 from models.training import ModelBundle, SnapshotError, decode_snapshot
-from schemas.errors import SegstreamError
+from schemas.errors import ConfigError, SegstreamError
 from streams.partitioning import partition_for_key
 from streams.producer import make_consumer
 from streams.settings import Settings
@@ -59,6 +60,8 @@ CSV_COLUMNS = (
     "scores.persona",
     "scores.model_version",
     *(f"segments.{dim}" for dim in DIMENSIONS),
+    # the user's audiences the customer is in now, space-separated (with a definitions file)
+    "audiences",
 )
 
 
@@ -128,6 +131,7 @@ def current_profiles(settings: Settings) -> Iterator[dict[str, Any]]:
     profile_config = settings.profile_config()
     value_config = settings.value_config()
     segment_config = settings.segment_config()
+    definitions = settings.definitions()
     pooled = combined_bgnbd(populations.values())
     for key in sorted(profiles):
         customer_id = _table_key(key)
@@ -141,6 +145,7 @@ def current_profiles(settings: Settings) -> Iterator[dict[str, Any]]:
             value_config,
             models,
             segment_config,
+            definitions,
         )
 
 
@@ -156,6 +161,8 @@ def _path(view: dict[str, Any], path: str) -> Any:
         value = value.get(part) if isinstance(value, dict) else None
     if isinstance(value, dict) and "value" in value:
         value = value["value"]  # a segment: its current value
+    if isinstance(value, list):
+        value = " ".join(map(str, value))
     return value
 
 
@@ -178,7 +185,24 @@ def write_profiles(rows: Iterator[dict[str, Any]], out: IO[bytes], fmt: ExportFo
     return count
 
 
-def export_profiles(settings: Settings, out: Path, fmt: ExportFormat) -> int:
-    """Export every current profile to ``out``; return how many."""
+def export_profiles(
+    settings: Settings, out: Path, fmt: ExportFormat, audience: str | None = None
+) -> int:
+    """Export every current profile to ``out`` (with ``audience``, only its
+    members as last decided); return how many.
+
+    Raises
+    ------
+    ConfigError
+        If ``audience`` is not one of the definitions file's audiences.
+    """
+    profiles = current_profiles(settings)
+    if audience is not None:
+        definitions = settings.definitions()
+        if definitions is None or audience not in definitions.audiences:
+            known = sorted(definitions.audiences) if definitions is not None else []
+            raise ConfigError(f"no audience {audience!r} in the definitions file (known: {known})")
+        dim = audience_dimension(audience)
+        profiles = (p for p in profiles if p["segments"].get(dim, {}).get("value") == "in")
     with out.open("wb") as handle:
-        return write_profiles(current_profiles(settings), handle, fmt)
+        return write_profiles(profiles, handle, fmt)
