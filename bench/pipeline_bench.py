@@ -106,7 +106,12 @@ def state_update_cost_us(events: list[dict[str, Any]], settings: Settings) -> fl
 
 
 def run_mode(
-    mode: str, bootstrap: str, prefix: str, expected: int, workdir: Path
+    mode: str,
+    bootstrap: str,
+    prefix: str,
+    expected: int,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     env = {
         "KAFKA_BOOTSTRAP": bootstrap,
@@ -123,6 +128,7 @@ def run_mode(
     if mode == "naive":
         env["BATCH_MAX_EVENTS"] = "1"
         env["WRITE_BACK"] = "false"
+    env.update(extra_env or {})
     worker = WorkerProcess(env=env, log_path=workdir / f"{mode}.log").start()
     try:
         worker.wait_ready(180)

@@ -56,6 +56,22 @@ def audience_dimension(name: str) -> str:
     return AUDIENCE_PREFIX + name
 
 
+# The metrics that move when a session or order leaves its window.
+_WINDOWED: Final = frozenset({"metric.sessions_30d", "metric.orders_90d"})
+
+
+_READS_WINDOWS: dict[str, bool] = {}  # by the definitions' digest
+
+
+def reads_windows(definitions: Definitions) -> bool:
+    """Whether an audience reads a windowed count (decided again at its window edges)."""
+    known = _READS_WINDOWS.get(definitions.digest)
+    if known is None:
+        known = any(audience.names() & _WINDOWED for audience in definitions.audiences.values())
+        _READS_WINDOWS[definitions.digest] = known
+    return known
+
+
 def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definitions) -> None:
     """Fold one applied event into the states of the traits it matches.
 

@@ -45,6 +45,7 @@ from models.audiences import (
     audience_context,
     audience_dimension,
     metrics,
+    reads_windows,
     trait_states,
 )
 from models.churn_features import model_inputs
@@ -442,10 +443,10 @@ class Segmenter:
             "engagement": engagement_level(sessions_30d, c),
             "loyalty": loyalty_quadrant(orders_90d, sessions_30d, c),
         }
-        if self.definitions is not None or any(
+        if (self.definitions is not None and reads_windows(self.definitions)) or any(
             dim not in current or current[dim]["value"] != v for dim, v in levels.items()
         ):
-            # (The user's audiences may read the windowed counts: decided in full.)
+            # (Where the user's audiences read the windowed counts: decided in full.)
             self.decide(customer_id, profile, now_ms, population)
             return
         profile["segments_decided_ms"] = now_ms
@@ -602,12 +603,17 @@ class Segmenter:
         context = replace(context, audiences=members)
         for name, inside in members.items():
             dim = audience_dimension(name)
-            if dim in current or inside:  # nobody is told they are not in an audience
+            value = "in" if inside else "out"
+            held = current.get(dim)
+            if held is None and not inside:
+                continue  # nobody is told they are not in an audience
+            # The reason (the values the condition read) only where it may be published.
+            reason = "" if held is not None and held["value"] == value else None
+            if reason is None:
                 reason = definitions.audiences[name].explain(context)
-                decision = ("in" if inside else "out", reason)
-                self._apply(
-                    customer_id, profile, dim, decision, now_ms, population, snapshot, scores
-                )
+            self._apply(
+                customer_id, profile, dim, (value, reason), now_ms, population, snapshot, scores
+            )
         for dim in [d for d in current if d.startswith(AUDIENCE_PREFIX)]:
             if dim[len(AUDIENCE_PREFIX) :] not in definitions.audiences:
                 # Removed from the definitions: members exit at once (no dwell).
