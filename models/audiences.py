@@ -60,16 +60,25 @@ def audience_dimension(name: str) -> str:
 _WINDOWED: Final = frozenset({"metric.sessions_30d", "metric.orders_90d"})
 
 
-_READS_WINDOWS: dict[str, bool] = {}  # by the definitions' digest
+_READS: dict[tuple[str, str], bool] = {}  # by the definitions' digest and what
 
 
 def reads_windows(definitions: Definitions) -> bool:
     """Whether an audience reads a windowed count (decided again at its window edges)."""
-    known = _READS_WINDOWS.get(definitions.digest)
-    if known is None:
-        known = any(audience.names() & _WINDOWED for audience in definitions.audiences.values())
-        _READS_WINDOWS[definitions.digest] = known
-    return known
+    key = (definitions.digest, "windows")
+    if key not in _READS:
+        names = (audience.names() for audience in definitions.audiences.values())
+        _READS[key] = any(read & _WINDOWED for read in names)
+    return _READS[key]
+
+
+def reads_scores(definitions: Definitions) -> bool:
+    """Whether an audience reads a model score (``score.<name>``)."""
+    key = (definitions.digest, "scores")
+    if key not in _READS:
+        names = (audience.names() for audience in definitions.audiences.values())
+        _READS[key] = any(n.startswith("score.") for read in names for n in read)
+    return _READS[key]
 
 
 def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definitions) -> None:

@@ -561,13 +561,15 @@ class Trait:
         window = self.window_days
         if window is None or not state:
             return None
-        times = (
-            moment
-            for day in self._days(state)
-            for moment in (day * DAY_MS, (day + window) * DAY_MS)
-            if moment > after_ms
-        )
-        return min(times, default=None)
+        # In whole days: day d enters at d and leaves at d + window (midnights);
+        # a midnight m is after after_ms exactly when m > after_ms // DAY_MS.
+        after_day = after_ms // DAY_MS
+        first: int | None = None
+        for day in self._days(state):
+            moment = day if day > after_day else day + window
+            if moment > after_day and (first is None or moment < first):
+                first = moment
+        return None if first is None else first * DAY_MS
 
     def _days(self, state: TraitState) -> Iterator[int]:
         if self.aggregate == "latest":
@@ -1843,6 +1845,6 @@ def next_change_ms(
     times.extend(
         moment
         for audience in definitions.audiences.values()
-        if (moment := audience.next_change_ms(context, now)) is not None
+        if audience._time_tests and (moment := audience.next_change_ms(context, now)) is not None
     )
     return min(times, default=None)

@@ -45,6 +45,7 @@ from models.audiences import (
     audience_context,
     audience_dimension,
     metrics,
+    reads_scores,
     reads_windows,
     trait_states,
 )
@@ -359,11 +360,13 @@ class Segmenter:
         """Decide at each of the customer's due times up to ``now_ms``, in order;
         return the next due time (:meth:`next_deadline` of the state left)."""
         for _ in range(16):  # a bounded number of thresholds can pass at once
-            due, only_windows = self._next(profile)
+            due, kind = self._next(profile)
             if due is None or due > now_ms:
                 return due
-            if only_windows:
+            if kind == "windows":
                 self._decide_windows(customer_id, profile, due, population)
+            elif kind == "audiences":
+                self._decide_audiences_only(customer_id, profile, due, population)
             else:
                 self.decide(customer_id, profile, due, population)
         return self.next_deadline(profile)
@@ -377,8 +380,9 @@ class Segmenter:
         (a due time that is not only a window edge or the day-after refresh)."""
         return self._next(profile, full_only=True)[0]
 
-    def _next(self, profile: Profile, full_only: bool = False) -> tuple[int | None, bool]:
-        """The next due time, and whether only engagement and loyalty are due then.
+    def _next(self, profile: Profile, full_only: bool = False) -> tuple[int | None, str]:
+        """The next due time, and what is due then: ``windows`` (engagement and
+        loyalty only), ``audiences`` (the user's audiences only) or ``full``.
 
         Window edges and the refresh a day after the last event move only the
         30-day session and 90-day order counts: at them, engagement and loyalty
@@ -388,7 +392,7 @@ class Segmenter:
         """
         decided = profile.get("segments_decided_ms")
         if decided is None:
-            return None, False
+            return None, "full"
         c = self.config
         candidates: list[float] = []  # decided in full
         windows: list[float] = []  # engagement and loyalty only
@@ -417,8 +421,10 @@ class Segmenter:
             if "pending" in membership:
                 candidates.append(membership["pending"]["applies_ms"] - 1)
         audiences_due = profile.get("audiences_due_ms")
-        if audiences_due is not None and self.definitions is not None:
-            candidates.append(audiences_due - 1)
+        if self.definitions is None or full_only or audiences_due is None:
+            audiences_due = None
+        elif audiences_due <= decided:
+            audiences_due = None
         if profile["open_tickets"]:
             notified = set(profile.get("sla_notified", []))
             for ticket, (opened, priority) in profile["open_tickets"].items():
@@ -426,9 +432,49 @@ class Segmenter:
                     candidates.append(opened + self._sla_ms(priority))
         full = min((int(t) + 1 for t in candidates if int(t) + 1 > decided), default=None)
         light = min((int(t) + 1 for t in windows if int(t) + 1 > decided), default=None)
-        if light is not None and (full is None or light < full):
-            return light, True
-        return full, False
+        due = min((t for t in (full, light, audiences_due) if t is not None), default=None)
+        if due is None or due == full:
+            return due, "full"
+        if due == light and due == audiences_due:
+            return due, "full"  # both at once: every dimension
+        return due, "windows" if due == light else "audiences"
+
+    def _decide_audiences_only(
+        self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
+    ) -> None:
+        """Only the user's audiences are due (a trait's window dropped a day, a
+        ``days_since`` threshold passed): evaluated against the segments as
+        they stand; where one moves (or an audience reads a model score),
+        every dimension is decided (the change records carry the scores)."""
+        definitions = self.definitions
+        assert definitions is not None  # noqa: S101 - only filed with definitions
+        now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
+        current = profile.get("segments", {})
+        sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
+        clv = customer_clv(profile, now_ms, self.config)
+        built_in = metrics(profile, now_ms, sessions_30d, orders_90d, clv)
+        values = {dim: entry["value"] for dim, entry in current.items()}
+        context = audience_context(profile, definitions, now_ms, built_in, {}, values)
+        members = evaluate_audiences(definitions, context)
+        held = {
+            dim[len(AUDIENCE_PREFIX) :]: v
+            for dim, v in values.items()
+            if dim in current and dim.startswith(AUDIENCE_PREFIX)
+        }
+        moved = set(held) - set(members) or any(
+            held.get(name, "out") != ("in" if inside else "out") for name, inside in members.items()
+        )
+        if moved or reads_scores(definitions):
+            self.decide(customer_id, profile, now_ms, population)
+            return
+        profile["segments_decided_ms"] = now_ms
+        for name in members:
+            entry = current.get(audience_dimension(name))
+            if entry is not None:
+                entry.pop("pending", None)  # the held-back change no longer holds
+        context = replace(context, audiences=members)
+        states = trait_states(profile, definitions)
+        profile["audiences_due_ms"] = audience_next_change(definitions, states, context)
 
     def _decide_windows(
         self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
