@@ -479,8 +479,9 @@ class Segmenter:
     def _decide_windows(
         self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
     ) -> None:
-        """Decide engagement and loyalty as of ``now_ms``: where either moves,
-        every dimension is decided (the change records carry the scores)."""
+        """Decide engagement, loyalty and the preferred channel as of ``now_ms``:
+        where one moves, every dimension is decided (the change records carry
+        the scores)."""
         c = self.config
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
         current = profile.get("segments", {})
@@ -488,16 +489,20 @@ class Segmenter:
         levels = {
             "engagement": engagement_level(sessions_30d, c),
             "loyalty": loyalty_quadrant(orders_90d, sessions_30d, c),
+            # The day's later clicks can move it too.
+            "preferred_channel": _preferred(profile["channels"]),
         }
         if (self.definitions is not None and reads_windows(self.definitions)) or any(
-            dim not in current or current[dim]["value"] != v for dim, v in levels.items()
+            v is not None and (dim not in current or current[dim]["value"] != v)
+            for dim, v in levels.items()
         ):
             # (Where the user's audiences read the windowed counts: decided in full.)
             self.decide(customer_id, profile, now_ms, population)
             return
         profile["segments_decided_ms"] = now_ms
         for dim in levels:
-            current[dim].pop("pending", None)  # the held-back change no longer holds
+            if dim in current:
+                current[dim].pop("pending", None)  # the held-back change no longer holds
 
     # -- what --------------------------------------------------------------------
 

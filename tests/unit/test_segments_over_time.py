@@ -110,6 +110,8 @@ def test_served_profiles_agree_with_their_own_numbers(
         assert loyalty_quadrant(orders_90d, sessions_30d, c) in allowed(view, "loyalty")
         if "persona" in view["segments"]:
             assert view["scores"]["persona"] in allowed(view, "persona")
+        if "preferred_channel" in view["segments"]:
+            assert view["preferred_channel"] in allowed(view, "preferred_channel")
         p = view["scores"]["churn_probability"]
         band = value(view, "churn_risk")
         if band is not None:
