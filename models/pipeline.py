@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from models.audiences import audience_context, audience_dimension, fold_traits, metrics
+from models.audiences import (
+    audience_context,
+    audience_dimension,
+    backfilling_audiences,
+    backfilling_traits,
+    fold_traits,
+    metrics,
+    sync_traits,
+)
 from models.churn_features import CHURN_FEATURES, model_inputs
 from models.clv import bgnbd_learn, new_bgnbd
 from models.deadlines import DeadlineIndex
@@ -110,6 +118,9 @@ def update_customer(
                 moments.before_event(customer_id, profile, event, population)
             if segments is not None:
                 segments.before_event(customer_id, profile, ts, population, filed)
+                if segments.definitions is not None:
+                    # New traits are seeded from the counters before this event counts.
+                    sync_traits(profile, segments.definitions, max(config.windows_days))
         profile, outcome = apply_event(
             profile, event, config, sentiment, input_watermark_ms, seen_checked=True
         )
@@ -117,6 +128,8 @@ def update_customer(
         outcomes.append(outcome)
         if segments is not None and outcome in ("applied", "late"):
             if segments.definitions is not None:
+                keep = max(config.windows_days)
+                sync_traits(profile, segments.definitions, keep, fresh=last_seen is None)
                 fold_traits(profile, event, segments.definitions)
             segments.after_event(customer_id, profile, event, population, new_day)
     after = rfm_values(profile)
@@ -409,6 +422,11 @@ def customer_view(
         "segments": segments,
     }
     if definitions is not None:
+        # Brought in line with the file as the next decision will (on a copy).
+        profile = {**profile, "traits": dict(profile.get("traits", {}))}
+        if "trait_since" in profile:
+            profile["trait_since"] = dict(profile["trait_since"])
+        sync_traits(profile, definitions, max(config.windows_days))
         windows = summary["windows"]
         sessions_30d = int(windows["30d"]["sessions"]) if "30d" in windows else 0
         orders_90d = int(windows["90d"]["orders"]) if "90d" in windows else 0
@@ -420,6 +438,10 @@ def customer_view(
         members = evaluate_audiences(definitions, context)
         view["traits"] = dict(context.traits)
         view["audiences"] = [name for name, inside in members.items() if inside]
+        # Traits added while the customer had history count only from then on.
+        partial = backfilling_traits(profile, definitions, as_of)
+        view["traits_backfilling"] = partial
+        view["audiences_backfilling"] = backfilling_audiences(definitions, partial)
         for name, inside in members.items():
             # Where the numbers shown move an audience, it applies at the next
             # full decision, said so as for the built-in dimensions.

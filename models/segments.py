@@ -44,9 +44,12 @@ from models.audiences import (
     AUDIENCE_PREFIX,
     audience_context,
     audience_dimension,
+    backfilling_audiences,
+    backfilling_traits,
     metrics,
     reads_scores,
     reads_windows,
+    sync_traits,
     trait_states,
 )
 from models.churn_features import model_inputs
@@ -449,6 +452,7 @@ class Segmenter:
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - only filed with definitions
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
+        sync_traits(profile, definitions, max(self.profile_config.windows_days))
         current = profile.get("segments", {})
         sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
         clv = customer_clv(profile, now_ms, self.config)
@@ -647,11 +651,13 @@ class Segmenter:
         change with no event."""
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - the caller checked
+        sync_traits(profile, definitions, max(self.profile_config.windows_days))
         current = profile["segments"]
         values = {dim: entry["value"] for dim, entry in current.items()}
         context = audience_context(profile, definitions, now_ms, built_in, scores, values)
         members = evaluate_audiences(definitions, context)
         context = replace(context, audiences=members)
+        partial: list[str] | None = None  # audiences reading a backfilling trait
         for name, inside in members.items():
             dim = audience_dimension(name)
             value = "in" if inside else "out"
@@ -662,6 +668,12 @@ class Segmenter:
             reason = "" if held is not None and held["value"] == value else None
             if reason is None:
                 reason = definitions.audiences[name].explain(context)
+                if partial is None:
+                    partial = backfilling_audiences(
+                        definitions, backfilling_traits(profile, definitions, now_ms)
+                    )
+                if name in partial:
+                    reason += " (backfilling: a trait it reads counts only recent history)"
             self._apply(
                 customer_id, profile, dim, (value, reason), now_ms, population, snapshot, scores
             )

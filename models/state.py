@@ -161,6 +161,11 @@ class Profile(TypedDict):
     segments_decided_ms: NotRequired[int]  # decision time of the latest segment decision
     # the user's computed traits (models.audiences): trait fingerprint -> state
     traits: NotRequired[dict[str, dict[str, Any]]]
+    trait_fps: NotRequired[list[str]]  # the trait fingerprints those states answer for
+    trait_digest: NotRequired[str]  # digest of the definitions file they were brought in line with
+    # trait fingerprint -> the watermark when a trait the profile's counters
+    # could not answer for was added: it counts from then on (backfilling)
+    trait_since: NotRequired[dict[str, int]]
     # when an audience or trait can next change with no event (at the last decision)
     audiences_due_ms: NotRequired[int | None]
     # features (models.features.FEATURES order) when the persona held last

@@ -17,10 +17,20 @@ from typing import Any
 import orjson
 from typer.testing import CliRunner
 
+from models.audiences import backfilling_audiences, backfilling_traits, trait_states
 from models.definitions import load_definitions
-from models.engine import EngineConfig, PartitionEngine, PartitionStores, Watermarks
+from models.engine import (
+    EngineConfig,
+    PartitionEngine,
+    PartitionStores,
+    Watermarks,
+    population_key,
+)
+from models.pipeline import customer_view, partition_population
 from models.profile import DAY_MS, event
+from models.profile_summary import ValueConfig
 from models.simulator import SimConfig, simulate, write_outputs
+from models.training import ModelBundle, ModelConfig
 from streams.cli.commands import cli
 from streams.offline import evaluate
 from streams.settings import Settings
@@ -181,3 +191,120 @@ def test_a_broken_definitions_file_stops_the_backtest_with_the_error(tmp_path: P
     said = " ".join(result.output.split())  # the console folds long lines
     assert "broken.yaml line 4, audiences.x.when" in said
     assert "expected a trait defined in this file, got 'orders_30d'" in said
+
+
+# --- a change of the file under customers with history ------------------------------
+
+GROWN = """
+version: 2
+traits:
+  store_visits_30d: {aggregate: count, topic: clickstream, type: store_visit, window_days: 30}
+  orders_7d: {aggregate: count, topic: purchases, type: order, window_days: 7}
+  orders_ever: {aggregate: count, topic: purchases, type: order}
+  purchases_14d: {aggregate: count, topic: purchases, window_days: 14}
+  big_orders_14d:
+    aggregate: count
+    topic: purchases
+    type: order
+    where: [{property: amount, op: ">=", value: 100}]
+    window_days: 14
+  spend: {aggregate: sum, topic: purchases, type: order, property: amount}
+audiences:
+  big_recent: {when: "big_orders_14d >= 1"}
+  big_recent_regular: {when: "audience.big_recent and store_visits_30d >= 1"}
+  frequent: {when: "orders_7d >= 3"}
+"""
+
+
+def orders_on(days: range) -> list[dict[str, Any]]:
+    """An order a day at noon, every third one of 150, the others of 20."""
+    return [order(T0 + d * DAY_MS + DAY_MS // 2, d, 150.0 if d % 3 == 0 else 20.0) for d in days]
+
+
+def traits_of(engine: PartitionEngine, as_of: int) -> dict[str, Any]:
+    definitions = engine.config.definitions
+    assert definitions is not None
+    states = trait_states(engine.stores.profiles.get("c1"), definitions)
+    return {
+        name: trait.value(states.get(name), as_of) for name, trait in definitions.traits.items()
+    }
+
+
+def test_a_grown_file_seeds_what_the_counters_know_and_marks_the_rest_backfilling() -> None:
+    """Customers with history when traits are added: counts the profile keeps are
+    whole at once; the rest count from the customer's watermark and say so
+    until their window has passed, then equal a run that had them from the start."""
+    switch = T0 + 20 * DAY_MS  # the file grows at the start of day 20
+    before, after = orders_on(range(20)), orders_on(range(20, 40))
+    visit_ = visit(T0 + 2 * DAY_MS, 1)
+    grown = load_definitions(GROWN)
+    changed = engine_with(DEFINITIONS)
+    run(changed, [visit_, *before], switch)
+    watermark = changed.stores.profiles.get("c1")["last_seen_ms"]
+    changed.config = replace(changed.config, definitions=grown)
+    from_start = engine_with(GROWN)
+    run(from_start, [visit_, *before], switch)
+
+    # The day-20 order: the first decision under the new file.
+    first = after[0]
+    late_moves = run(changed, [first], int(first["ts"]))
+    run(from_start, [first], int(first["ts"]))
+    now = int(first["ts"])
+    seen, whole = traits_of(changed, now), traits_of(from_start, now)
+    for name in ("orders_7d", "orders_ever", "purchases_14d", "store_visits_30d"):
+        assert seen[name] == whole[name], name  # worked out from the counters at once
+    assert (seen["orders_ever"], seen["orders_7d"]) == (21, 7)
+    # Orders of 150 on days 9, 12, 15, 18 (and 0..6 gone): the day-20 order is
+    # the first counted, of 20.
+    assert (seen["big_orders_14d"], whole["big_orders_14d"]) == (0, 4)
+    assert (seen["spend"], whole["spend"]) == (20.0, 20.0 * 14 + 150.0 * 7)
+
+    profile = changed.stores.profiles.get("c1")
+    partial = backfilling_traits(profile, grown, now)
+    until = (watermark // DAY_MS + 14) * DAY_MS
+    assert partial == {
+        "big_orders_14d": {"since_ms": watermark, "until_ms": until},
+        "spend": {"since_ms": watermark, "until_ms": None},
+    }
+    assert backfilling_audiences(grown, partial) == ["big_recent", "big_recent_regular"]
+    assert backfilling_traits(from_start.stores.profiles.get("c1"), grown, now) == {}
+
+    # The day-21 order of 150 moves the customer in, said to be backfilling.
+    moves = late_moves + run(changed, after[1:], T0 + 45 * DAY_MS)
+    entered = next(c for c in moves if c["dimension"] == "audience.big_recent")
+    assert entered["ts"] == int(after[1]["ts"])
+    assert "(backfilling" in entered["reason"]
+    reference = run(from_start, after[1:], T0 + 45 * DAY_MS)
+    assert not [c for c in reference if "(backfilling" in c["reason"]]
+
+    # Once the window has passed, the trait is whole: equal to the run that had it.
+    for as_of in (until, T0 + 39 * DAY_MS, T0 + 45 * DAY_MS):
+        seen, whole = traits_of(changed, as_of), traits_of(from_start, as_of)
+        assert seen["big_orders_14d"] == whole["big_orders_14d"], as_of
+        assert set(backfilling_traits(profile, grown, as_of)) == {"spend"}
+
+
+def test_the_profile_view_says_which_traits_and_audiences_are_backfilling() -> None:
+    changed = engine_with(DEFINITIONS)
+    run(changed, orders_on(range(10)), T0 + 10 * DAY_MS)
+    grown = load_definitions(GROWN)
+    config = EngineConfig.default()
+    population = partition_population(changed.stores.population.get(population_key(0)), None)
+    profile = changed.stores.profiles.get("c1")
+    stored = orjson.dumps(profile)
+    view = customer_view(
+        "c1",
+        profile,
+        config.profile,
+        T0 + 10 * DAY_MS,
+        population,
+        ValueConfig(),
+        ModelBundle(ModelConfig()),
+        config.segments,
+        grown,
+    )
+    assert orjson.dumps(profile) == stored  # the view changes nothing
+    assert set(view["traits_backfilling"]) == {"big_orders_14d", "spend"}
+    assert view["audiences_backfilling"] == ["big_recent", "big_recent_regular"]
+    assert view["traits"]["orders_ever"] == 10  # from the counters
+    assert view["traits"]["big_orders_14d"] == 0

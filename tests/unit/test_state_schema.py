@@ -78,6 +78,18 @@ audiences:
   store_regular: {when: "visits_30d >= 1"}
 """
 )
+# A later version of the file: one trait added that the profile's counters
+# cannot answer for (its customers with history mark it backfilling).
+DEFINITIONS_V2 = load_definitions(
+    """
+version: 2
+traits:
+  visits_30d: {aggregate: count, topic: clickstream, type: store_visit, window_days: 30}
+  big_orders: {aggregate: count, topic: purchases, where: [{property: amount, op: ">", value: 9}]}
+audiences:
+  store_regular: {when: "visits_30d >= 1 and big_orders >= 0"}
+"""
+)
 
 
 class Replay:
@@ -370,6 +382,8 @@ def test_every_declared_key_is_written_by_some_history() -> None:
     replay = Replay(lag_ms=DAY_MS)
     for event in designed_history():
         replay.batch([event])
+    replay.segments.definitions = DEFINITIONS_V2  # the file changes under a running worker
+    replay.batch([order(START_MS + 90 * DAY_MS, "x19", "c1", 20.0)])
     replay.finish()
     seen = replay.seen
     assert seen["profile"] == declared(Profile) - READ_ONLY_PROFILE_KEYS
