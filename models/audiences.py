@@ -26,9 +26,17 @@ dwell rule.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Final, get_args
 
-from models.definitions import Context, Definitions, Trait, TraitState, trait_values
+from models.definitions import (
+    Context,
+    Definitions,
+    Trait,
+    TraitState,
+    TraitValues,
+    evaluate_audiences,
+)
 from models.profile import DAY_MS, Profile, net_revenue
 from schemas.records import ClickType, PurchaseType, SupportType
 
@@ -97,9 +105,40 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
     states: dict[str, TraitState] = profile.setdefault("traits", {})
     if event.get("type") == "track":
         event = {**event, "type": event.get("name")}
-    for trait in definitions.traits.values():
+    moved: list[str] | None = None
+    readers = _readers(definitions)
+    topic = event.get("topic")
+    candidates = readers.get((topic, event.get("type")))
+    if candidates is None:  # a type no trait names: the topic's catch-all traits
+        candidates = readers.get((topic, None), ())
+    for trait in candidates:
         if trait.matches(event):
-            states[trait.fingerprint] = trait.fold(states.get(trait.fingerprint), event)
+            fingerprint = trait.fingerprint
+            states[fingerprint] = trait.fold(states.get(fingerprint), event)
+            if moved is None:
+                moved = profile.setdefault("traits_moved", [])
+            if fingerprint not in moved:
+                moved.append(fingerprint)  # evaluated again at the next decision
+
+
+_READERS: dict[str, dict[tuple[Any, Any], tuple[Trait, ...]]] = {}  # by the digest
+
+
+def _readers(definitions: Definitions) -> dict[tuple[Any, Any], tuple[Trait, ...]]:
+    """The traits that may match an event, by its (topic, type): those of
+    that type and those of every event of the topic, in the file's order."""
+    readers = _READERS.get(definitions.digest)
+    if readers is None:
+        traits = list(definitions.traits.values())
+        kinds: set[tuple[str, str | None]] = {(t.topic, t.type) for t in traits if t.type}
+        kinds |= {(topic, None) for topic in _COUNTED_TYPES}
+        readers = {}
+        for topic, type_ in kinds:
+            readers[topic, type_] = tuple(
+                t for t in traits if t.topic == topic and t.type in (type_, None)
+            )
+        _READERS[definitions.digest] = readers
+    return readers
 
 
 # The built-in event types whose counts the profile keeps, per topic (its
@@ -325,8 +364,129 @@ def audience_context(
     metrics (:func:`metrics`), model ``scores`` and built-in ``segments``."""
     return Context(
         now_ms=now_ms,
-        traits=trait_values(definitions, trait_states(profile, definitions), now_ms),
+        traits=TraitValues(definitions, profile.get("traits", {}), now_ms),
         metrics=built_in,
         scores={name: scores.get(name) for name in SCORES},
         segments={dim: value for dim, value in segments.items() if "." not in dim},
     )
+
+
+# -- deciding only what can have moved --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Reads:
+    """What one audience reads, for deciding whether it must be evaluated again."""
+
+    traits: frozenset[str]  # trait names
+    audiences: frozenset[str]  # audience names
+    # metrics, scores, segments or days_since: these move at any decision
+    always: bool
+
+
+_PLANS: dict[str, dict[str, _Reads]] = {}  # by the definitions' digest
+
+
+def _plans(definitions: Definitions) -> dict[str, _Reads]:
+    plans = _PLANS.get(definitions.digest)
+    if plans is None:
+        plans = {}
+        for name, audience in definitions.audiences.items():
+            refs = [ref.partition(".")[::2] for ref in audience.names()]
+            plans[name] = _Reads(
+                traits=frozenset(ref for ns, ref in refs if ns == "trait"),
+                audiences=frozenset(ref for ns, ref in refs if ns == "audience"),
+                always=audience.reads_time()
+                or any(ns not in ("trait", "audience") for ns, _ in refs),
+            )
+        _PLANS[definitions.digest] = plans
+    return plans
+
+
+def moved_traits(profile: Profile, definitions: Definitions, now_ms: int) -> set[str] | None:
+    """The traits whose value may differ from the last evaluation of the
+    customer's audiences, by name; ``None``: all of them (the first
+    evaluation under this file).
+
+    A trait moves when an event is folded into it (:func:`fold_traits` notes
+    it) or when one of its days enters or leaves its window: the time of
+    that, worked out at the last evaluation, is in ``profile["trait_due"]``.
+    """
+    due = profile.get("trait_due")
+    if profile.get("audiences_digest") != definitions.digest or due is None:
+        return None
+    folded = profile.get("traits_moved") or ()
+    return {
+        name
+        for (name, trait), when in zip(definitions.traits.items(), due, strict=True)
+        if (when is not None and when <= now_ms) or trait.fingerprint in folded
+    }
+
+
+def evaluate_moved(
+    definitions: Definitions,
+    context: Context,
+    held: Mapping[str, Mapping[str, Any]],
+    moved: set[str] | None,
+) -> dict[str, bool]:
+    """Every audience's membership, evaluating only those whose inputs can
+    have moved since the last evaluation (``moved``: :func:`moved_traits`).
+
+    An audience is evaluated again when it reads a moved trait, a metric, a
+    score, a segment or ``days_since``, or an audience evaluated again, or
+    when the dwell holds a move of it back (``pending``). Any other keeps
+    the membership its last evaluation gave, which its held segment entry
+    (``held``, by dimension) shows: no entry is "out". The result equals
+    :func:`models.definitions.evaluate_audiences` of the same context.
+    """
+    if moved is None:
+        return evaluate_audiences(definitions, context)
+    plans = _plans(definitions)
+    members: dict[str, bool] = {}
+    reading = replace(context, audiences=members)
+    again: set[str] = set()
+    for name, audience in definitions.audiences.items():
+        plan = plans[name]
+        entry = held.get(AUDIENCE_PREFIX + name)
+        if (
+            plan.always
+            or (entry is not None and "pending" in entry)
+            or not plan.traits.isdisjoint(moved)
+            or not plan.audiences.isdisjoint(again)
+        ):
+            members[name] = audience.evaluate(reading)
+            again.add(name)
+        else:
+            members[name] = entry is not None and entry["value"] == "in"
+    return members
+
+
+def note_next_change(
+    profile: Profile, definitions: Definitions, context: Context, moved: set[str] | None
+) -> None:
+    """After an evaluation as of ``context``: note in the profile when each
+    trait, and any audience, can next change with no new event.
+
+    Only the traits in ``moved`` (all where ``None``) are worked out again:
+    another's noted time is still its next one, since its state has not
+    changed and that time is later than now.
+    """
+    states = profile.get("traits", {})
+    now = context.now_ms
+    before = profile.get("trait_due") if moved is not None else None
+    due: list[int | None] = []
+    for n, (name, trait) in enumerate(definitions.traits.items()):
+        if before is not None and moved is not None and name not in moved:
+            due.append(before[n])
+        else:
+            due.append(trait.next_change_ms(states.get(trait.fingerprint), now))
+    first = min((when for when in due if when is not None), default=None)
+    for audience in definitions.audiences.values():
+        if audience.has_time_tests:
+            moment = audience.next_change_ms(context, now)
+            if moment is not None and (first is None or moment < first):
+                first = moment
+    profile["trait_due"] = due
+    profile["audiences_due_ms"] = first
+    profile["audiences_digest"] = definitions.digest
+    profile.pop("traits_moved", None)

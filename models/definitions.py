@@ -171,6 +171,9 @@ class DefinitionsError(ConfigError):
 # --------------------------------------------------------------------------
 
 
+_NUMBER_TYPES: Final = (int, float)
+
+
 def _is_number(value: object) -> bool:
     # bool is an int to Python but never a number to a marketer.
     return isinstance(value, int | float) and not isinstance(value, bool)
@@ -509,6 +512,14 @@ class Trait:
         window = self.window_days
         end = as_of_ms // DAY_MS
         start = end - window + 1 if window is not None else None
+        if start is not None and state and self.aggregate in ("count", "sum"):
+            # The common case, in one pass (the same sums as below).
+            events, added = 0, 0
+            for key, agg in state["d"].items():
+                if agg[0] > 0 and start <= int(key) <= end:
+                    events += agg[0]
+                    added += agg[1]
+            return events if self.aggregate == "count" else added
         if self.aggregate == "latest":
             latest = state.get("l") if state else None
             if latest is None:
@@ -565,6 +576,20 @@ class Trait:
         # a midnight m is after after_ms exactly when m > after_ms // DAY_MS.
         after_day = after_ms // DAY_MS
         first: int | None = None
+        if "d" in state:  # windowed count, sum, avg, min, max: the common case, in one pass
+            gone = after_day - window  # days up to this one have left the window
+            for key, agg in state["d"].items():
+                if agg[0] > 0:
+                    day = int(key)
+                    if day > after_day:
+                        moment = day
+                    elif day > gone:
+                        moment = day + window
+                    else:
+                        continue
+                    if first is None or moment < first:
+                        first = moment
+            return None if first is None else first * DAY_MS
         for day in self._days(state):
             moment = day if day > after_day else day + window
             if moment > after_day and (first is None or moment < first):
@@ -1143,6 +1168,8 @@ def _compile(node: _Node) -> _Evaluator:
         return days_since
     if isinstance(node, _Comparison):
         op, left, right = node.op, _compile(node.left), _compile(node.right)
+        if isinstance(node.right, _Literal) and not isinstance(node.left, _Literal):
+            return _compare_with_constant(op, left, node.right.value)
         return lambda context: _compare(op, left(context), right(context))
     if isinstance(node, _Membership):
         item, container = _compile(node.item), _compile(node.container)
@@ -1157,6 +1184,29 @@ def _compile(node: _Node) -> _Evaluator:
     if node.op == "and":
         return lambda context: all(part(context) is True for part in parts)
     return lambda context: any(part(context) is True for part in parts)
+
+
+def _compare_with_constant(op: str, read: _Evaluator, constant: Any) -> _Evaluator:
+    """``read(context) <op> constant``, as :func:`_compare` decides it, with
+    the constant's kind worked out once (the common ``orders_30d >= 2``)."""
+    if op in _ORDERING and _is_number(constant):
+        order = _ORDERING[op]
+
+        def ordered_number(context: Context) -> bool:
+            value = read(context)
+            # type(), not isinstance(): a bool is not a number here.
+            return type(value) in _NUMBER_TYPES and bool(order(value, constant))
+
+        return ordered_number
+    if op in ("==", "!=") and _is_number(constant):
+        negated = op == "!="
+
+        def equal_number(context: Context) -> bool:
+            value = read(context)
+            return (type(value) in _NUMBER_TYPES and value == constant) is not negated
+
+        return equal_number
+    return lambda context: _compare(op, read(context), constant)
 
 
 def _compile_ref(ref: _Ref) -> _Evaluator:
@@ -1303,6 +1353,15 @@ class Audience:
         return frozenset(
             f"{node.namespace}.{node.name}" for node in _walk(self._tree) if isinstance(node, _Ref)
         )
+
+    @property
+    def has_time_tests(self) -> bool:
+        """Whether a ``days_since`` comparison can flip as time passes (:meth:`next_change_ms`)."""
+        return bool(self._time_tests)
+
+    def reads_time(self) -> bool:
+        """Whether the condition reads ``days_since`` anywhere: it can change as time passes."""
+        return any(isinstance(node, _DaysSince) for node in _walk(self._tree))
 
     def next_change_ms(self, context: Context, now_ms: int) -> int | None:
         """The earliest time after ``now_ms`` at which a ``days_since`` test can flip.
@@ -1800,6 +1859,52 @@ def read_definitions(
 # --------------------------------------------------------------------------
 
 
+class TraitValues(Mapping[str, TraitValue]):
+    """The traits' values as of ``as_of_ms``, each worked out when first read.
+
+    ``states`` holds the customer's trait states by trait *fingerprint*, as
+    a profile keeps them. An audience that reads few of many traits (``and``
+    stops at the first part that fails) pays for those it reads.
+
+    >>> defs = load_definitions("version: 1\\ntraits: {n: {aggregate: count, topic: support}}")
+    >>> values = TraitValues(defs, {}, as_of_ms=0)
+    >>> values.get("n"), values.get("missing"), dict(values)
+    (0, None, {'n': 0})
+    """
+
+    __slots__ = ("_as_of", "_known", "_states", "_traits")
+
+    def __init__(
+        self, definitions: Definitions, states: Mapping[str, TraitState], as_of_ms: int
+    ) -> None:
+        self._traits = definitions.traits
+        self._states = states
+        self._as_of = as_of_ms
+        self._known: dict[str, TraitValue] = {}
+
+    def get(self, name: str, default: Any = None) -> Any:
+        known = self._known
+        if name in known:
+            return known[name]
+        trait = self._traits.get(name)
+        if trait is None:
+            return default
+        value = known[name] = trait.value(self._states.get(trait.fingerprint), self._as_of)
+        return value
+
+    def __getitem__(self, name: str) -> TraitValue:
+        if name not in self._traits:
+            raise KeyError(name)
+        value: TraitValue = self.get(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._traits)
+
+    def __len__(self) -> int:
+        return len(self._traits)
+
+
 def trait_values(
     definitions: Definitions, states: Mapping[str, TraitState], as_of_ms: int
 ) -> dict[str, Any]:
@@ -1828,23 +1933,31 @@ def evaluate_audiences(definitions: Definitions, context: Context) -> dict[str, 
 
 
 def next_change_ms(
-    definitions: Definitions, states: Mapping[str, TraitState], context: Context
+    definitions: Definitions,
+    states: Mapping[str, TraitState],
+    context: Context,
+    *,
+    by_fingerprint: bool = False,
 ) -> int | None:
     """The earliest time after ``context.now_ms`` at which any trait or audience can change
     with no new event, or ``None``.
 
-    The worker sets one timer per customer at this time and evaluates again
-    when it fires.
+    ``states`` holds the trait states by trait name, or by fingerprint (as a
+    profile keeps them) with ``by_fingerprint``. The worker sets one timer
+    per customer at this time and evaluates again when it fires.
     """
     now = context.now_ms
-    times = [
-        moment
-        for name, trait in definitions.traits.items()
-        if (moment := trait.next_change_ms(states.get(name), now)) is not None
-    ]
-    times.extend(
-        moment
-        for audience in definitions.audiences.values()
-        if audience._time_tests and (moment := audience.next_change_ms(context, now)) is not None
-    )
-    return min(times, default=None)
+    first: int | None = None
+    for name, trait in definitions.traits.items():
+        if trait.window_days is None:
+            continue  # a lifetime trait changes only at events
+        state = states.get(trait.fingerprint if by_fingerprint else name)
+        moment = trait.next_change_ms(state, now)
+        if moment is not None and (first is None or moment < first):
+            first = moment
+    for audience in definitions.audiences.values():
+        if audience._time_tests:
+            moment = audience.next_change_ms(context, now)
+            if moment is not None and (first is None or moment < first):
+                first = moment
+    return first

@@ -46,16 +46,17 @@ from models.audiences import (
     audience_dimension,
     backfilling_audiences,
     backfilling_traits,
+    evaluate_moved,
     metrics,
+    moved_traits,
+    note_next_change,
     reads_scores,
     reads_windows,
     sync_traits,
-    trait_states,
 )
 from models.churn_features import model_inputs
 from models.clv import new_bgnbd, simple_clv
-from models.definitions import Definitions, evaluate_audiences
-from models.definitions import next_change_ms as audience_next_change
+from models.definitions import Context, Definitions
 from models.features import FEATURES
 from models.ids import keyed_id
 from models.profile import DAY_MS, Profile, ProfileConfig, cart_episodes, net_revenue
@@ -301,6 +302,9 @@ class Segmenter:
     historical_before_ms: int | None = None
     # The user's traits and audiences (models.definitions); None: none defined.
     definitions: Definitions | None = None
+    # For checks: evaluate every audience at every decision, instead of only
+    # those whose inputs can have moved (the outcome is the same).
+    evaluate_every_audience: bool = False
     changes: list[dict[str, Any]] = field(default_factory=list)
     triggers: list[dict[str, Any]] = field(default_factory=list)
     # kinds of the triggers not sent because their moment was historical
@@ -452,23 +456,25 @@ class Segmenter:
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - only filed with definitions
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
-        sync_traits(profile, definitions, max(self.profile_config.windows_days))
         current = profile.get("segments", {})
         sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
         clv = customer_clv(profile, now_ms, self.config)
         built_in = metrics(profile, now_ms, sessions_30d, orders_90d, clv)
-        values = {dim: entry["value"] for dim, entry in current.items()}
-        context = audience_context(profile, definitions, now_ms, built_in, {}, values)
-        members = evaluate_audiences(definitions, context)
+        members, context, moved = self._audience_members(profile, now_ms, built_in, {}, current)
         held = {
-            dim[len(AUDIENCE_PREFIX) :]: v
-            for dim, v in values.items()
-            if dim in current and dim.startswith(AUDIENCE_PREFIX)
+            dim[len(AUDIENCE_PREFIX) :]: entry["value"]
+            for dim, entry in current.items()
+            if dim.startswith(AUDIENCE_PREFIX)
         }
-        moved = set(held) - set(members) or any(
-            held.get(name, "out") != ("in" if inside else "out") for name, inside in members.items()
-        )
-        if moved or reads_scores(definitions):
+        left = set(held) - set(members)  # removed from the definitions
+        if (
+            left
+            or any(
+                held.get(name, "out") != ("in" if inside else "out")
+                for name, inside in members.items()
+            )
+            or reads_scores(definitions)
+        ):
             self.decide(customer_id, profile, now_ms, population)
             return
         profile["segments_decided_ms"] = now_ms
@@ -476,9 +482,28 @@ class Segmenter:
             entry = current.get(audience_dimension(name))
             if entry is not None:
                 entry.pop("pending", None)  # the held-back change no longer holds
-        context = replace(context, audiences=members)
-        states = trait_states(profile, definitions)
-        profile["audiences_due_ms"] = audience_next_change(definitions, states, context)
+        note_next_change(profile, definitions, context, moved)
+
+    def _audience_members(
+        self,
+        profile: Profile,
+        now_ms: int,
+        built_in: Mapping[str, Any],
+        scores: Mapping[str, Any],
+        current: Mapping[str, SegmentMembership],
+    ) -> tuple[dict[str, bool], Context, set[str] | None]:
+        """The customer's audiences as of ``now_ms``, evaluating again only
+        those whose inputs can have moved (all with
+        ``evaluate_every_audience``): the members, the context they were
+        read from, and the traits that moved (``None``: all)."""
+        definitions = self.definitions
+        assert definitions is not None  # noqa: S101 - the callers checked
+        sync_traits(profile, definitions, max(self.profile_config.windows_days))
+        values = {dim: entry["value"] for dim, entry in current.items()}
+        context = audience_context(profile, definitions, now_ms, built_in, scores, values)
+        moved = None if self.evaluate_every_audience else moved_traits(profile, definitions, now_ms)
+        members = evaluate_moved(definitions, context, current, moved)
+        return members, replace(context, audiences=members), moved
 
     def _decide_windows(
         self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
@@ -651,12 +676,8 @@ class Segmenter:
         change with no event."""
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - the caller checked
-        sync_traits(profile, definitions, max(self.profile_config.windows_days))
         current = profile["segments"]
-        values = {dim: entry["value"] for dim, entry in current.items()}
-        context = audience_context(profile, definitions, now_ms, built_in, scores, values)
-        members = evaluate_audiences(definitions, context)
-        context = replace(context, audiences=members)
+        members, context, moved = self._audience_members(profile, now_ms, built_in, scores, current)
         partial: list[str] | None = None  # audiences reading a backfilling trait
         for name, inside in members.items():
             dim = audience_dimension(name)
@@ -664,6 +685,8 @@ class Segmenter:
             held = current.get(dim)
             if held is None and not inside:
                 continue  # nobody is told they are not in an audience
+            if held is not None and held["value"] == value and "pending" not in held:
+                continue  # as it was
             # The reason (the values the condition read) only where it may be published.
             reason = "" if held is not None and held["value"] == value else None
             if reason is None:
@@ -687,8 +710,7 @@ class Segmenter:
                     self._change(
                         customer_id, profile, dim, before, "out", now_ms, reason, snapshot, scores
                     )
-        states = trait_states(profile, definitions)
-        profile["audiences_due_ms"] = audience_next_change(definitions, states, context)
+        note_next_change(profile, definitions, context, moved)
 
     def erase(self, profile: Profile, population: PopulationState) -> None:
         """Take an erased customer out of the population counts and CLV sketch."""

@@ -166,6 +166,13 @@ class Profile(TypedDict):
     # trait fingerprint -> the watermark when a trait the profile's counters
     # could not answer for was added: it counts from then on (backfilling)
     trait_since: NotRequired[dict[str, int]]
+    # trait fingerprints folded into since the audiences were last evaluated
+    # (models.audiences.moved_traits: only what can have moved is evaluated again)
+    traits_moved: NotRequired[list[str]]
+    # per trait, in the definitions' order: when it next changes with no
+    # event, as worked out at the last evaluation (null: not by time alone)
+    trait_due: NotRequired[list[int | None]]
+    audiences_digest: NotRequired[str]  # digest of the file the audiences were last evaluated under
     # when an audience or trait can next change with no event (at the last decision)
     audiences_due_ms: NotRequired[int | None]
     # features (models.features.FEATURES order) when the persona held last

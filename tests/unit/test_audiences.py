@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from typer.testing import CliRunner
 
 from models.audiences import backfilling_audiences, backfilling_traits, trait_states
-from models.definitions import load_definitions
+from models.definitions import Audience, Context, load_definitions
 from models.engine import (
     EngineConfig,
     PartitionEngine,
@@ -308,3 +309,70 @@ def test_the_profile_view_says_which_traits_and_audiences_are_backfilling() -> N
     assert view["audiences_backfilling"] == ["big_recent", "big_recent_regular"]
     assert view["traits"]["orders_ever"] == 10  # from the counters
     assert view["traits"]["big_orders_14d"] == 0
+
+
+# --- only what can have moved is evaluated again --------------------------------------
+
+WINDOWED = """
+version: 1
+traits:
+  orders_7d: {aggregate: count, topic: purchases, type: order, window_days: 7}
+  revenue_30d: {aggregate: sum, topic: purchases, type: order, property: amount, window_days: 30}
+  biggest_90d: {aggregate: max, topic: purchases, type: order, property: amount, window_days: 90}
+  views_7d: {aggregate: count, topic: clickstream, type: page_view, window_days: 7}
+  carts_30d: {aggregate: count, topic: clickstream, type: add_to_cart, window_days: 30}
+  categories_30d:
+    {aggregate: distinct_count, topic: clickstream, type: product_view, property: category,
+     window_days: 30}
+  last_view: {aggregate: latest, topic: clickstream, type: page_view, window_days: 14}
+  tickets_ever: {aggregate: count, topic: support, type: ticket_opened}
+audiences:
+  buyer_this_week: {when: "orders_7d >= 1"}
+  browsing_hard: {when: "views_7d >= 10 and orders_7d == 0"}
+  carts_no_order: {when: "carts_30d >= 2 and not audience.buyer_this_week"}
+  explorer: {when: "categories_30d >= 3"}
+  big_month: {when: "revenue_30d >= 200 or biggest_90d >= 150"}
+  gone_quiet: {when: "last_view == null and tickets_ever >= 1"}
+  lapsed_viewer: {when: "days_since(trait.last_view) > 5"}
+  churny_big: {when: 'audience.big_month and segment.churn_risk == "high"'}
+"""
+
+
+@pytest.mark.parametrize("text", ["example", "windowed"])
+def test_evaluating_only_what_moved_publishes_what_evaluating_everything_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    definitions = tmp_path / "definitions.yaml"
+    definitions.write_text(EXAMPLE.read_text() if text == "example" else WINDOWED)
+    events, _ = simulate(SimConfig(customers=80, days=75, seed=44))
+    settings = Settings(_env_file=None, store="memory", definitions_file=definitions)
+    evaluations = Counter[str]()
+    check = Audience.evaluate
+
+    def counted(audience: Audience, context: Context) -> bool:
+        evaluations[mode] += 1
+        return check(audience, context)
+
+    monkeypatch.setattr(Audience, "evaluate", counted)
+    mode = "moved"
+    incremental = evaluate(events, settings)
+    built = PartitionEngine._segmenter
+    monkeypatch.setattr(
+        PartitionEngine,
+        "_segmenter",
+        lambda self: replace(built(self), evaluate_every_audience=True),
+    )
+    mode = "every"
+    everything = evaluate(events, settings)
+    # Fewer evaluations, the same outcome.
+    assert evaluations["moved"] < 0.8 * evaluations["every"], evaluations
+    moves = [c for c in incremental.outputs.changes if c["dimension"].startswith("audience.")]
+    assert len({c["dimension"] for c in moves}) >= 5
+    assert incremental.outputs.changes == everything.outputs.changes
+    assert incremental.outputs.triggers == everything.outputs.triggers
+    mine, theirs = incremental.profiles, everything.profiles
+    assert mine.keys() == theirs.keys()
+    for customer_id, profile in mine.items():
+        assert orjson.dumps(profile, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+            theirs[customer_id], option=orjson.OPT_SORT_KEYS
+        ), customer_id

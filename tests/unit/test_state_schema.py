@@ -86,6 +86,7 @@ version: 2
 traits:
   visits_30d: {aggregate: count, topic: clickstream, type: store_visit, window_days: 30}
   big_orders: {aggregate: count, topic: purchases, where: [{property: amount, op: ">", value: 9}]}
+  page_views_7d: {aggregate: count, topic: clickstream, type: page_view, window_days: 7}
 audiences:
   store_regular: {when: "visits_30d >= 1 and big_orders >= 0"}
 """
@@ -384,6 +385,9 @@ def test_every_declared_key_is_written_by_some_history() -> None:
         replay.batch([event])
     replay.segments.definitions = DEFINITIONS_V2  # the file changes under a running worker
     replay.batch([order(START_MS + 90 * DAY_MS, "x19", "c1", 20.0)])
+    # A later click of the same day is no decision point: the trait it moved waits.
+    replay.batch([click("page_view", START_MS + 90 * DAY_MS + HOUR_MS, "x20", "c1")])
+    replay.batch([click("page_view", START_MS + 91 * DAY_MS + 2 * HOUR_MS, "x21", "c1")])
     replay.finish()
     seen = replay.seen
     assert seen["profile"] == declared(Profile) - READ_ONLY_PROFILE_KEYS
