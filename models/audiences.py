@@ -116,9 +116,24 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
             fingerprint = trait.fingerprint
             states[fingerprint] = trait.fold(states.get(fingerprint), event)
             if moved is None:
+                if "traits_moved" not in profile:
+                    _every_edge_due(profile)
                 moved = profile.setdefault("traits_moved", [])
             if fingerprint not in moved:
                 moved.append(fingerprint)  # evaluated again at the next decision
+
+
+def _every_edge_due(profile: Profile) -> None:
+    """A trait moved since the audiences were last evaluated: the window edges
+    :func:`note_next_change` passed over as unable to move an audience were
+    judged on the states as they were, so the audiences are due again at the
+    first edge of any trait (or sooner, as noted)."""
+    edges = [when for when in profile.get("trait_due") or () if when is not None]
+    if edges:
+        due = profile.get("audiences_due_ms")
+        first = min(edges)
+        if due is None or first < due:
+            profile["audiences_due_ms"] = first
 
 
 _READERS: dict[str, dict[tuple[Any, Any], tuple[Trait, ...]]] = {}  # by the digest
@@ -382,9 +397,14 @@ class _Reads:
     audiences: frozenset[str]  # audience names
     # metrics, scores, segments or days_since: these move at any decision
     always: bool
+    # how membership follows each trait read, directly or through another
+    # audience (models.definitions.Audience.directions)
+    directions: Mapping[str, int]
 
 
 _PLANS: dict[str, dict[str, _Reads]] = {}  # by the definitions' digest
+# trait name -> (audience, direction) for each audience that reads it, by the digest
+_FOLLOWERS: dict[str, dict[str, tuple[tuple[str, int], ...]]] = {}
 
 
 def _plans(definitions: Definitions) -> dict[str, _Reads]:
@@ -393,14 +413,55 @@ def _plans(definitions: Definitions) -> dict[str, _Reads]:
         plans = {}
         for name, audience in definitions.audiences.items():
             refs = [ref.partition(".")[::2] for ref in audience.names()]
+            directions = audience.directions({a: plan.directions for a, plan in plans.items()})
             plans[name] = _Reads(
                 traits=frozenset(ref for ns, ref in refs if ns == "trait"),
                 audiences=frozenset(ref for ns, ref in refs if ns == "audience"),
                 always=audience.reads_time()
                 or any(ns not in ("trait", "audience") for ns, _ in refs),
+                directions=directions,
             )
+        followers: dict[str, list[tuple[str, int]]] = {name: [] for name in definitions.traits}
+        for name, plan in plans.items():
+            for trait, way in plan.directions.items():
+                followers[trait].append((name, way))
+        _FOLLOWERS[definitions.digest] = {t: tuple(f) for t, f in followers.items()}
         _PLANS[definitions.digest] = plans
     return plans
+
+
+def _falls_only(trait: Trait, state: TraitState | None, today: int) -> bool:
+    """Whether the trait's value can only fall, or stay, until the customer's
+    next event: a windowed count, distinct count, or sum of amounts none
+    below zero, with no day after ``today`` still to enter its window."""
+    if not state or trait.window_days is None:
+        return True  # nothing to leave the window: no edge at all
+    if trait.aggregate == "distinct_count":
+        return all(day <= today for _, day in state["v"])
+    if trait.aggregate not in ("count", "sum"):
+        return False
+    days = state["d"]
+    if any(int(day) > today for day in days):
+        return False
+    return trait.aggregate == "count" or all(agg[1] >= 0 for agg in days.values())
+
+
+def _edge_can_move(
+    trait: Trait,
+    state: TraitState | None,
+    today: int,
+    followers: tuple[tuple[str, int], ...],
+    members: Mapping[str, bool],
+) -> bool:
+    """Whether the trait's next window edge can move an audience: one reads
+    it, and the trait's fall can take the customer in or out of it."""
+    if not followers:
+        return False
+    if not _falls_only(trait, state, today):
+        return True
+    # Falling takes nobody into an audience that follows the trait up (1),
+    # nor out of one that follows it down (-1).
+    return any(way == 0 or (way > 0) == members[name] for name, way in followers)
 
 
 def moved_traits(profile: Profile, definitions: Definitions, now_ms: int) -> set[str] | None:
@@ -462,25 +523,44 @@ def evaluate_moved(
 
 
 def note_next_change(
-    profile: Profile, definitions: Definitions, context: Context, moved: set[str] | None
+    profile: Profile,
+    definitions: Definitions,
+    context: Context,
+    moved: set[str] | None,
+    members: Mapping[str, bool],
+    every_edge: bool = False,
 ) -> None:
-    """After an evaluation as of ``context``: note in the profile when each
-    trait, and any audience, can next change with no new event.
+    """After an evaluation as of ``context`` (``members``, its outcome): note
+    in the profile when each trait, and the audiences, can next change with
+    no new event.
 
-    Only the traits in ``moved`` (all where ``None``) are worked out again:
-    another's noted time is still its next one, since its state has not
-    changed and that time is later than now.
+    Each trait's next window edge is noted in ``profile["trait_due"]``; only
+    those in ``moved`` (all where ``None``) are worked out again, since
+    another's state has not changed and its noted time is later than now.
+    The audiences are due at the first edge that can move one of them
+    (:func:`_edge_can_move`; every edge with ``every_edge``), or when a
+    ``days_since`` test flips.
     """
     states = profile.get("traits", {})
     now = context.now_ms
+    today = now // DAY_MS
     before = profile.get("trait_due") if moved is not None else None
+    followers = _FOLLOWERS[definitions.digest] if _plans(definitions) else {}
     due: list[int | None] = []
+    first: int | None = None
     for n, (name, trait) in enumerate(definitions.traits.items()):
+        state = states.get(trait.fingerprint)
         if before is not None and moved is not None and name not in moved:
-            due.append(before[n])
+            when = before[n]
         else:
-            due.append(trait.next_change_ms(states.get(trait.fingerprint), now))
-    first = min((when for when in due if when is not None), default=None)
+            when = trait.next_change_ms(state, now)
+        due.append(when)
+        if (
+            when is not None
+            and (first is None or when < first)
+            and (every_edge or _edge_can_move(trait, state, today, followers[name], members))
+        ):
+            first = when
     for audience in definitions.audiences.values():
         if audience.has_time_tests:
             moment = audience.next_change_ms(context, now)

@@ -1222,6 +1222,44 @@ def _compile_ref(ref: _Ref) -> _Evaluator:
     return lambda context: context.audiences.get(name) is True
 
 
+def _directions(node: _Node, earlier: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """See :meth:`Audience.directions`."""
+    if isinstance(node, _Ref):
+        if node.namespace == "trait":
+            return {node.name: 0}  # read bare: no order known
+        if node.namespace == "audience":
+            return dict(earlier.get(node.name, {}))
+        return {}
+    if isinstance(node, _Comparison) and node.op in _ORDERING:
+        left, right = node.left, node.right
+        if isinstance(left, _Ref) and left.namespace == "trait" and _is_constant(right):
+            return {left.name: 1 if node.op in (">", ">=") else -1}
+        if isinstance(right, _Ref) and right.namespace == "trait" and _is_constant(left):
+            return {right.name: 1 if node.op in ("<", "<=") else -1}
+    if isinstance(node, _Not):
+        return {name: -way for name, way in _directions(node.operand, earlier).items()}
+    if isinstance(node, _Logic):
+        merged: dict[str, int] = {}
+        for part in node.parts:
+            for name, way in _directions(part, earlier).items():
+                merged[name] = way if merged.get(name, way) == way else 0
+        return merged
+    # Anything else that reads a trait (==, !=, in, days_since) follows it either way.
+    return {
+        ref.name: 0 for ref in _walk(node) if isinstance(ref, _Ref) and ref.namespace == "trait"
+    } | {
+        name: 0
+        for ref in _walk(node)
+        if isinstance(ref, _Ref) and ref.namespace == "audience"
+        for name in earlier.get(ref.name, {})
+    }
+
+
+def _is_constant(node: _Node) -> bool:
+    # Only a literal: a metric such as days_since_last_order moves with time.
+    return isinstance(node, _Literal)
+
+
 def _walk(node: _Node) -> Iterator[_Node]:
     yield node
     if isinstance(node, _DaysSince):
@@ -1358,6 +1396,26 @@ class Audience:
     def has_time_tests(self) -> bool:
         """Whether a ``days_since`` comparison can flip as time passes (:meth:`next_change_ms`)."""
         return bool(self._time_tests)
+
+    def directions(self, earlier: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+        """How membership follows each trait it reads, directly or through the
+        audiences above it (``earlier``: their own directions, by name).
+
+        ``1``: never leaves when the trait rises, never enters when it falls
+        (``orders_30d >= 2``); ``-1``: the other way round (``orders_30d < 2``);
+        ``0``: either way (``==``, ``in``, ``days_since``, a trait read bare,
+        or read both ways).
+
+        >>> defs = load_definitions(
+        ...     "version: 1\\ntraits: {n: {aggregate: count, topic: support}, "
+        ...     "m: {aggregate: count, topic: purchases}}\\n"
+        ...     "audiences: {a: {when: 'n >= 2 and not m > 0'}, b: {when: 'audience.a or m == 1'}}"
+        ... )
+        >>> a = defs.audiences["a"].directions({})
+        >>> a, defs.audiences["b"].directions({"a": a})
+        ({'n': 1, 'm': -1}, {'n': 1, 'm': 0})
+        """
+        return _directions(self._tree, earlier)
 
     def reads_time(self) -> bool:
         """Whether the condition reads ``days_since`` anywhere: it can change as time passes."""

@@ -305,6 +305,9 @@ class Segmenter:
     # For checks: evaluate every audience at every decision, instead of only
     # those whose inputs can have moved (the outcome is the same).
     evaluate_every_audience: bool = False
+    # For checks: decide the audiences again at every edge of a trait's
+    # window, not only where one can move (the audiences' moves are the same).
+    decide_at_every_edge: bool = False
     changes: list[dict[str, Any]] = field(default_factory=list)
     triggers: list[dict[str, Any]] = field(default_factory=list)
     # kinds of the triggers not sent because their moment was historical
@@ -482,7 +485,9 @@ class Segmenter:
             entry = current.get(audience_dimension(name))
             if entry is not None:
                 entry.pop("pending", None)  # the held-back change no longer holds
-        note_next_change(profile, definitions, context, moved)
+        note_next_change(
+            profile, definitions, context, moved, members, self.decide_at_every_edge
+        )
 
     def _audience_members(
         self,
@@ -710,7 +715,9 @@ class Segmenter:
                     self._change(
                         customer_id, profile, dim, before, "out", now_ms, reason, snapshot, scores
                     )
-        note_next_change(profile, definitions, context, moved)
+        note_next_change(
+            profile, definitions, context, moved, members, self.decide_at_every_edge
+        )
 
     def erase(self, profile: Profile, population: PopulationState) -> None:
         """Take an erased customer out of the population counts and CLV sketch."""
