@@ -1285,12 +1285,31 @@ class _TimeTest:
     then: _Evaluator  # reads x
     other: _Evaluator
     days_left: bool  # days_since(x) is on the left of op
+    # (x, threshold) -> the flip worked out for a moment well before it: the
+    # same for every such moment (a customer's x changes rarely)
+    _early: dict[tuple[Any, Any], int | None] = field(default_factory=dict, compare=False)
 
     def flip_ms(self, context: Context, now_ms: int) -> int | None:
         """When the comparison next changes truth after ``now_ms``, or ``None``."""
         then, threshold = self.then(context), self.other(context)
         if not _is_number(then) or not _is_number(threshold):
             return None
+        boundary = then + threshold * DAY_MS
+        if not math.isfinite(boundary):
+            return None
+        if now_ms + 3 > math.floor(boundary):
+            return self._flip(then, threshold, now_ms)
+        # Well before the boundary the comparison's truth, and so its flip,
+        # does not depend on now_ms (days_since only grows).
+        key = (then, threshold)
+        early = self._early
+        if key not in early:
+            if len(early) >= 65_536:
+                early.clear()
+            early[key] = self._flip(then, threshold, now_ms)
+        return early[key]
+
+    def _flip(self, then: Any, threshold: Any, now_ms: int) -> int | None:
         op, days_left = self.op, self.days_left
 
         def holds(moment: int) -> bool:

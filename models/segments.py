@@ -485,9 +485,7 @@ class Segmenter:
             entry = current.get(audience_dimension(name))
             if entry is not None:
                 entry.pop("pending", None)  # the held-back change no longer holds
-        note_next_change(
-            profile, definitions, context, moved, members, self.decide_at_every_edge
-        )
+        note_next_change(profile, definitions, context, moved, members, self.decide_at_every_edge)
 
     def _audience_members(
         self,
@@ -715,9 +713,7 @@ class Segmenter:
                     self._change(
                         customer_id, profile, dim, before, "out", now_ms, reason, snapshot, scores
                     )
-        note_next_change(
-            profile, definitions, context, moved, members, self.decide_at_every_edge
-        )
+        note_next_change(profile, definitions, context, moved, members, self.decide_at_every_edge)
 
     def erase(self, profile: Profile, population: PopulationState) -> None:
         """Take an erased customer out of the population counts and CLV sketch."""

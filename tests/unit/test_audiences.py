@@ -30,6 +30,7 @@ from models.engine import (
 from models.pipeline import customer_view, partition_population
 from models.profile import DAY_MS, event
 from models.profile_summary import ValueConfig
+from models.segments import Segmenter
 from models.simulator import SimConfig, simulate, write_outputs
 from models.training import ModelBundle, ModelConfig
 from streams.cli.commands import cli
@@ -376,3 +377,44 @@ def test_evaluating_only_what_moved_publishes_what_evaluating_everything_does(
         assert orjson.dumps(profile, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
             theirs[customer_id], option=orjson.OPT_SORT_KEYS
         ), customer_id
+
+
+def test_window_edges_that_cannot_move_an_audience_are_not_decided_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count only falls until the next event: an audience that needs it high
+    cannot be entered at its window's edge, so no decision is filed there. The
+    audiences move exactly as when every edge is decided at. (Audiences that
+    read segments are left out: more decisions also change when the model
+    learns, and so the segments themselves.)"""
+    definitions = tmp_path / "definitions.yaml"
+    definitions.write_text("\n".join(x for x in WINDOWED.splitlines() if "churny" not in x))
+    events, _ = simulate(SimConfig(customers=80, days=75, seed=45))
+    settings = Settings(_env_file=None, store="memory", definitions_file=definitions)
+    decided = Counter[str]()
+    only = Segmenter._decide_audiences_only
+
+    def counted(self: Segmenter, *args: Any) -> None:
+        decided[mode] += 1
+        only(self, *args)
+
+    monkeypatch.setattr(Segmenter, "_decide_audiences_only", counted)
+    mode = "can move"
+    filtered = evaluate(events, settings)
+    built = PartitionEngine._segmenter
+    monkeypatch.setattr(
+        PartitionEngine, "_segmenter", lambda self: replace(built(self), decide_at_every_edge=True)
+    )
+    mode = "every edge"
+    every = evaluate(events, settings)
+    assert decided["can move"] < 0.8 * decided["every edge"], decided
+
+    def moves(run: Any) -> list[tuple[Any, ...]]:
+        return sorted(
+            (c["customer_id"], c["ts"], c["dimension"], c["from_segment"], c["to_segment"])
+            for c in run.outputs.changes
+            if c["dimension"].startswith("audience.")
+        )
+
+    assert len(moves(filtered)) > 500
+    assert moves(filtered) == moves(every)
