@@ -18,7 +18,12 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from models.audiences import backfilling_audiences, backfilling_traits, trait_states
+from models.audiences import (
+    backfilling_audiences,
+    backfilling_traits,
+    sync_traits,
+    trait_states,
+)
 from models.definitions import Audience, Context, load_definitions
 from models.engine import (
     EngineConfig,
@@ -418,3 +423,30 @@ def test_window_edges_that_cannot_move_an_audience_are_not_decided_at(
 
     assert len(moves(filtered)) > 500
     assert moves(filtered) == moves(every)
+
+
+def test_a_profile_kept_before_the_file_was_noted_keeps_its_traits_whole() -> None:
+    """State written by the release before this one has trait states but no
+    digest: it is taken to have been kept under the file the worker starts
+    with, so nothing is marked backfilling and no state is dropped."""
+    engine = engine_with(DEFINITIONS)
+    run(engine, [visit(T0, 1), order(T0 + 1_000, 2, 150.0)], T0 + 2_000)
+    profile = engine.stores.profiles.get("c1")
+    for key in ("trait_digest", "trait_fps", "trait_since"):
+        profile.pop(key, None)  # as the previous release wrote it
+    states = dict(profile["traits"])
+    definitions = load_definitions(DEFINITIONS)
+    sync_traits(profile, definitions, keep_days=90)
+    assert profile["traits"] == states
+    assert backfilling_traits(profile, definitions, T0 + DAY_MS) == {}
+    assert profile["trait_digest"] == definitions.digest
+    # A profile kept under a file without these traits: each one the counters
+    # cannot answer for is backfilling from then on.
+    bare = engine_with("version: 1\n")
+    run(bare, [order(T0, 3, 150.0)], T0 + 1_000)
+    plain = bare.stores.profiles.get("c1")
+    sync_traits(plain, definitions, keep_days=90)
+    assert set(backfilling_traits(plain, definitions, T0 + DAY_MS)) == {
+        "store_visits_30d",
+        "big_orders",
+    }
