@@ -400,6 +400,7 @@ class _Reads:
     # how membership follows each trait read, directly or through another
     # audience (models.definitions.Audience.directions)
     directions: Mapping[str, int]
+    dimension: str  # the segment dimension it is published as
 
 
 _PLANS: dict[str, dict[str, _Reads]] = {}  # by the definitions' digest
@@ -420,6 +421,7 @@ def _plans(definitions: Definitions) -> dict[str, _Reads]:
                 always=audience.reads_time()
                 or any(ns not in ("trait", "audience") for ns, _ in refs),
                 directions=directions,
+                dimension=audience_dimension(name),
             )
         followers: dict[str, list[tuple[str, int]]] = {name: [] for name in definitions.traits}
         for name, plan in plans.items():
@@ -489,26 +491,27 @@ def evaluate_moved(
     context: Context,
     held: Mapping[str, Mapping[str, Any]],
     moved: set[str] | None,
-) -> dict[str, bool]:
+) -> tuple[dict[str, bool], set[str] | None]:
     """Every audience's membership, evaluating only those whose inputs can
-    have moved since the last evaluation (``moved``: :func:`moved_traits`).
+    have moved since the last evaluation (``moved``: :func:`moved_traits`);
+    with it, the names of those evaluated (``None``: all).
 
     An audience is evaluated again when it reads a moved trait, a metric, a
     score, a segment or ``days_since``, or an audience evaluated again, or
     when the dwell holds a move of it back (``pending``). Any other keeps
     the membership its last evaluation gave, which its held segment entry
-    (``held``, by dimension) shows: no entry is "out". The result equals
+    (``held``, by dimension) shows: no entry is "out". The memberships equal
     :func:`models.definitions.evaluate_audiences` of the same context.
     """
     if moved is None:
-        return evaluate_audiences(definitions, context)
+        return evaluate_audiences(definitions, context), None
     plans = _plans(definitions)
     members: dict[str, bool] = {}
     reading = replace(context, audiences=members)
     again: set[str] = set()
     for name, audience in definitions.audiences.items():
         plan = plans[name]
-        entry = held.get(AUDIENCE_PREFIX + name)
+        entry = held.get(plan.dimension)
         if (
             plan.always
             or (entry is not None and "pending" in entry)
@@ -519,7 +522,7 @@ def evaluate_moved(
             again.add(name)
         else:
             members[name] = entry is not None and entry["value"] == "in"
-    return members
+    return members, again
 
 
 def note_next_change(
@@ -546,21 +549,21 @@ def note_next_change(
     today = now // DAY_MS
     before = profile.get("trait_due") if moved is not None else None
     followers = _FOLLOWERS[definitions.digest] if _plans(definitions) else {}
+    traits = list(definitions.traits.items())
     due: list[int | None] = []
-    first: int | None = None
-    for n, (name, trait) in enumerate(definitions.traits.items()):
-        state = states.get(trait.fingerprint)
+    for n, (name, trait) in enumerate(traits):
         if before is not None and moved is not None and name not in moved:
-            when = before[n]
+            due.append(before[n])
         else:
-            when = trait.next_change_ms(state, now)
-        due.append(when)
-        if (
-            when is not None
-            and (first is None or when < first)
-            and (every_edge or _edge_can_move(trait, state, today, followers[name], members))
-        ):
+            due.append(trait.next_change_ms(states.get(trait.fingerprint), now))
+    first: int | None = None
+    # The earliest edge that can move an audience: edges in time order, until one can.
+    for when, n in sorted((when, n) for n, when in enumerate(due) if when is not None):
+        name, trait = traits[n]
+        state = states.get(trait.fingerprint)
+        if every_edge or _edge_can_move(trait, state, today, followers[name], members):
             first = when
+            break
     for audience in definitions.audiences.values():
         if audience.has_time_tests:
             moment = audience.next_change_ms(context, now)

@@ -463,25 +463,29 @@ class Segmenter:
         sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
         clv = customer_clv(profile, now_ms, self.config)
         built_in = metrics(profile, now_ms, sessions_30d, orders_90d, clv)
-        members, context, moved = self._audience_members(profile, now_ms, built_in, {}, current)
+        renewed = profile.get("audiences_digest") != definitions.digest
+        members, context, moved, again = self._audience_members(
+            profile, now_ms, built_in, {}, current
+        )
         held = {
             dim[len(AUDIENCE_PREFIX) :]: entry["value"]
             for dim, entry in current.items()
             if dim.startswith(AUDIENCE_PREFIX)
         }
-        left = set(held) - set(members)  # removed from the definitions
+        left = renewed and set(held) - set(members)  # removed from the definitions
         if (
             left
+            # (An audience not evaluated again holds as it was.)
             or any(
-                held.get(name, "out") != ("in" if inside else "out")
-                for name, inside in members.items()
+                held.get(name, "out") != ("in" if members[name] else "out")
+                for name in (members if again is None else again)
             )
             or reads_scores(definitions)
         ):
             self.decide(customer_id, profile, now_ms, population)
             return
         profile["segments_decided_ms"] = now_ms
-        for name in members:
+        for name in members if again is None else again:
             entry = current.get(audience_dimension(name))
             if entry is not None:
                 entry.pop("pending", None)  # the held-back change no longer holds
@@ -494,19 +498,20 @@ class Segmenter:
         built_in: Mapping[str, Any],
         scores: Mapping[str, Any],
         current: Mapping[str, SegmentMembership],
-    ) -> tuple[dict[str, bool], Context, set[str] | None]:
+    ) -> tuple[dict[str, bool], Context, set[str] | None, set[str] | None]:
         """The customer's audiences as of ``now_ms``, evaluating again only
         those whose inputs can have moved (all with
         ``evaluate_every_audience``): the members, the context they were
-        read from, and the traits that moved (``None``: all)."""
+        read from, the traits that moved and the audiences evaluated again
+        (``None``: all)."""
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - the callers checked
         sync_traits(profile, definitions, max(self.profile_config.windows_days))
         values = {dim: entry["value"] for dim, entry in current.items()}
         context = audience_context(profile, definitions, now_ms, built_in, scores, values)
         moved = None if self.evaluate_every_audience else moved_traits(profile, definitions, now_ms)
-        members = evaluate_moved(definitions, context, current, moved)
-        return members, replace(context, audiences=members), moved
+        members, again = evaluate_moved(definitions, context, current, moved)
+        return members, replace(context, audiences=members), moved, again
 
     def _decide_windows(
         self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
@@ -680,9 +685,14 @@ class Segmenter:
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - the caller checked
         current = profile["segments"]
-        members, context, moved = self._audience_members(profile, now_ms, built_in, scores, current)
+        renewed = profile.get("audiences_digest") != definitions.digest
+        members, context, moved, again = self._audience_members(
+            profile, now_ms, built_in, scores, current
+        )
         partial: list[str] | None = None  # audiences reading a backfilling trait
         for name, inside in members.items():
+            if again is not None and name not in again:
+                continue  # not evaluated again: held as it was
             dim = audience_dimension(name)
             value = "in" if inside else "out"
             held = current.get(dim)
@@ -703,7 +713,7 @@ class Segmenter:
             self._apply(
                 customer_id, profile, dim, (value, reason), now_ms, population, snapshot, scores
             )
-        for dim in [d for d in current if d.startswith(AUDIENCE_PREFIX)]:
+        for dim in [d for d in current if renewed and d.startswith(AUDIENCE_PREFIX)]:
             if dim[len(AUDIENCE_PREFIX) :] not in definitions.audiences:
                 # Removed from the definitions: members exit at once (no dwell).
                 before = current.pop(dim)
