@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.machine import describe, save_results
-from bench.pipeline_bench import RESULTS, Workload, run_mode
+from bench.pipeline_bench import RESULTS, Workload, median_ratios, run_mode, summarise_runs
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -99,22 +98,15 @@ def main() -> None:
                 runs[label].append(result)
                 print(label, n, result, flush=True)
                 time.sleep(2)
-        summary = {}
-        for label, results in runs.items():
-            rates = [r["events_per_s"] for r in results]
-            steady = [r["steady_events_per_s"] for r in results]
-            summary[label] = {
+        summary = {
+            label: {
                 "tree": str(trees[label]),
                 "commit": tree_commit(trees[label]),
-                "events_per_s_of_each_run": rates,
-                "best": max(rates),
-                "median": statistics.median(rates),
-                "steady_events_per_s_of_each_run": steady,
-                "steady_median": statistics.median(x for x in steady if x is not None),
-                "first_event_s_of_each_run": [r["first_event_s"] for r in results],
-                "complete_of_each_run": [r["events"] >= len(events) for r in results],
-                "peak_rss_mb_of_each_run": [r["peak_rss_mb"] for r in results],
+                **summarise_runs(results, len(events)),
             }
+            for label, results in runs.items()
+        }
+        whole, steady = median_ratios(summary["after"], summary["before"])
         save_results(
             {
                 "benchmark": "ab",
@@ -122,12 +114,8 @@ def main() -> None:
                 "kafka": broker.version,
                 "workload": {"customers": args.customers, "days": args.days, "events": len(events)},
                 "versions": summary,
-                "after_over_before_median": round(
-                    summary["after"]["median"] / summary["before"]["median"], 3
-                ),
-                "after_over_before_steady_median": round(
-                    summary["after"]["steady_median"] / summary["before"]["steady_median"], 3
-                ),
+                "after_over_before_median": whole,
+                "after_over_before_steady_median": steady,
             },
             args.out,
             echo=True,

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.machine import describe, save_results
-from bench.pipeline_bench import RESULTS, Workload, run_mode
+from bench.pipeline_bench import RESULTS, Workload, median_ratios, run_mode, summarise_runs
 from models.audiences import METRICS
 from models.definitions import load_definitions
 
@@ -133,18 +132,8 @@ def main() -> None:
                 runs[label].append(result)
                 print(label, n, result, flush=True)
                 time.sleep(2)
-        summary = {
-            label: {
-                "events_per_s_of_each_run": [r["events_per_s"] for r in results],
-                "median": statistics.median(r["events_per_s"] for r in results),
-                "steady_median": statistics.median(
-                    r["steady_events_per_s"] for r in results if r["steady_events_per_s"]
-                ),
-                "complete_of_each_run": [r["events"] >= len(events) for r in results],
-                "peak_rss_mb_of_each_run": [r["peak_rss_mb"] for r in results],
-            }
-            for label, results in runs.items()
-        }
+        summary = {label: summarise_runs(results, len(events)) for label, results in runs.items()}
+        whole, steady = median_ratios(summary["with"], summary["without"])
         save_results(
             {
                 "benchmark": "audiences",
@@ -153,12 +142,8 @@ def main() -> None:
                 "workload": {"customers": args.customers, "days": args.days, "events": len(events)},
                 "definitions": {"traits": 20, "audiences": 20},
                 "runs": summary,
-                "with_over_without_median": round(
-                    summary["with"]["median"] / summary["without"]["median"], 3
-                ),
-                "with_over_without_steady_median": round(
-                    summary["with"]["steady_median"] / summary["without"]["steady_median"], 3
-                ),
+                "with_over_without_median": whole,
+                "with_over_without_steady_median": steady,
             },
             args.out,
             echo=True,

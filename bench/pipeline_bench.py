@@ -29,6 +29,7 @@ import argparse
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,30 @@ def state_update_cost_us(events: list[dict[str, Any]], settings: Settings) -> fl
             profiles.get(customer), [fields], population, config, compound
         )
     return (time.perf_counter() - start) / len(decoded) * 1e6
+
+
+def summarise_runs(results: list[dict[str, Any]], expected_events: int) -> dict[str, Any]:
+    """Figures of repeated :func:`run_mode` runs of one kind, for an A/B table."""
+    rates = [r["events_per_s"] for r in results]
+    steady = [r["steady_events_per_s"] for r in results]
+    return {
+        "events_per_s_of_each_run": rates,
+        "best": max(rates),
+        "median": statistics.median(rates),
+        "steady_events_per_s_of_each_run": steady,
+        "steady_median": statistics.median(x for x in steady if x is not None),
+        "first_event_s_of_each_run": [r["first_event_s"] for r in results],
+        "complete_of_each_run": [r["events"] >= expected_events for r in results],
+        "peak_rss_mb_of_each_run": [r["peak_rss_mb"] for r in results],
+    }
+
+
+def median_ratios(top: dict[str, Any], bottom: dict[str, Any]) -> tuple[float, float]:
+    """``top`` over ``bottom`` (:func:`summarise_runs`): whole-run and steady medians."""
+    return (
+        round(top["median"] / bottom["median"], 3),
+        round(top["steady_median"] / bottom["steady_median"], 3),
+    )
 
 
 def run_mode(
