@@ -432,7 +432,7 @@ def _plans(definitions: Definitions) -> dict[str, _Reads]:
     return plans
 
 
-def _falls_only(trait: Trait, state: TraitState | None, today: int) -> bool:
+def falls_only(trait: Trait, state: TraitState | None, today: int) -> bool:
     """Whether the trait's value can only fall, or stay, until the customer's
     next event: a windowed count, distinct count, or sum of amounts none
     below zero, with no day after ``today`` still to enter its window."""
@@ -448,7 +448,7 @@ def _falls_only(trait: Trait, state: TraitState | None, today: int) -> bool:
     return trait.aggregate == "count" or all(agg[1] >= 0 for agg in days.values())
 
 
-def _edge_can_move(
+def edge_can_move(
     trait: Trait,
     state: TraitState | None,
     today: int,
@@ -459,7 +459,7 @@ def _edge_can_move(
     it, and the trait's fall can take the customer in or out of it."""
     if not followers:
         return False
-    if not _falls_only(trait, state, today):
+    if not falls_only(trait, state, today):
         return True
     # Falling takes nobody into an audience that follows the trait up (1),
     # nor out of one that follows it down (-1).
@@ -541,7 +541,7 @@ def note_next_change(
     those in ``moved`` (all where ``None``) are worked out again, since
     another's state has not changed and its noted time is later than now.
     The audiences are due at the first edge that can move one of them
-    (:func:`_edge_can_move`; every edge with ``every_edge``), or when a
+    (:func:`edge_can_move`; every edge with ``every_edge``), or when a
     ``days_since`` test flips.
     """
     states = profile.get("traits", {})
@@ -561,7 +561,7 @@ def note_next_change(
     for when, n in sorted((when, n) for n, when in enumerate(due) if when is not None):
         name, trait = traits[n]
         state = states.get(trait.fingerprint)
-        if every_edge or _edge_can_move(trait, state, today, followers[name], members):
+        if every_edge or edge_can_move(trait, state, today, followers[name], members):
             first = when
             break
     for audience in definitions.audiences.values():

@@ -21,10 +21,12 @@ from typer.testing import CliRunner
 from models.audiences import (
     backfilling_audiences,
     backfilling_traits,
+    edge_can_move,
+    falls_only,
     sync_traits,
     trait_states,
 )
-from models.definitions import Audience, Context, load_definitions
+from models.definitions import Audience, Context, Trait, load_definitions
 from models.engine import (
     EngineConfig,
     PartitionEngine,
@@ -450,3 +452,65 @@ def test_a_profile_kept_before_the_file_was_noted_keeps_its_traits_whole() -> No
         "store_visits_30d",
         "big_orders",
     }
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        ("n >= 2", {"n": 1}),
+        ("n > 2", {"n": 1}),
+        ("n < 2", {"n": -1}),
+        ("2 < n", {"n": 1}),
+        ("2 >= n", {"n": -1}),
+        ("not n >= 2", {"n": -1}),
+        ("n >= 2 and m < 1", {"n": 1, "m": -1}),
+        ("n >= 2 or n < 1", {"n": 0}),  # both ways at once
+        ("n == 0", {"n": 0}),
+        ("n != 0", {"n": 0}),
+        ("n in [1, 2]", {"n": 0}),
+        ("days_since(trait.last) > 3", {"last": 0}),
+        ("n >= metric.orders", {"n": 0}),  # a metric moves with time: no order known
+        ("audience.high and not audience.low", {"n": 1, "m": 1}),
+        ("metric.orders >= 1", {}),
+    ],
+)
+def test_directions_follow_the_condition(when: str, expected: dict[str, int]) -> None:
+    text = (
+        "version: 1\ntraits:\n"
+        "  n: {aggregate: count, topic: purchases}\n"
+        "  m: {aggregate: count, topic: support}\n"
+        "  last: {aggregate: latest, topic: clickstream}\n"
+        "audiences:\n"
+        "  high: {when: 'n >= 3'}\n"
+        "  low: {when: 'm < 1'}\n"
+        f"  probe: {{when: {when!r}}}\n"
+    )
+    definitions = load_definitions(text)
+    earlier = {"high": {"n": 1}, "low": {"m": -1}}
+    assert definitions.audiences["probe"].directions(earlier) == expected
+
+
+def test_only_a_trait_that_can_only_fall_has_its_edges_skipped() -> None:
+    """A negative amount in a sum, a day still to enter the window, or an
+    aggregate such as max can rise at an edge: those edges are always decided."""
+    count = Trait("n", "count", "purchases", "order", window_days=7)
+    total = Trait("s", "sum", "purchases", "order", property="amount", window_days=7)
+    distinct = Trait("d", "distinct_count", "clickstream", property="category", window_days=7)
+    biggest = Trait("b", "max", "purchases", "order", property="amount", window_days=7)
+    today = 100
+    assert falls_only(count, {"d": {"98": [2, 0, 0, 0]}}, today)
+    assert not falls_only(count, {"d": {"98": [2, 0, 0, 0], "101": [1, 0, 0, 0]}}, today)
+    assert falls_only(total, {"d": {"98": [1, 5.0, 5.0, 5.0]}}, today)
+    assert not falls_only(total, {"d": {"98": [2, -3.0, -4.0, 1.0]}}, today)
+    assert falls_only(distinct, {"v": [["shoes", 99]]}, today)
+    assert not falls_only(distinct, {"v": [["shoes", 101]]}, today)
+    assert not falls_only(biggest, {"d": {"98": [1, 5.0, 5.0, 5.0]}}, today)
+    # The audience a fall cannot move: out of one that needs the count high.
+    up, down = (("a", 1),), (("a", -1),)
+    state = {"d": {"98": [2, 0, 0, 0]}}
+    assert not edge_can_move(count, state, today, up, {"a": False})
+    assert edge_can_move(count, state, today, up, {"a": True})
+    assert edge_can_move(count, state, today, down, {"a": False})
+    assert not edge_can_move(count, state, today, down, {"a": True})
+    assert edge_can_move(count, state, today, (("a", 0),), {"a": False})
+    assert not edge_can_move(count, state, today, (), {})  # no audience reads it
