@@ -9,6 +9,7 @@ metrics stay open for probes and Prometheus.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any, cast
 
 import msgspec
@@ -192,14 +193,19 @@ async def models_view(self: web.View, request: web.Request) -> web.Response:
     return self.json(holder.bundle.describe())
 
 
+def _add_counts(totals: dict[str, dict[str, int]], counts: Mapping[str, Mapping[str, int]]) -> None:
+    """Add members per dimension and value into ``totals``."""
+    for dim, by_value in counts.items():
+        into = totals.setdefault(dim, {})
+        for value, count in by_value.items():
+            into[value] = into.get(value, 0) + count
+
+
 def local_segment_counts() -> dict[str, dict[str, int]]:
     """Members per dimension and value over this worker's partitions."""
     totals: dict[str, dict[str, int]] = {}
     for population in local_populations().values():
-        for dim, by_value in population.get("counts", {}).items():
-            into = totals.setdefault(dim, {})
-            for value, count in by_value.items():
-                into[value] = into.get(value, 0) + count
+        _add_counts(totals, population.get("counts", {}))
     return totals
 
 
@@ -217,10 +223,7 @@ async def gathered_counts(request: web.Request) -> tuple[dict[str, dict[str, int
             async with app.http_client.get(target, headers=request.headers) as response:
                 if response.status != 200:
                     return f"worker {url.host}:{url.port} answered {response.status}"
-                for dim, by_value in (await response.json())["segments"].items():
-                    into = totals.setdefault(dim, {})
-                    for value, count in by_value.items():
-                        into[value] = into.get(value, 0) + count
+                _add_counts(totals, (await response.json())["segments"])
             workers += 1
     return totals, workers
 
