@@ -114,7 +114,7 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
     for trait in candidates:
         if trait.matches(event):
             fingerprint = trait.fingerprint
-            states[fingerprint] = trait.fold(states.get(fingerprint), event)
+            states[fingerprint] = trait.fold_into(states.get(fingerprint), event)
             if moved is None:
                 if "traits_moved" not in profile:
                     _every_edge_due(profile)

@@ -432,6 +432,32 @@ class Trait:
             days = {k: v for k, v in days.items() if int(k) > day - self.window_days}
         return {"d": days}
 
+    def fold_into(self, state: TraitState | None, event: Mapping[str, Any]) -> TraitState:
+        """:meth:`fold`, but ``state`` (the caller's own) may be changed in place.
+
+        The common case, another event on a day a windowed trait already
+        holds, then costs one merge instead of a copy of every day.
+
+        >>> t = Trait("orders_7d", "count", "purchases", "order", window_days=7)
+        >>> s = t.fold(None, {"ts": 5})
+        >>> t.fold_into(s, {"ts": 9}) is s, s
+        (True, {'d': {'0': [2, 0, 0, 0]}})
+        """
+        if state is None or "d" not in state:
+            return self.fold(state, event)
+        amount: Any = 0
+        if self.property is not None:
+            amount = lookup(event, self.property)
+            if not _is_number(amount) or not math.isfinite(amount):
+                return state
+        days: dict[str, list[Any]] = state["d"]
+        key = str(_event_ts(event) // DAY_MS)
+        held = days.get(key)
+        if held is None:  # a day not held: it may move the window
+            return self.fold(state, event)
+        days[key] = _merge(held, amount)
+        return state
+
     def _empty(self) -> TraitState:
         if self.aggregate == "latest":
             return {}

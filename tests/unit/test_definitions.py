@@ -1283,3 +1283,26 @@ def test_distinct_count_at_its_bound_does_not_depend_on_the_order(
         count = t.value(in_order, as_of)
         assert count == t.value(out_of_order, as_of)
         assert isinstance(count, int) and count <= 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    aggregate=st.sampled_from(["count", "sum", "avg", "min", "max", "latest", "distinct_count"]),
+    window=st.sampled_from([None, 1, 3, 30]),
+    rows=EVENTS,
+)
+def test_folding_in_place_gives_the_states_folding_afresh_does(
+    aggregate: str, window: int | None, rows: list[tuple[int, int, int, Any]]
+) -> None:
+    prop = {"count": "", "distinct_count": ", property: category"}.get(
+        aggregate, ", property: amount"
+    )
+    days = "" if window is None else f", window_days: {window}"
+    t = trait(f"{{aggregate: {aggregate}, topic: purchases{prop}{days}}}")
+    fresh: dict[str, Any] | None = None
+    in_place: dict[str, Any] | None = None
+    for day, ms, amount, c in rows:
+        event = order(day * D + ms, amount=amount, category=c)
+        fresh = t.fold(fresh, event)
+        in_place = t.fold_into(in_place, event)
+        assert in_place == fresh
