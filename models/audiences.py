@@ -449,21 +449,63 @@ def falls_only(trait: Trait, state: TraitState | None, today: int) -> bool:
 
 
 def edge_can_move(
-    trait: Trait,
-    state: TraitState | None,
-    today: int,
-    followers: tuple[tuple[str, int], ...],
-    members: Mapping[str, bool],
+    rises: bool, followers: tuple[tuple[str, int], ...], members: Mapping[str, bool]
 ) -> bool:
-    """Whether the trait's next window edge can move an audience: one reads
-    it, and the trait's fall can take the customer in or out of it."""
+    """Whether a trait's next window edge can move an audience: one reads it
+    (``followers``: each with its direction), and either the trait can rise
+    before the next event (``rises``: not :func:`falls_only`) or its fall
+    can take the customer in or out of one (``members``: the memberships)."""
     if not followers:
         return False
-    if not falls_only(trait, state, today):
+    if rises:
         return True
     # Falling takes nobody into an audience that follows the trait up (1),
     # nor out of one that follows it down (-1).
     return any(way == 0 or (way > 0) == members[name] for name, way in followers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Who reads what in one definitions file, for :func:`moved_traits` and
+    :func:`evaluate_moved`."""
+
+    trait_names: tuple[str, ...]  # in the file's order (``trait_due``'s)
+    by_fingerprint: Mapping[str, str]  # trait fingerprint -> name
+    # trait -> the audiences that read it directly
+    readers: Mapping[str, frozenset[str]]
+    # each audience, in the file's order: (name, audience, its dimension,
+    # the audiences that read it directly)
+    audiences: tuple[tuple[str, Any, str, frozenset[str]], ...]
+    always: frozenset[str]  # audiences that read a metric, score, segment or days_since
+
+
+_SHAPES: dict[str, _Shape] = {}  # by the definitions' digest
+
+
+def _shape(definitions: Definitions) -> _Shape:
+    shape = _SHAPES.get(definitions.digest)
+    if shape is None:
+        plans = _plans(definitions)
+        shape = _Shape(
+            trait_names=tuple(definitions.traits),
+            by_fingerprint={t.fingerprint: name for name, t in definitions.traits.items()},
+            readers={
+                trait: frozenset(a for a, plan in plans.items() if trait in plan.traits)
+                for trait in definitions.traits
+            },
+            audiences=tuple(
+                (
+                    name,
+                    audience,
+                    plans[name].dimension,
+                    frozenset(a for a, plan in plans.items() if name in plan.audiences),
+                )
+                for name, audience in definitions.audiences.items()
+            ),
+            always=frozenset(name for name, plan in plans.items() if plan.always),
+        )
+        _SHAPES[definitions.digest] = shape
+    return shape
 
 
 def moved_traits(profile: Profile, definitions: Definitions, now_ms: int) -> set[str] | None:
@@ -478,12 +520,13 @@ def moved_traits(profile: Profile, definitions: Definitions, now_ms: int) -> set
     due = profile.get("trait_due")
     if profile.get("audiences_digest") != definitions.digest or due is None:
         return None
-    folded = profile.get("traits_moved") or ()
-    return {
-        name
-        for (name, trait), when in zip(definitions.traits.items(), due, strict=True)
-        if (when is not None and when <= now_ms) or trait.fingerprint in folded
-    }
+    shape = _shape(definitions)
+    by_fingerprint = shape.by_fingerprint
+    moved = {by_fingerprint[fp] for fp in profile.get("traits_moved") or () if fp in by_fingerprint}
+    for name, when in zip(shape.trait_names, due, strict=True):
+        if when is not None and when <= now_ms:
+            moved.add(name)
+    return moved
 
 
 def evaluate_moved(
@@ -505,21 +548,19 @@ def evaluate_moved(
     """
     if moved is None:
         return evaluate_audiences(definitions, context), None
-    plans = _plans(definitions)
+    shape = _shape(definitions)
+    todo = set(shape.always)
+    for trait in moved:
+        todo |= shape.readers[trait]
     members: dict[str, bool] = {}
     reading = replace(context, audiences=members)
     again: set[str] = set()
-    for name, audience in definitions.audiences.items():
-        plan = plans[name]
-        entry = held.get(plan.dimension)
-        if (
-            plan.always
-            or (entry is not None and "pending" in entry)
-            or not plan.traits.isdisjoint(moved)
-            or not plan.audiences.isdisjoint(again)
-        ):
+    for name, audience, dimension, read_by in shape.audiences:
+        entry = held.get(dimension)
+        if name in todo or (entry is not None and "pending" in entry):
             members[name] = audience.evaluate(reading)
             again.add(name)
+            todo |= read_by  # later audiences that read this one
         else:
             members[name] = entry is not None and entry["value"] == "in"
     return members, again
@@ -548,22 +589,34 @@ def note_next_change(
     now = context.now_ms
     today = now // DAY_MS
     before = profile.get("trait_due") if moved is not None else None
+    rose_before = set(profile.get("traits_rising") or ())
     followers = _FOLLOWERS[definitions.digest] if _plans(definitions) else {}
     traits = list(definitions.traits.items())
     due: list[int | None] = []
+    rising: list[int] = []  # traits that can rise before the next event, by index
     for n, (name, trait) in enumerate(traits):
         if before is not None and moved is not None and name not in moved:
-            due.append(before[n])
+            # Unchanged state: the same next edge, and it still can (or cannot)
+            # rise: a day still to enter has not entered, or it would have moved.
+            when = before[n]
+            if n in rose_before:
+                rising.append(n)
         else:
-            due.append(trait.next_change_ms(states.get(trait.fingerprint), now))
+            state = states.get(trait.fingerprint)
+            when = trait.next_change_ms(state, now)
+            if when is not None and not falls_only(trait, state, today):
+                rising.append(n)
+        due.append(when)
     first: int | None = None
     # The earliest edge that can move an audience: edges in time order, until one can.
     for when, n in sorted((when, n) for n, when in enumerate(due) if when is not None):
-        name, trait = traits[n]
-        state = states.get(trait.fingerprint)
-        if every_edge or edge_can_move(trait, state, today, followers[name], members):
+        if every_edge or edge_can_move(n in rising, followers[traits[n][0]], members):
             first = when
             break
+    if rising:
+        profile["traits_rising"] = rising
+    else:
+        profile.pop("traits_rising", None)
     for audience in definitions.audiences.values():
         if audience.has_time_tests:
             moment = audience.next_change_ms(context, now)

@@ -172,6 +172,9 @@ class Profile(TypedDict):
     # per trait, in the definitions' order: when it next changes with no
     # event, as worked out at the last evaluation (null: not by time alone)
     trait_due: NotRequired[list[int | None]]
+    # indices (as trait_due's) of the traits that can rise before the next
+    # event: a day still to enter the window, a negative amount, a max...
+    traits_rising: NotRequired[list[int]]
     audiences_digest: NotRequired[str]  # digest of the file the audiences were last evaluated under
     # when an audience or trait can next change with no event (at the last decision)
     audiences_due_ms: NotRequired[int | None]

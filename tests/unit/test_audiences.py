@@ -507,10 +507,10 @@ def test_only_a_trait_that_can_only_fall_has_its_edges_skipped() -> None:
     assert not falls_only(biggest, {"d": {"98": [1, 5.0, 5.0, 5.0]}}, today)
     # The audience a fall cannot move: out of one that needs the count high.
     up, down = (("a", 1),), (("a", -1),)
-    state = {"d": {"98": [2, 0, 0, 0]}}
-    assert not edge_can_move(count, state, today, up, {"a": False})
-    assert edge_can_move(count, state, today, up, {"a": True})
-    assert edge_can_move(count, state, today, down, {"a": False})
-    assert not edge_can_move(count, state, today, down, {"a": True})
-    assert edge_can_move(count, state, today, (("a", 0),), {"a": False})
-    assert not edge_can_move(count, state, today, (), {})  # no audience reads it
+    assert not edge_can_move(False, up, {"a": False})
+    assert edge_can_move(False, up, {"a": True})
+    assert edge_can_move(False, down, {"a": False})
+    assert not edge_can_move(False, down, {"a": True})
+    assert edge_can_move(False, (("a", 0),), {"a": False})
+    assert edge_can_move(True, up, {"a": False})  # it can rise: it can move anything
+    assert not edge_can_move(True, (), {})  # no audience reads it

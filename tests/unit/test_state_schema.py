@@ -87,6 +87,7 @@ traits:
   visits_30d: {aggregate: count, topic: clickstream, type: store_visit, window_days: 30}
   big_orders: {aggregate: count, topic: purchases, where: [{property: amount, op: ">", value: 9}]}
   page_views_7d: {aggregate: count, topic: clickstream, type: page_view, window_days: 7}
+  biggest_7d: {aggregate: max, topic: purchases, property: amount, window_days: 7}
 audiences:
   store_regular: {when: "visits_30d >= 1 and big_orders >= 0"}
 """
