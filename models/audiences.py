@@ -74,25 +74,14 @@ def audience_dimension(name: str) -> str:
 _WINDOWED: Final = frozenset({"metric.sessions_30d", "metric.orders_90d"})
 
 
-_READS: dict[tuple[str, str], bool] = {}  # by the definitions' digest and what
-
-
 def reads_windows(definitions: Definitions) -> bool:
     """Whether an audience reads a windowed count (decided again at its window edges)."""
-    key = (definitions.digest, "windows")
-    if key not in _READS:
-        names = (audience.names() for audience in definitions.audiences.values())
-        _READS[key] = any(read & _WINDOWED for read in names)
-    return _READS[key]
+    return _shape(definitions).reads_windows
 
 
 def reads_scores(definitions: Definitions) -> bool:
     """Whether an audience reads a model score (``score.<name>``)."""
-    key = (definitions.digest, "scores")
-    if key not in _READS:
-        names = (audience.names() for audience in definitions.audiences.values())
-        _READS[key] = any(n.startswith("score.") for read in names for n in read)
-    return _READS[key]
+    return _shape(definitions).reads_scores
 
 
 def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definitions) -> None:
@@ -106,7 +95,7 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
     if event.get("type") == "track":
         event = {**event, "type": event.get("name")}
     moved: list[str] | None = None
-    readers = _readers(definitions)
+    readers = _shape(definitions).by_kind
     topic = event.get("topic")
     candidates = readers.get((topic, event.get("type")))
     if candidates is None:  # a type no trait names: the topic's catch-all traits
@@ -134,26 +123,6 @@ def _every_edge_due(profile: Profile) -> None:
         first = min(edges)
         if due is None or first < due:
             profile["audiences_due_ms"] = first
-
-
-_READERS: dict[str, dict[tuple[Any, Any], tuple[Trait, ...]]] = {}  # by the digest
-
-
-def _readers(definitions: Definitions) -> dict[tuple[Any, Any], tuple[Trait, ...]]:
-    """The traits that may match an event, by its (topic, type): those of
-    that type and those of every event of the topic, in the file's order."""
-    readers = _READERS.get(definitions.digest)
-    if readers is None:
-        traits = list(definitions.traits.values())
-        kinds: set[tuple[str, str | None]] = {(t.topic, t.type) for t in traits if t.type}
-        kinds |= {(topic, None) for topic in _COUNTED_TYPES}
-        readers = {}
-        for topic, type_ in kinds:
-            readers[topic, type_] = tuple(
-                t for t in traits if t.topic == topic and t.type in (type_, None)
-            )
-        _READERS[definitions.digest] = readers
-    return readers
 
 
 # The built-in event types whose counts the profile keeps, per topic (its
@@ -306,22 +275,14 @@ def backfilling_audiences(definitions: Definitions, traits: Mapping[str, Any]) -
     audience, in the file's order."""
     if not traits:
         return []
+    shape = _shape(definitions)
     marked: set[str] = set()
-    reads = {
-        name: [ref.partition(".")[::2] for ref in audience.names()]
-        for name, audience in definitions.audiences.items()
-    }
-    grew = True
-    while grew:  # an audience may read one defined after it
-        grew = False
-        for name, refs in reads.items():
-            if name not in marked and any(
-                (ns == "trait" and ref in traits) or (ns == "audience" and ref in marked)
-                for ns, ref in refs
-            ):
-                marked.add(name)
-                grew = True
-    return [name for name in definitions.audiences if name in marked]
+    for trait in traits:
+        marked |= shape.readers.get(trait, frozenset())
+    for name, _, _, read_by in shape.audiences:  # an audience reads only those above it
+        if name in marked:
+            marked |= read_by
+    return [name for name, *_ in shape.audiences if name in marked]
 
 
 def trait_states(profile: Profile, definitions: Definitions) -> dict[str, TraitState]:
@@ -389,49 +350,6 @@ def audience_context(
 # -- deciding only what can have moved --------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Reads:
-    """What one audience reads, for deciding whether it must be evaluated again."""
-
-    traits: frozenset[str]  # trait names
-    audiences: frozenset[str]  # audience names
-    # metrics, scores, segments or days_since: these move at any decision
-    always: bool
-    # how membership follows each trait read, directly or through another
-    # audience (models.definitions.Audience.directions)
-    directions: Mapping[str, int]
-    dimension: str  # the segment dimension it is published as
-
-
-_PLANS: dict[str, dict[str, _Reads]] = {}  # by the definitions' digest
-# trait name -> (audience, direction) for each audience that reads it, by the digest
-_FOLLOWERS: dict[str, dict[str, tuple[tuple[str, int], ...]]] = {}
-
-
-def _plans(definitions: Definitions) -> dict[str, _Reads]:
-    plans = _PLANS.get(definitions.digest)
-    if plans is None:
-        plans = {}
-        for name, audience in definitions.audiences.items():
-            refs = [ref.partition(".")[::2] for ref in audience.names()]
-            directions = audience.directions({a: plan.directions for a, plan in plans.items()})
-            plans[name] = _Reads(
-                traits=frozenset(ref for ns, ref in refs if ns == "trait"),
-                audiences=frozenset(ref for ns, ref in refs if ns == "audience"),
-                always=audience.reads_time()
-                or any(ns not in ("trait", "audience") for ns, _ in refs),
-                directions=directions,
-                dimension=audience_dimension(name),
-            )
-        followers: dict[str, list[tuple[str, int]]] = {name: [] for name in definitions.traits}
-        for name, plan in plans.items():
-            for trait, way in plan.directions.items():
-                followers[trait].append((name, way))
-        _FOLLOWERS[definitions.digest] = {t: tuple(f) for t, f in followers.items()}
-        _PLANS[definitions.digest] = plans
-    return plans
-
-
 def falls_only(trait: Trait, state: TraitState | None, today: int) -> bool:
     """Whether the trait's value can only fall, or stay, until the customer's
     next event: a windowed count, distinct count, or sum of amounts none
@@ -466,13 +384,20 @@ def edge_can_move(
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
-    """Who reads what in one definitions file, for :func:`moved_traits` and
-    :func:`evaluate_moved`."""
+    """Who reads what in one definitions file, worked out once per file (by
+    its digest) for the per-event and per-decision work."""
 
+    reads_windows: bool  # an audience reads a windowed count metric
+    reads_scores: bool  # an audience reads a model score
+    # (topic, type) -> the traits an event of that kind may match; (topic,
+    # None) -> the topic's catch-all traits, for a type no trait names
+    by_kind: Mapping[tuple[Any, Any], tuple[Trait, ...]]
     trait_names: tuple[str, ...]  # in the file's order (``trait_due``'s)
     by_fingerprint: Mapping[str, str]  # trait fingerprint -> name
-    # trait -> the audiences that read it directly
-    readers: Mapping[str, frozenset[str]]
+    readers: Mapping[str, frozenset[str]]  # trait -> the audiences that read it directly
+    # trait -> (audience, direction) for each audience that follows it,
+    # directly or through another (models.definitions.Audience.directions)
+    followers: Mapping[str, tuple[tuple[str, int], ...]]
     # each audience, in the file's order: (name, audience, its dimension,
     # the audiences that read it directly)
     audiences: tuple[tuple[str, Any, str, frozenset[str]], ...]
@@ -485,27 +410,62 @@ _SHAPES: dict[str, _Shape] = {}  # by the definitions' digest
 def _shape(definitions: Definitions) -> _Shape:
     shape = _SHAPES.get(definitions.digest)
     if shape is None:
-        plans = _plans(definitions)
-        shape = _Shape(
-            trait_names=tuple(definitions.traits),
-            by_fingerprint={t.fingerprint: name for name, t in definitions.traits.items()},
-            readers={
-                trait: frozenset(a for a, plan in plans.items() if trait in plan.traits)
-                for trait in definitions.traits
-            },
-            audiences=tuple(
-                (
-                    name,
-                    audience,
-                    plans[name].dimension,
-                    frozenset(a for a, plan in plans.items() if name in plan.audiences),
-                )
-                for name, audience in definitions.audiences.items()
-            ),
-            always=frozenset(name for name, plan in plans.items() if plan.always),
-        )
-        _SHAPES[definitions.digest] = shape
+        shape = _SHAPES[definitions.digest] = _work_out_shape(definitions)
     return shape
+
+
+def _work_out_shape(definitions: Definitions) -> _Shape:
+    traits = list(definitions.traits.values())
+    kinds: set[tuple[str, str | None]] = {(t.topic, t.type) for t in traits if t.type}
+    kinds |= {(topic, None) for topic in _COUNTED_TYPES}
+    by_kind = {
+        (topic, type_): tuple(t for t in traits if t.topic == topic and t.type in (type_, None))
+        for topic, type_ in kinds
+    }
+    reads: dict[str, list[tuple[str, str]]] = {
+        name: [ref.partition(".")[::2] for ref in audience.names()]
+        for name, audience in definitions.audiences.items()
+    }
+    directions: dict[str, dict[str, int]] = {}
+    for name, audience in definitions.audiences.items():
+        directions[name] = audience.directions(directions)  # earlier ones only
+    followers: dict[str, list[tuple[str, int]]] = {name: [] for name in definitions.traits}
+    for name, ways in directions.items():
+        for trait, way in ways.items():
+            followers[trait].append((name, way))
+
+    def read(name: str, namespace: str) -> frozenset[str]:
+        return frozenset(ref for ns, ref in reads[name] if ns == namespace)
+
+    return _Shape(
+        reads_windows=any(
+            f"{ns}.{ref}" in _WINDOWED for refs in reads.values() for ns, ref in refs
+        ),
+        reads_scores=any(ns == "score" for refs in reads.values() for ns, _ in refs),
+        by_kind=by_kind,
+        trait_names=tuple(definitions.traits),
+        by_fingerprint={t.fingerprint: name for name, t in definitions.traits.items()},
+        readers={
+            trait: frozenset(a for a in reads if trait in read(a, "trait"))
+            for trait in definitions.traits
+        },
+        followers={trait: tuple(f) for trait, f in followers.items()},
+        audiences=tuple(
+            (
+                name,
+                audience,
+                audience_dimension(name),
+                frozenset(a for a in reads if name in read(a, "audience")),
+            )
+            for name, audience in definitions.audiences.items()
+        ),
+        always=frozenset(
+            name
+            for name, audience in definitions.audiences.items()
+            if audience.reads_time()
+            or any(ns not in ("trait", "audience") for ns, _ in reads[name])
+        ),
+    )
 
 
 def moved_traits(profile: Profile, definitions: Definitions, now_ms: int) -> set[str] | None:
@@ -590,7 +550,7 @@ def note_next_change(
     today = now // DAY_MS
     before = profile.get("trait_due") if moved is not None else None
     rose_before = set(profile.get("traits_rising") or ())
-    followers = _FOLLOWERS[definitions.digest] if _plans(definitions) else {}
+    followers = _shape(definitions).followers
     traits = list(definitions.traits.items())
     due: list[int | None] = []
     rising: list[int] = []  # traits that can rise before the next event, by index

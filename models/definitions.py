@@ -2036,30 +2036,23 @@ def evaluate_audiences(definitions: Definitions, context: Context) -> dict[str, 
 
 
 def next_change_ms(
-    definitions: Definitions,
-    states: Mapping[str, TraitState],
-    context: Context,
-    *,
-    by_fingerprint: bool = False,
+    definitions: Definitions, states: Mapping[str, TraitState], context: Context
 ) -> int | None:
     """The earliest time after ``context.now_ms`` at which any trait or audience can change
     with no new event, or ``None``.
 
-    ``states`` holds the trait states by trait name, or by fingerprint (as a
-    profile keeps them) with ``by_fingerprint``. The worker sets one timer
-    per customer at this time and evaluates again when it fires.
+    ``states`` holds the trait states by trait name. The worker keeps its own
+    account of the same moments (:func:`models.audiences.note_next_change`),
+    which also skips the window edges that cannot move an audience.
     """
     now = context.now_ms
     first: int | None = None
     for name, trait in definitions.traits.items():
-        if trait.window_days is None:
-            continue  # a lifetime trait changes only at events
-        state = states.get(trait.fingerprint if by_fingerprint else name)
-        moment = trait.next_change_ms(state, now)
+        moment = trait.next_change_ms(states.get(name), now)
         if moment is not None and (first is None or moment < first):
             first = moment
     for audience in definitions.audiences.values():
-        if audience._time_tests:
+        if audience.has_time_tests:
             moment = audience.next_change_ms(context, now)
             if moment is not None and (first is None or moment < first):
                 first = moment
