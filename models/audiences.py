@@ -25,8 +25,8 @@ dwell rule.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, get_args
 
 from models.definitions import (
@@ -35,7 +35,6 @@ from models.definitions import (
     Trait,
     TraitState,
     TraitValues,
-    evaluate_audiences,
 )
 from models.profile import DAY_MS, Profile, net_revenue
 from schemas.records import ClickType, PurchaseType, SupportType
@@ -95,13 +94,16 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
     if event.get("type") == "track":
         event = {**event, "type": event.get("name")}
     moved: list[str] | None = None
+    ts = event.get("ts")
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        return  # matched by no trait (Trait.matches)
     readers = _shape(definitions).by_kind
     topic = event.get("topic")
     candidates = readers.get((topic, event.get("type")))
     if candidates is None:  # a type no trait names: the topic's catch-all traits
         candidates = readers.get((topic, None), ())
-    for trait in candidates:
-        if trait.matches(event):
+    for trait in candidates:  # of the event's topic and type: Trait.matches, in part
+        if not trait.where or trait.where_holds(event):
             fingerprint = trait.fingerprint
             states[fingerprint] = trait.fold_into(states.get(fingerprint), event)
             if moved is None:
@@ -328,22 +330,55 @@ def metrics(
     }
 
 
+class SegmentValues(Mapping[str, Any]):
+    """The built-in segments' values, read from the held segment entries
+    (by dimension) when an audience asks; audiences are left out.
+
+    >>> values = SegmentValues({"churn_risk": {"value": "high"}, "audience.a": {"value": "in"}})
+    >>> values.get("churn_risk"), values.get("audience.a"), dict(values)
+    ('high', None, {'churn_risk': 'high'})
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self, held: Mapping[str, Mapping[str, Any]]) -> None:
+        self._held = held
+
+    def get(self, name: str, default: Any = None) -> Any:
+        entry = self._held.get(name)
+        if entry is None or "." in name:
+            return default
+        return entry["value"]
+
+    def __getitem__(self, name: str) -> Any:
+        if "." in name or name not in self._held:
+            raise KeyError(name)
+        return self._held[name]["value"]
+
+    def __iter__(self) -> Iterator[str]:
+        return (dim for dim in self._held if "." not in dim)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def audience_context(
     profile: Profile,
     definitions: Definitions,
     now_ms: int,
     built_in: Mapping[str, Any],
     scores: Mapping[str, Any],
-    segments: Mapping[str, str],
+    held: Mapping[str, Mapping[str, Any]],
 ) -> Context:
     """What the customer's audiences read at ``now_ms``: traits, ``built_in``
-    metrics (:func:`metrics`), model ``scores`` and built-in ``segments``."""
+    metrics (:func:`metrics`), model ``scores`` and the built-in segments
+    ``held`` (the segment entries, by dimension, read as their values)."""
     return Context(
         now_ms=now_ms,
         traits=TraitValues(definitions, profile.get("traits", {}), now_ms),
         metrics=built_in,
         scores={name: scores.get(name) for name in SCORES},
-        segments={dim: value for dim, value in segments.items() if "." not in dim},
+        segments=SegmentValues(held),
     )
 
 
@@ -393,6 +428,10 @@ class _Shape:
     # None) -> the topic's catch-all traits, for a type no trait names
     by_kind: Mapping[tuple[Any, Any], tuple[Trait, ...]]
     trait_names: tuple[str, ...]  # in the file's order (``trait_due``'s)
+    traits: tuple[Trait, ...]  # in the same order
+    # the followers (below) of each trait, in the same order
+    followers_at: tuple[tuple[tuple[str, int], ...], ...]
+    timed: tuple[Any, ...]  # the audiences with a days_since test, in the file's order
     by_fingerprint: Mapping[str, str]  # trait fingerprint -> name
     readers: Mapping[str, frozenset[str]]  # trait -> the audiences that read it directly
     # trait -> (audience, direction) for each audience that follows it,
@@ -444,6 +483,9 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         reads_scores=any(ns == "score" for refs in reads.values() for ns, _ in refs),
         by_kind=by_kind,
         trait_names=tuple(definitions.traits),
+        traits=tuple(traits),
+        followers_at=tuple(tuple(followers[name]) for name in definitions.traits),
+        timed=tuple(a for a in definitions.audiences.values() if a.has_time_tests),
         by_fingerprint={t.fingerprint: name for name, t in definitions.traits.items()},
         readers={
             trait: frozenset(a for a in reads if trait in read(a, "trait"))
@@ -494,10 +536,11 @@ def evaluate_moved(
     context: Context,
     held: Mapping[str, Mapping[str, Any]],
     moved: set[str] | None,
-) -> tuple[dict[str, bool], set[str] | None]:
+) -> tuple[dict[str, bool], Context, set[str] | None]:
     """Every audience's membership, evaluating only those whose inputs can
     have moved since the last evaluation (``moved``: :func:`moved_traits`);
-    with it, the names of those evaluated (``None``: all).
+    with it, ``context`` with those memberships as its audiences, and the
+    names of those evaluated (``None``: all).
 
     An audience is evaluated again when it reads a moved trait, a metric, a
     score, a segment or ``days_since``, or an audience evaluated again, or
@@ -506,14 +549,18 @@ def evaluate_moved(
     (``held``, by dimension) shows: no entry is "out". The memberships equal
     :func:`models.definitions.evaluate_audiences` of the same context.
     """
+    members: dict[str, bool] = {}
+    reading = Context(
+        context.now_ms, context.traits, context.metrics, context.scores, context.segments, members
+    )
     if moved is None:
-        return evaluate_audiences(definitions, context), None
+        for name, audience in definitions.audiences.items():  # in file order
+            members[name] = audience.evaluate(reading)
+        return members, reading, None
     shape = _shape(definitions)
     todo = set(shape.always)
     for trait in moved:
         todo |= shape.readers[trait]
-    members: dict[str, bool] = {}
-    reading = replace(context, audiences=members)
     again: set[str] = set()
     for name, audience, dimension, read_by in shape.audiences:
         entry = held.get(dimension)
@@ -523,7 +570,7 @@ def evaluate_moved(
             todo |= read_by  # later audiences that read this one
         else:
             members[name] = entry is not None and entry["value"] == "in"
-    return members, again
+    return members, reading, again
 
 
 def note_next_change(
@@ -548,40 +595,42 @@ def note_next_change(
     states = profile.get("traits", {})
     now = context.now_ms
     today = now // DAY_MS
+    shape = _shape(definitions)
     before = profile.get("trait_due") if moved is not None else None
-    rose_before = set(profile.get("traits_rising") or ())
-    followers = _shape(definitions).followers
-    traits = list(definitions.traits.items())
-    due: list[int | None] = []
-    rising: list[int] = []  # traits that can rise before the next event, by index
-    for n, (name, trait) in enumerate(traits):
-        if before is not None and moved is not None and name not in moved:
-            # Unchanged state: the same next edge, and it still can (or cannot)
-            # rise: a day still to enter has not entered, or it would have moved.
-            when = before[n]
-            if n in rose_before:
-                rising.append(n)
+    if before is not None and moved is not None:
+        # An unchanged state has the same next edge, and it still can (or
+        # cannot) rise: a day still to enter has not entered, or it would
+        # have moved. Only the moved traits are worked out again.
+        due: list[int | None] = list(before)
+        rising = set(profile.get("traits_rising") or ())
+        again = [n for n, name in enumerate(shape.trait_names) if name in moved]
+    else:
+        due = [None] * len(shape.traits)
+        rising = set()  # traits that can rise before the next event, by index
+        again = list(range(len(shape.traits)))
+    for n in again:
+        trait = shape.traits[n]
+        state = states.get(trait.fingerprint)
+        when = due[n] = trait.next_change_ms(state, now)
+        if when is not None and not falls_only(trait, state, today):
+            rising.add(n)
         else:
-            state = states.get(trait.fingerprint)
-            when = trait.next_change_ms(state, now)
-            if when is not None and not falls_only(trait, state, today):
-                rising.append(n)
-        due.append(when)
+            rising.discard(n)
     first: int | None = None
     # The earliest edge that can move an audience: edges in time order, until one can.
+    followers = shape.followers_at
     for when, n in sorted((when, n) for n, when in enumerate(due) if when is not None):
-        if every_edge or edge_can_move(n in rising, followers[traits[n][0]], members):
+        if every_edge or edge_can_move(n in rising, followers[n], members):
             first = when
             break
     if rising:
-        profile["traits_rising"] = rising
+        profile["traits_rising"] = sorted(rising)
     else:
         profile.pop("traits_rising", None)
-    for audience in definitions.audiences.values():
-        if audience.has_time_tests:
-            moment = audience.next_change_ms(context, now)
-            if moment is not None and (first is None or moment < first):
-                first = moment
+    for audience in shape.timed:
+        moment = audience.next_change_ms(context, now)
+        if moment is not None and (first is None or moment < first):
+            first = moment
     profile["trait_due"] = due
     profile["audiences_due_ms"] = first
     profile["audiences_digest"] = definitions.digest

@@ -389,7 +389,15 @@ class Trait:
         ts = event.get("ts")
         if not isinstance(ts, int) or isinstance(ts, bool):
             return False
-        return all(predicate.holds(event) for predicate in self.where)
+        return self.where_holds(event)
+
+    def where_holds(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event`` satisfies every predicate (of :meth:`matches`, the
+        part after topic, type and time)."""
+        for predicate in self.where:
+            if not predicate.holds(event):
+                return False
+        return True
 
     def fold(self, state: TraitState | None, event: Mapping[str, Any]) -> TraitState:
         """Return ``state`` with one matching event folded in; ``state`` is not changed.
@@ -451,11 +459,22 @@ class Trait:
             if not _is_number(amount) or not math.isfinite(amount):
                 return state
         days: dict[str, list[Any]] = state["d"]
-        key = str(_event_ts(event) // DAY_MS)
+        day = _event_ts(event) // DAY_MS
+        key = str(day)
         held = days.get(key)
-        if held is None:  # a day not held: it may move the window
-            return self.fold(state, event)
-        days[key] = _merge(held, amount)
+        if held is not None:
+            days[key] = _merge(held, amount)
+            return state
+        # A day not held: it may move the window, as in fold().
+        window = self.window_days
+        assert window is not None  # noqa: S101 - only windowed states hold "d"
+        newest = max(map(int, days), default=day)
+        if day <= newest - window:
+            return state
+        days[key] = _merge(None, amount)
+        if day > newest:
+            for old in [k for k in days if int(k) <= day - window]:
+                del days[old]
         return state
 
     def _empty(self) -> TraitState:
@@ -1195,7 +1214,10 @@ def _compile(node: _Node) -> _Evaluator:
     if isinstance(node, _Comparison):
         op, left, right = node.op, _compile(node.left), _compile(node.right)
         if isinstance(node.right, _Literal) and not isinstance(node.left, _Literal):
-            return _compare_with_constant(op, left, node.right.value)
+            trait = None
+            if isinstance(node.left, _Ref) and node.left.namespace == "trait":
+                trait = node.left.name
+            return _compare_with_constant(op, left, node.right.value, trait)
         return lambda context: _compare(op, left(context), right(context))
     if isinstance(node, _Membership):
         item, container = _compile(node.item), _compile(node.container)
@@ -1207,16 +1229,32 @@ def _compile(node: _Node) -> _Evaluator:
         return lambda context: operand(context) is not True
     parts = tuple(_compile(part) for part in node.parts)
     # A condition holds only when it is exactly true: a null metric is not.
+    if len(parts) == 2:  # the common case, without a generator per test
+        first, second = parts
+        if node.op == "and":
+            return lambda context: first(context) is True and second(context) is True
+        return lambda context: first(context) is True or second(context) is True
     if node.op == "and":
         return lambda context: all(part(context) is True for part in parts)
     return lambda context: any(part(context) is True for part in parts)
 
 
-def _compare_with_constant(op: str, read: _Evaluator, constant: Any) -> _Evaluator:
+def _compare_with_constant(
+    op: str, read: _Evaluator, constant: Any, trait: str | None = None
+) -> _Evaluator:
     """``read(context) <op> constant``, as :func:`_compare` decides it, with
-    the constant's kind worked out once (the common ``orders_30d >= 2``)."""
+    the constant's kind worked out once (the common ``orders_30d >= 2``).
+    ``trait``: the trait ``read`` reads, if it reads one bare (then read
+    here without the extra call)."""
     if op in _ORDERING and _is_number(constant):
         order = _ORDERING[op]
+        if trait is not None:
+
+            def ordered_trait(context: Context) -> bool:
+                value = context.traits.get(trait)
+                return type(value) in _NUMBER_TYPES and bool(order(value, constant))
+
+            return ordered_trait
 
         def ordered_number(context: Context) -> bool:
             value = read(context)
@@ -1423,9 +1461,12 @@ class Audience:
     _tree: _Node = field(repr=False, compare=False)
     _check: _Evaluator = field(repr=False, compare=False)
     _time_tests: tuple[_TimeTest, ...] = field(init=False, repr=False, compare=False)
+    # What explain() shows: (label, what reads it), in reading order
+    _shown: tuple[tuple[str, _Evaluator], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_time_tests", _time_tests(self._tree))
+        object.__setattr__(self, "_shown", _explained(self._tree))
 
     def evaluate(self, context: Context) -> bool:
         """Whether the customer described by ``context`` is in the audience."""
@@ -1491,21 +1532,24 @@ class Audience:
         >>> defs.audiences["big"].explain(context)
         'spend=612.5 segment.churn_risk=high'
         """
-        shown: dict[str, str] = {}
-        for node in _walk(self._tree):
-            if isinstance(node, _DaysSince):
-                label = f"days_since({node.ref.text})"
-                shown.setdefault(label, _format(_compile(node)(context)))
-            elif isinstance(node, _Ref):
-                shown.setdefault(node.text, _format(_compile_ref(node)(context)))
-        # A reference seen only inside days_since(...) was listed as days.
-        inside = {node.ref.text for node in _walk(self._tree) if isinstance(node, _DaysSince)}
-        direct = _direct_refs(self._tree)
-        return " ".join(
-            f"{label}={value}"
-            for label, value in shown.items()
-            if label not in inside or label in direct
-        )
+        return " ".join(f"{label}={_format(read(context))}" for label, read in self._shown)
+
+
+def _explained(tree: _Node) -> tuple[tuple[str, _Evaluator], ...]:
+    """What :meth:`Audience.explain` shows, compiled once: each reference (a
+    time read through ``days_since`` as the days) with its reader."""
+    shown: dict[str, _Evaluator] = {}
+    for node in _walk(tree):
+        if isinstance(node, _DaysSince):
+            shown.setdefault(f"days_since({node.ref.text})", _compile(node))
+        elif isinstance(node, _Ref):
+            shown.setdefault(node.text, _compile_ref(node))
+    # A reference seen only inside days_since(...) is listed as days.
+    inside = {node.ref.text for node in _walk(tree) if isinstance(node, _DaysSince)}
+    direct = _direct_refs(tree)
+    return tuple(
+        (label, read) for label, read in shown.items() if label not in inside or label in direct
+    )
 
 
 def _direct_refs(node: _Node) -> set[str]:

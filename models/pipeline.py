@@ -433,8 +433,7 @@ def customer_view(
         built_in = metrics(
             profile, as_of, sessions_30d, orders_90d, customer_clv(profile, as_of, config_)
         )
-        values = {dim: entry["value"] for dim, entry in segments.items()}
-        context = audience_context(profile, definitions, as_of, built_in, scores, values)
+        context = audience_context(profile, definitions, as_of, built_in, scores, segments)
         members = evaluate_audiences(definitions, context)
         view["traits"] = dict(context.traits)
         view["audiences"] = [name for name, inside in members.items() if inside]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from models.audiences import (
@@ -507,11 +507,10 @@ class Segmenter:
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - the callers checked
         sync_traits(profile, definitions, max(self.profile_config.windows_days))
-        values = {dim: entry["value"] for dim, entry in current.items()}
-        context = audience_context(profile, definitions, now_ms, built_in, scores, values)
+        context = audience_context(profile, definitions, now_ms, built_in, scores, current)
         moved = None if self.evaluate_every_audience else moved_traits(profile, definitions, now_ms)
-        members, again = evaluate_moved(definitions, context, current, moved)
-        return members, replace(context, audiences=members), moved, again
+        members, context, again = evaluate_moved(definitions, context, current, moved)
+        return members, context, moved, again
 
     def _decide_windows(
         self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
