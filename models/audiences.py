@@ -25,7 +25,7 @@ dwell rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, get_args
 
@@ -437,9 +437,9 @@ class _Shape:
     # trait -> (audience, direction) for each audience that follows it,
     # directly or through another (models.definitions.Audience.directions)
     followers: Mapping[str, tuple[tuple[str, int], ...]]
-    # each audience, in the file's order: (name, audience, its dimension,
-    # the audiences that read it directly)
-    audiences: tuple[tuple[str, Any, str, frozenset[str]], ...]
+    # each audience, in the file's order: (name, its compiled condition
+    # (Audience.compiled), its dimension, the audiences that read it directly)
+    audiences: tuple[tuple[str, Callable[[Context], Any], str, frozenset[str]], ...]
     always: frozenset[str]  # audiences that read a metric, score, segment or days_since
 
 
@@ -495,7 +495,7 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         audiences=tuple(
             (
                 name,
-                audience,
+                audience.compiled(),
                 audience_dimension(name),
                 frozenset(a for a in reads if name in read(a, "audience")),
             )
@@ -562,10 +562,10 @@ def evaluate_moved(
     for trait in moved:
         todo |= shape.readers[trait]
     again: set[str] = set()
-    for name, audience, dimension, read_by in shape.audiences:
+    for name, check, dimension, read_by in shape.audiences:
         entry = held.get(dimension)
         if name in todo or (entry is not None and "pending" in entry):
-            members[name] = audience.evaluate(reading)
+            members[name] = check(reading) is True
             again.add(name)
             todo |= read_by  # later audiences that read this one
         else:

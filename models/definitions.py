@@ -451,7 +451,11 @@ class Trait:
         >>> t.fold_into(s, {"ts": 9}) is s, s
         (True, {'d': {'0': [2, 0, 0, 0]}})
         """
-        if state is None or "d" not in state:
+        if state is None:
+            return self.fold(state, event)
+        if "d" not in state:
+            if self.aggregate == "distinct_count":
+                return self._fold_distinct(state, _event_ts(event), event, in_place=True)
             return self.fold(state, event)
         amount: Any = 0
         if self.property is not None:
@@ -502,8 +506,10 @@ class Trait:
         return state if state is not None else self._empty()
 
     def _fold_distinct(
-        self, state: TraitState | None, ts: int, event: Mapping[str, Any]
+        self, state: TraitState | None, ts: int, event: Mapping[str, Any], in_place: bool = False
     ) -> TraitState:
+        """``fold`` of a distinct count; ``in_place``: ``state`` (not ``None``)
+        is changed rather than copied."""
         unchanged = state if state is not None else self._empty()
         if self.property is None:  # the loader never builds one without
             return unchanged
@@ -517,13 +523,16 @@ class Trait:
             # min(distinct values, the bound) whatever the order.
             if len(kept) >= MAX_DISTINCT_VALUES or any(_distinct_key(v) == key for v in kept):
                 return unchanged
+            if in_place and state is not None:
+                kept.append(value)
+                return state
             return {"v": [*kept, value]}
         window = self.window_days
         day = ts // DAY_MS
         newest = max((entry[1] for entry in kept), default=day)
         if day <= newest - window:
             return unchanged
-        entries = [list(entry) for entry in kept]
+        entries = kept if in_place else [list(entry) for entry in kept]
         for entry in entries:
             if _distinct_key(entry[0]) == key:
                 if day <= entry[1]:
@@ -533,11 +542,15 @@ class Trait:
         else:
             entries.append([value, day])
         newest = max(newest, day)
-        entries = [entry for entry in entries if entry[1] > newest - window]
+        if any(entry[1] <= newest - window for entry in entries):
+            entries = [entry for entry in entries if entry[1] > newest - window]
         if len(entries) > MAX_DISTINCT_VALUES:
             # Keep the most recently seen values (ties by value, so the
             # outcome does not depend on the order events came in).
             entries.remove(min(entries, key=lambda e: (e[1], *_distinct_key(e[0]))))
+        if in_place and state is not None:
+            state["v"] = entries
+            return state
         return {"v": entries}
 
     def value(self, state: TraitState | None, as_of_ms: int) -> TraitValue:
@@ -1361,7 +1374,10 @@ class _TimeTest:
         boundary = then + threshold * DAY_MS
         if not math.isfinite(boundary):
             return None
-        if now_ms + 3 > math.floor(boundary):
+        edge = math.floor(boundary)
+        if now_ms + 3 > edge:
+            if now_ms >= edge + 2:
+                return None  # past the boundary: days_since only grows, no flip is left
             return self._flip(then, threshold, now_ms)
         # Well before the boundary the comparison's truth, and so its flip,
         # does not depend on now_ms (days_since only grows).
@@ -1472,6 +1488,11 @@ class Audience:
         """Whether the customer described by ``context`` is in the audience."""
         return self._check(context) is True
 
+    def compiled(self) -> Callable[[Context], Any]:
+        """The compiled condition: the customer is in the audience when it
+        returns exactly ``True`` (what :meth:`evaluate` does, one call less)."""
+        return self._check
+
     def names(self) -> frozenset[str]:
         """The qualified names the condition reads, e.g. ``trait.orders_30d``."""
         return frozenset(
@@ -1515,8 +1536,12 @@ class Audience:
         Trait windows are the caller's business (:meth:`Trait.next_change_ms`).
         ``None`` when no such test can flip any more.
         """
-        times = (test.flip_ms(context, now_ms) for test in self._time_tests)
-        return min((moment for moment in times if moment is not None), default=None)
+        first: int | None = None
+        for test in self._time_tests:
+            moment = test.flip_ms(context, now_ms)
+            if moment is not None and (first is None or moment < first):
+                first = moment
+        return first
 
     def explain(self, context: Context) -> str:
         """The values the condition read, as ``name=value`` pairs in reading order.
