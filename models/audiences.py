@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
 from typing import Any, Final, get_args
 
 from models.definitions import (
@@ -401,6 +402,44 @@ def falls_only(trait: Trait, state: TraitState | None, today: int) -> bool:
     return trait.aggregate == "count" or all(agg[1] >= 0 for agg in days.values())
 
 
+def next_edge(trait: Trait, state: TraitState | None, now_ms: int) -> tuple[int | None, bool]:
+    """The trait's next window edge after ``now_ms`` (:meth:`Trait.next_change_ms`)
+    and whether the trait can rise before the customer's next event (not
+    :func:`falls_only`), in one pass over the days of a windowed count or sum.
+
+    >>> t = Trait("spend_7d", "sum", "purchases", "order", property="amount", window_days=7)
+    >>> state = t.fold(t.fold(None, {"ts": 0, "amount": 5}), {"ts": 2 * DAY_MS, "amount": -1})
+    >>> next_edge(t, state, DAY_MS) == (2 * DAY_MS, True)  # day 2 still to enter
+    True
+    >>> next_edge(t, state, 3 * DAY_MS) == (7 * DAY_MS, True)  # a refund leaves: can rise
+    True
+    """
+    today = now_ms // DAY_MS
+    if not state or trait.window_days is None:
+        return None, False
+    if "d" not in state or trait.aggregate not in ("count", "sum"):
+        when = trait.next_change_ms(state, now_ms)
+        return when, when is not None and not falls_only(trait, state, today)
+    window, summed = trait.window_days, trait.aggregate == "sum"
+    gone = today - window  # days up to this one have left the window
+    first: int | None = None
+    rises = False
+    for key, agg in state["d"].items():
+        day = int(key)
+        if day > today or (summed and agg[1] < 0):
+            rises = True
+        if agg[0] > 0:
+            if day > today:
+                moment = day
+            elif day > gone:
+                moment = day + window
+            else:
+                continue
+            if first is None or moment < first:
+                first = moment
+    return (None, False) if first is None else (first * DAY_MS, rises)
+
+
 def edge_can_move(
     rises: bool, followers: tuple[tuple[str, int], ...], members: Mapping[str, bool]
 ) -> bool:
@@ -428,10 +467,14 @@ class _Shape:
     # None) -> the topic's catch-all traits, for a type no trait names
     by_kind: Mapping[tuple[Any, Any], tuple[Trait, ...]]
     trait_names: tuple[str, ...]  # in the file's order (``trait_due``'s)
+    trait_index: Mapping[str, int]  # trait name -> its place in that order
+    audience_index: Mapping[str, int]  # audience name -> its place in the file
     traits: tuple[Trait, ...]  # in the same order
     # the followers (below) of each trait, in the same order
     followers_at: tuple[tuple[tuple[str, int], ...], ...]
     timed: tuple[Any, ...]  # the audiences with a days_since test, in the file's order
+    # by trait, in the same order: whether an audience follows it either way (0)
+    followed_either_way: tuple[bool, ...]
     by_fingerprint: Mapping[str, str]  # trait fingerprint -> name
     readers: Mapping[str, frozenset[str]]  # trait -> the audiences that read it directly
     # trait -> (audience, direction) for each audience that follows it,
@@ -483,8 +526,13 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         reads_scores=any(ns == "score" for refs in reads.values() for ns, _ in refs),
         by_kind=by_kind,
         trait_names=tuple(definitions.traits),
+        trait_index={name: n for n, name in enumerate(definitions.traits)},
+        audience_index={name: n for n, name in enumerate(definitions.audiences)},
         traits=tuple(traits),
         followers_at=tuple(tuple(followers[name]) for name in definitions.traits),
+        followed_either_way=tuple(
+            any(way == 0 for _, way in followers[name]) for name in definitions.traits
+        ),
         timed=tuple(a for a in definitions.audiences.values() if a.has_time_tests),
         by_fingerprint={t.fingerprint: name for name, t in definitions.traits.items()},
         readers={
@@ -531,6 +579,40 @@ def moved_traits(profile: Profile, definitions: Definitions, now_ms: int) -> set
     return moved
 
 
+class Memberships(dict[str, bool]):
+    """Audience memberships by name: those evaluated are set; any other is
+    read from its held segment entry (``held``, by dimension; no entry:
+    out) when first asked, so a decision pays only for those it reads.
+    Iterating gives only those set or read so far.
+
+    >>> members = Memberships({"audience.vip": {"value": "in"}})
+    >>> members["fresh"] = False
+    >>> members["vip"], members.get("gone"), list(members)
+    (True, False, ['fresh', 'vip', 'gone'])
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self, held: Mapping[str, Mapping[str, Any]]) -> None:
+        super().__init__()
+        self._held = held
+
+    def __missing__(self, name: str) -> bool:
+        entry = self._held.get(AUDIENCE_PREFIX + name)
+        inside = self[name] = entry is not None and entry["value"] == "in"
+        return inside
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name]
+
+
+def _reading(context: Context, members: dict[str, bool]) -> Context:
+    # dataclasses.replace(context, audiences=members), without its field walk
+    return Context(
+        context.now_ms, context.traits, context.metrics, context.scores, context.segments, members
+    )
+
+
 def evaluate_moved(
     definitions: Definitions,
     context: Context,
@@ -546,30 +628,38 @@ def evaluate_moved(
     score, a segment or ``days_since``, or an audience evaluated again, or
     when the dwell holds a move of it back (``pending``). Any other keeps
     the membership its last evaluation gave, which its held segment entry
-    (``held``, by dimension) shows: no entry is "out". The memberships equal
+    (``held``, by dimension) shows: no entry is "out" (a
+    :class:`Memberships` reads it when asked). The memberships equal
     :func:`models.definitions.evaluate_audiences` of the same context.
     """
-    members: dict[str, bool] = {}
-    reading = Context(
-        context.now_ms, context.traits, context.metrics, context.scores, context.segments, members
-    )
     if moved is None:
+        members: dict[str, bool] = {}
+        reading = _reading(context, members)
         for name, audience in definitions.audiences.items():  # in file order
             members[name] = audience.evaluate(reading)
         return members, reading, None
+    members = Memberships(held)
+    reading = _reading(context, members)
     shape = _shape(definitions)
-    todo = set(shape.always)
+    place = shape.audience_index
+    todo = [place[name] for name in shape.always]
     for trait in moved:
-        todo |= shape.readers[trait]
+        todo += [place[name] for name in shape.readers[trait]]
+    for dim, entry in held.items():
+        if "pending" in entry and dim.startswith(AUDIENCE_PREFIX):
+            at = place.get(dim[len(AUDIENCE_PREFIX) :])
+            if at is not None:
+                todo.append(at)  # a dwell-held move
+    heapify(todo)  # evaluated in file order: an audience reads only those above it
     again: set[str] = set()
-    for name, check, dimension, read_by in shape.audiences:
-        entry = held.get(dimension)
-        if name in todo or (entry is not None and "pending" in entry):
-            members[name] = check(reading) is True
-            again.add(name)
-            todo |= read_by  # later audiences that read this one
-        else:
-            members[name] = entry is not None and entry["value"] == "in"
+    while todo:
+        name, check, _, read_by = shape.audiences[heappop(todo)]
+        if name in again:
+            continue
+        members[name] = check(reading) is True
+        again.add(name)
+        for reader in read_by:  # later audiences that read this one
+            heappush(todo, place[reader])
     return members, reading, again
 
 
@@ -594,7 +684,6 @@ def note_next_change(
     """
     states = profile.get("traits", {})
     now = context.now_ms
-    today = now // DAY_MS
     shape = _shape(definitions)
     before = profile.get("trait_due") if moved is not None else None
     if before is not None and moved is not None:
@@ -603,24 +692,28 @@ def note_next_change(
         # have moved. Only the moved traits are worked out again.
         due: list[int | None] = list(before)
         rising = set(profile.get("traits_rising") or ())
-        again = [n for n, name in enumerate(shape.trait_names) if name in moved]
+        again = [shape.trait_index[name] for name in moved]
     else:
         due = [None] * len(shape.traits)
         rising = set()  # traits that can rise before the next event, by index
         again = list(range(len(shape.traits)))
     for n in again:
         trait = shape.traits[n]
-        state = states.get(trait.fingerprint)
-        when = due[n] = trait.next_change_ms(state, now)
-        if when is not None and not falls_only(trait, state, today):
+        due[n], rises = next_edge(trait, states.get(trait.fingerprint), now)
+        if rises:
             rising.add(n)
         else:
             rising.discard(n)
     first: int | None = None
     # The earliest edge that can move an audience: edges in time order, until one can.
     followers = shape.followers_at
+    either = shape.followed_either_way
     for when, n in sorted((when, n) for n, when in enumerate(due) if when is not None):
-        if every_edge or edge_can_move(n in rising, followers[n], members):
+        # edge_can_move, with its quick answers first
+        if every_edge or (
+            followers[n]
+            and (either[n] or n in rising or edge_can_move(False, followers[n], members))
+        ):
             first = when
             break
     if rising:

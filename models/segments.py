@@ -689,7 +689,8 @@ class Segmenter:
             profile, now_ms, built_in, scores, current
         )
         partial: list[str] | None = None  # audiences reading a backfilling trait
-        for name, inside in members.items():
+        # (A copy: the reasons may read memberships not read yet.)
+        for name, inside in list(members.items()):
             if again is not None and name not in again:
                 continue  # not evaluated again: held as it was
             dim = audience_dimension(name)

@@ -16,17 +16,22 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from models.audiences import (
+    Memberships,
     backfilling_audiences,
     backfilling_traits,
     edge_can_move,
+    evaluate_moved,
     falls_only,
+    next_edge,
     sync_traits,
     trait_states,
 )
-from models.definitions import Audience, Context, Trait, load_definitions
+from models.definitions import Audience, Context, Trait, TraitValues, load_definitions
 from models.engine import (
     EngineConfig,
     PartitionEngine,
@@ -514,3 +519,61 @@ def test_only_a_trait_that_can_only_fall_has_its_edges_skipped() -> None:
     assert edge_can_move(False, (("a", 0),), {"a": False})
     assert edge_can_move(True, up, {"a": False})  # it can rise: it can move anything
     assert not edge_can_move(True, (), {})  # no audience reads it
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    aggregate=st.sampled_from(["count", "sum", "avg", "max", "distinct_count", "latest"]),
+    window=st.sampled_from([None, 1, 7, 30]),
+    days=st.dictionaries(
+        st.integers(90, 130),
+        st.tuples(st.integers(0, 3), st.integers(-50, 50)),
+        max_size=12,
+    ),
+    today=st.integers(95, 140),
+)
+def test_next_edge_is_the_next_change_and_whether_the_trait_can_rise(
+    aggregate: Any, window: int | None, days: dict[int, tuple[int, int]], today: int
+) -> None:
+    """next_edge, the one-pass form note_next_change uses, answers as
+    Trait.next_change_ms and falls_only do, negative amounts and days still
+    to enter included."""
+    prop = {"count": None, "distinct_count": "category", "latest": "score"}.get(aggregate, "amount")
+    trait = Trait("t", aggregate, "purchases", "order", property=prop, window_days=window)
+    if aggregate == "distinct_count":
+        state: dict[str, Any] = {"v": [[f"c{day}", day] for day in days]}
+    elif aggregate == "latest":
+        state = {"l": [max(days) * DAY_MS, 1]} if days else {}
+    elif window is None:
+        state = {"a": [len(days), sum(a for _, a in days.values()), 0, 0]}
+    else:
+        state = {"d": {str(day): [n, a, a, a] for day, (n, a) in days.items()}}
+    now = today * DAY_MS + 5
+    when = trait.next_change_ms(state, now)
+    rises = when is not None and not falls_only(trait, state, today)
+    assert next_edge(trait, state, now) == (when, rises)
+
+
+def test_memberships_read_what_was_not_evaluated_from_the_held_entries() -> None:
+    """Only the audiences whose inputs moved are evaluated; any other reads as
+    its held entry says, and both agree with evaluating every audience."""
+    definitions = load_definitions(
+        "version: 1\n"
+        "traits:\n"
+        "  n: {aggregate: count, topic: purchases, type: order}\n"
+        "  m: {aggregate: count, topic: support}\n"
+        "audiences:\n"
+        "  many: {when: 'n >= 2'}\n"
+        "  talky: {when: 'm >= 1'}\n"
+        "  both: {when: 'audience.many and audience.talky'}\n"
+    )
+    held = {"audience.many": {"value": "in", "since_ms": 0}}
+    traits = {definitions.traits["n"].fingerprint: {"a": [3, 0, 0, 0]}}
+    context = Context(now_ms=DAY_MS, traits=TraitValues(definitions, traits, DAY_MS))
+    members, reading, again = evaluate_moved(definitions, context, held, {"m"})
+    assert isinstance(members, Memberships) and reading.audiences is members
+    assert again == {"talky", "both"}  # m moved; both reads talky
+    assert dict(members) == {"talky": False, "many": True, "both": False}
+    assert members.get("unknown") is False
+    everything, _, none = evaluate_moved(definitions, context, held, None)
+    assert none is None and everything == {"many": True, "talky": False, "both": False}
