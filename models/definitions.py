@@ -1283,6 +1283,15 @@ def _compare_with_constant(
             return (type(value) in _NUMBER_TYPES and value == constant) is not negated
 
         return equal_number
+    if op in ("==", "!=") and (constant is None or type(constant) is str):
+        # _equal with a text or null constant: the same type and value
+        negated, kind = op == "!=", type(constant)
+
+        def equal_constant(context: Context) -> bool:
+            value = read(context)
+            return (type(value) is kind and value == constant) is not negated
+
+        return equal_constant
     return lambda context: _compare(op, read(context), constant)
 
 

@@ -1306,3 +1306,20 @@ def test_folding_in_place_gives_the_states_folding_afresh_does(
         fresh = t.fold(fresh, event)
         in_place = t.fold_into(in_place, event)
         assert in_place == fresh
+
+
+@pytest.mark.parametrize("constant", ['"gold"', "null", "3", "2.5"])
+@pytest.mark.parametrize("op", ["==", "!="])
+@pytest.mark.parametrize("value", ["gold", "silver", None, 3, 3.0, 2.5, True, 0, ["gold"]])
+def test_a_comparison_with_a_constant_decides_as_the_general_rule(
+    constant: str, op: str, value: Any
+) -> None:
+    """The comparisons compiled for a constant (text, null, number) answer as
+    the general comparison does: no True == 1, no "3" == 3, null only equals
+    null."""
+    defs = load_definitions(
+        f"version: 1\naudiences: {{probe: {{when: 'segment.tier {op} {constant}'}}}}"
+    )
+    literal = json.loads(constant)
+    expected = definitions._compare(op, value, literal)
+    assert defs.audiences["probe"].evaluate(Context(0, segments={"tier": value})) is expected
