@@ -36,6 +36,7 @@ from models.definitions import (
     Trait,
     TraitState,
     TraitValues,
+    evaluate_audiences,
 )
 from models.profile import DAY_MS, Profile, net_revenue
 from schemas.records import ClickType, PurchaseType, SupportType
@@ -420,24 +421,10 @@ def next_edge(trait: Trait, state: TraitState | None, now_ms: int) -> tuple[int 
     if "d" not in state or trait.aggregate not in ("count", "sum"):
         when = trait.next_change_ms(state, now_ms)
         return when, when is not None and not falls_only(trait, state, today)
-    window, summed = trait.window_days, trait.aggregate == "sum"
-    gone = today - window  # days up to this one have left the window
-    first: int | None = None
-    rises = False
-    for key, agg in state["d"].items():
-        day = int(key)
-        if day > today or (summed and agg[1] < 0):
-            rises = True
-        if agg[0] > 0:
-            if day > today:
-                moment = day
-            elif day > gone:
-                moment = day + window
-            else:
-                continue
-            if first is None or moment < first:
-                first = moment
-    return (None, False) if first is None else (first * DAY_MS, rises)
+    when, later, negative = trait.scan_days(state, now_ms)
+    if when is None:
+        return None, False
+    return when, later or (trait.aggregate == "sum" and negative)
 
 
 def edge_can_move(
@@ -633,11 +620,8 @@ def evaluate_moved(
     :func:`models.definitions.evaluate_audiences` of the same context.
     """
     if moved is None:
-        members: dict[str, bool] = {}
-        reading = _reading(context, members)
-        for name, audience in definitions.audiences.items():  # in file order
-            members[name] = audience.evaluate(reading)
-        return members, reading, None
+        everything = evaluate_audiences(definitions, context)
+        return everything, _reading(context, everything), None
     members = Memberships(held)
     reading = _reading(context, members)
     shape = _shape(definitions)

@@ -635,24 +635,44 @@ class Trait:
         after_day = after_ms // DAY_MS
         first: int | None = None
         if "d" in state:  # windowed count, sum, avg, min, max: the common case, in one pass
-            gone = after_day - window  # days up to this one have left the window
-            for key, agg in state["d"].items():
-                if agg[0] > 0:
-                    day = int(key)
-                    if day > after_day:
-                        moment = day
-                    elif day > gone:
-                        moment = day + window
-                    else:
-                        continue
-                    if first is None or moment < first:
-                        first = moment
-            return None if first is None else first * DAY_MS
+            return self.scan_days(state, after_ms)[0]
         for day in self._days(state):
             moment = day if day > after_day else day + window
             if moment > after_day and (first is None or moment < first):
                 first = moment
         return None if first is None else first * DAY_MS
+
+    def scan_days(self, state: TraitState, after_ms: int) -> tuple[int | None, bool, bool]:
+        """One pass over the days a windowed count, sum, avg, min or max holds
+        (``state["d"]``): the next time after ``after_ms`` a day enters or
+        leaves the window (:meth:`next_change_ms`), whether a day after
+        ``after_ms``'s day is held, and whether a day holds a negative amount.
+
+        >>> t = Trait("spend_7d", "sum", "purchases", "order", property="amount", window_days=7)
+        >>> s = t.fold(t.fold(None, {"ts": 0, "amount": 5}), {"ts": 2 * DAY_MS, "amount": -1})
+        >>> t.scan_days(s, after_ms=DAY_MS) == (2 * DAY_MS, True, True)
+        True
+        """
+        window = self.window_days
+        assert window is not None  # noqa: S101 - only windowed states hold "d"
+        after_day = after_ms // DAY_MS
+        gone = after_day - window  # days up to this one have left the window
+        first: int | None = None
+        later = negative = False
+        for key, agg in state["d"].items():
+            day = int(key)
+            later = later or day > after_day
+            negative = negative or agg[1] < 0
+            if agg[0] > 0:
+                if day > after_day:
+                    moment = day
+                elif day > gone:
+                    moment = day + window
+                else:
+                    continue
+                if first is None or moment < first:
+                    first = moment
+        return None if first is None else first * DAY_MS, later, negative
 
     def _days(self, state: TraitState) -> Iterator[int]:
         if self.aggregate == "latest":
