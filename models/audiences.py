@@ -37,6 +37,7 @@ from models.definitions import (
     TraitState,
     TraitValues,
     evaluate_audiences,
+    ordered_days,
 )
 from models.profile import DAY_MS, Profile, net_revenue
 from schemas.records import ClickType, PurchaseType, SupportType
@@ -60,6 +61,9 @@ METRICS: Final = (
 # Model scores an audience reads as ``score.<name>``.
 SCORES: Final = ("churn_probability", "churn_source", "cluster_id", "persona")
 AUDIENCE_PREFIX: Final = "audience."
+# The layout of the trait states, noted with the file's digest (``trait_digest``):
+# from 2 on, a windowed state's days are in ascending order.
+TRAIT_LAYOUT: Final = 2
 
 
 def audience_dimension(name: str) -> str:
@@ -182,7 +186,8 @@ def seeded_state(trait: Trait, profile: Profile, keep_days: int) -> TraitState |
         if count:
             days[day] = [count, 0, 0, 0]
     newest = max(map(int, days), default=0)
-    return {"d": {day: agg for day, agg in days.items() if int(day) > newest - trait.window_days}}
+    kept = {day: agg for day, agg in days.items() if int(day) > newest - trait.window_days}
+    return {"d": ordered_days(kept)}
 
 
 def sync_traits(
@@ -203,9 +208,11 @@ def sync_traits(
 
     A ``fresh`` profile (its first event is being applied) has no history to
     miss. A profile kept by a release that did not note the file is taken to
-    have been kept under this one.
+    have been kept under this one. States kept in an earlier layout
+    (:data:`TRAIT_LAYOUT`) are brought to this one.
     """
-    if profile.get("trait_digest") == definitions.digest:
+    noted = synced_digest(definitions)
+    if profile.get("trait_digest") == noted:
         return
     current = {trait.fingerprint: trait for trait in definitions.traits.values()}
     states: dict[str, TraitState] = profile.setdefault("traits", {})
@@ -232,8 +239,18 @@ def sync_traits(
             states.pop(fingerprint, None)
     if not since:
         del profile["trait_since"]
+    for fingerprint, state in states.items():
+        if "d" in state:  # (layout 1 kept days in the order they came)
+            states[fingerprint] = {"d": ordered_days(state["d"])}
     profile["trait_fps"] = sorted(current)
-    profile["trait_digest"] = definitions.digest
+    profile["trait_digest"] = noted
+
+
+def synced_digest(definitions: Definitions) -> str:
+    """What ``profile["trait_digest"]`` says once the profile's trait states
+    are in line with ``definitions``: the file's digest and the states'
+    layout."""
+    return f"{definitions.digest}/{TRAIT_LAYOUT}"
 
 
 def backfilling_traits(
@@ -398,7 +415,7 @@ def falls_only(trait: Trait, state: TraitState | None, today: int) -> bool:
     if trait.aggregate not in ("count", "sum"):
         return False
     days = state["d"]
-    if any(int(day) > today for day in days):
+    if days and int(next(reversed(days))) > today:  # the days are in order
         return False
     return trait.aggregate == "count" or all(agg[1] >= 0 for agg in days.values())
 

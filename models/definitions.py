@@ -282,6 +282,31 @@ def _merge(aggregate: list[Any] | None, amount: float) -> list[Any]:
     return [count + 1, total + amount, min(low, amount), max(high, amount)]
 
 
+def ordered_days(days: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
+    """``days`` (a windowed state's ``"d"``) with its days in ascending order,
+    the order every windowed state keeps.
+
+    >>> ordered_days({"12": [1, 0, 0, 0], "9": [2, 0, 0, 0]})
+    {'9': [2, 0, 0, 0], '12': [1, 0, 0, 0]}
+    """
+    return dict(sorted(days.items(), key=lambda item: int(item[0])))
+
+
+def _window_parts(days: dict[str, list[Any]], start: int, end: int) -> Iterable[list[Any]]:
+    """The aggregates of the held ``days`` (ascending) from day ``start`` to
+    day ``end``: all of them, with no day read, when the window spans them."""
+    if not days or (start <= int(next(iter(days))) and int(next(reversed(days))) <= end):
+        return days.values()
+    parts = []
+    for key, agg in days.items():
+        day = int(key)
+        if day > end:
+            break
+        if day >= start:
+            parts.append(agg)
+    return parts
+
+
 def _distinct_value(value: Any) -> bool | int | float | str | None:
     """The value a distinct count keeps, or None when it cannot be counted."""
     if isinstance(value, bool | str):
@@ -311,8 +336,9 @@ class Trait:
     plain JSON-serialisable dict, bounded whatever the event volume:
 
     - windowed ``count``/``sum``/``avg``/``min``/``max``: one
-      ``[count, sum, min, max]`` per UTC day, ``{"d": {"<day>": [...]}}``,
-      keeping only the ``window_days`` days up to the newest one folded;
+      ``[count, sum, min, max]`` per UTC day, ``{"d": {"<day>": [...]}}``
+      in ascending day order, keeping only the ``window_days`` days up to
+      the newest one folded;
     - the same over the lifetime: one aggregate, ``{"a": [...]}``;
     - ``latest``: ``{"l": [ts, value]}``;
     - ``distinct_count``: ``{"v": [value, ...]}`` over the lifetime, or
@@ -430,14 +456,19 @@ class Trait:
                 return state if state is not None else self._empty()
         if self.window_days is None:
             return {"a": _merge(state["a"] if state else None, amount)}
-        day = ts // DAY_MS
-        days: dict[str, list[Any]] = dict(state["d"]) if state else {}
-        newest = max(map(int, days), default=day)
+        day, key = ts // DAY_MS, str(ts // DAY_MS)
+        held: dict[str, list[Any]] = state["d"] if state else {}
+        newest = int(next(reversed(held))) if held else day  # the days are in order
         if day <= newest - self.window_days:
             return state if state is not None else self._empty()
-        days[str(day)] = _merge(days.get(str(day)), amount)
-        if day > newest:
-            days = {k: v for k, v in days.items() if int(k) > day - self.window_days}
+        merged = _merge(held.get(key), amount)
+        if day > newest:  # a new newest day, last; the days it pushes out dropped
+            days = {k: v for k, v in held.items() if int(k) > day - self.window_days}
+            days[key] = merged
+        elif key in held:
+            days = {**held, key: merged}
+        else:  # an earlier day not held: into its place
+            days = ordered_days({**held, key: merged})
         return {"d": days}
 
     def fold_into(self, state: TraitState | None, event: Mapping[str, Any]) -> TraitState:
@@ -472,13 +503,26 @@ class Trait:
         # A day not held: it may move the window, as in fold().
         window = self.window_days
         assert window is not None  # noqa: S101 - only windowed states hold "d"
-        newest = max(map(int, days), default=day)
+        if not days:
+            days[key] = _merge(None, amount)
+            return state
+        newest = int(next(reversed(days)))  # the days are in order
         if day <= newest - window:
             return state
-        days[key] = _merge(None, amount)
+        days[key] = _merge(None, amount)  # last
         if day > newest:
-            for old in [k for k in days if int(k) <= day - window]:
+            # The days it pushes out of the window are the first ones.
+            leaving = []
+            for old in days:
+                if int(old) > day - window:
+                    break
+                leaving.append(old)
+            for old in leaving:
                 del days[old]
+        else:  # an earlier day: into its place
+            ordered = ordered_days(days)
+            days.clear()
+            days.update(ordered)
         return state
 
     def _empty(self) -> TraitState:
@@ -573,8 +617,8 @@ class Trait:
         if start is not None and state and self.aggregate in ("count", "sum"):
             # The common case, in one pass (the same sums as below).
             events, added = 0, 0
-            for key, agg in state["d"].items():
-                if agg[0] > 0 and start <= int(key) <= end:
+            for agg in _window_parts(state["d"], start, end):
+                if agg[0] > 0:
                     events += agg[0]
                     added += agg[1]
             return events if self.aggregate == "count" else added
@@ -596,7 +640,7 @@ class Trait:
         elif start is None:
             parts = [state["a"]]
         else:
-            parts = [agg for day, agg in state["d"].items() if start <= int(day) <= end]
+            parts = list(_window_parts(state["d"], start, end))
         parts = [agg for agg in parts if agg[0] > 0]
         count: int = sum(agg[0] for agg in parts)
         if self.aggregate == "count":
@@ -643,10 +687,15 @@ class Trait:
         return None if first is None else first * DAY_MS
 
     def scan_days(self, state: TraitState, after_ms: int) -> tuple[int | None, bool, bool]:
-        """One pass over the days a windowed count, sum, avg, min or max holds
-        (``state["d"]``): the next time after ``after_ms`` a day enters or
-        leaves the window (:meth:`next_change_ms`), whether a day after
-        ``after_ms``'s day is held, and whether a day holds a negative amount.
+        """From the days a windowed count, sum, avg, min or max holds
+        (``state["d"]``, in order): the next time after ``after_ms`` a day
+        enters or leaves the window (:meth:`next_change_ms`), whether a day
+        after ``after_ms``'s day is held, and (for a ``sum``) whether a day
+        holds a negative amount.
+
+        The first day still in the window leaves first, and the first day
+        after ``after_ms``'s enters first: only the ends of the days are
+        read, except for the sign of a sum's amounts.
 
         >>> t = Trait("spend_7d", "sum", "purchases", "order", property="amount", window_days=7)
         >>> s = t.fold(t.fold(None, {"ts": 0, "amount": 5}), {"ts": 2 * DAY_MS, "amount": -1})
@@ -657,21 +706,22 @@ class Trait:
         assert window is not None  # noqa: S101 - only windowed states hold "d"
         after_day = after_ms // DAY_MS
         gone = after_day - window  # days up to this one have left the window
+        days: dict[str, list[Any]] = state["d"]
         first: int | None = None
-        later = negative = False
-        for key, agg in state["d"].items():
-            day = int(key)
-            later = later or day > after_day
-            negative = negative or agg[1] < 0
-            if agg[0] > 0:
-                if day > after_day:
-                    moment = day
-                elif day > gone:
-                    moment = day + window
-                else:
-                    continue
-                if first is None or moment < first:
-                    first = moment
+        for key, agg in days.items():
+            if agg[0] > 0 and int(key) > gone:
+                first = int(key)
+                break
+        if first is not None and first <= after_day:
+            first += window  # it leaves; a day still to enter may come sooner
+            for key in reversed(days):
+                day = int(key)
+                if day <= after_day:
+                    break
+                if days[key][0] > 0 and day < first:
+                    first = day
+        later = bool(days) and int(next(reversed(days))) > after_day
+        negative = self.aggregate == "sum" and any(agg[1] < 0 for agg in days.values())
         return None if first is None else first * DAY_MS, later, negative
 
     def _days(self, state: TraitState) -> Iterator[int]:

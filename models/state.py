@@ -162,7 +162,9 @@ class Profile(TypedDict):
     # the user's computed traits (models.audiences): trait fingerprint -> state
     traits: NotRequired[dict[str, dict[str, Any]]]
     trait_fps: NotRequired[list[str]]  # the trait fingerprints those states answer for
-    trait_digest: NotRequired[str]  # digest of the definitions file they were brought in line with
+    # the definitions file they were brought in line with, and the states' layout
+    # (models.audiences.synced_digest)
+    trait_digest: NotRequired[str]
     # trait fingerprint -> the watermark when a trait the profile's counters
     # could not answer for was added: it counts from then on (backfilling)
     trait_since: NotRequired[dict[str, int]]

@@ -29,6 +29,7 @@ from models.audiences import (
     falls_only,
     next_edge,
     sync_traits,
+    synced_digest,
     trait_states,
 )
 from models.definitions import Audience, Context, Trait, TraitValues, load_definitions
@@ -446,7 +447,7 @@ def test_a_profile_kept_before_the_file_was_noted_keeps_its_traits_whole() -> No
     sync_traits(profile, definitions, keep_days=90)
     assert profile["traits"] == states
     assert backfilling_traits(profile, definitions, T0 + DAY_MS) == {}
-    assert profile["trait_digest"] == definitions.digest
+    assert profile["trait_digest"] == synced_digest(definitions)
     # A profile kept under a file without these traits: each one the counters
     # cannot answer for is backfilling from then on.
     bare = engine_with("version: 1\n")
@@ -457,6 +458,41 @@ def test_a_profile_kept_before_the_file_was_noted_keeps_its_traits_whole() -> No
         "store_visits_30d",
         "big_orders",
     }
+
+
+def test_trait_states_kept_with_their_days_as_they_came_are_put_in_order_once() -> None:
+    """A profile kept by the release before this one (layout 1) may hold a
+    windowed trait's days in the order they came: the first sync puts them in
+    order (the layout this release reads), with the same values, and the
+    worker decides on from it as if it had kept them so."""
+    text = (
+        "version: 1\ntraits:\n"
+        "  spend_30d: {aggregate: sum, topic: purchases, type: order, property: amount,"
+        " window_days: 30}\n"
+        "audiences:\n  spender: {when: 'spend_30d >= 100'}\n"
+    )
+    definitions = load_definitions(text)
+    history = [order(T0 + 9 * DAY_MS, 1, 80.0), order(T0 + 2 * DAY_MS, 2, 30.0)]
+    kept, fresh = engine_with(text), engine_with(text)
+    for engine in (kept, fresh):
+        engine.submit(history, Watermarks.up_to(T0 + 9 * DAY_MS))
+    profile = kept.stores.profiles.get("c1")
+    fp = definitions.traits["spend_30d"].fingerprint
+    assert list(profile["traits"][fp]["d"]) == [str(T0 // DAY_MS + 2), str(T0 // DAY_MS + 9)]
+    # As layout 1 wrote it: the days as they came, the file's digest alone.
+    profile["traits"][fp]["d"] = dict(reversed(profile["traits"][fp]["d"].items()))
+    profile["trait_digest"] = definitions.digest
+    kept.stores.profiles.put("c1", profile)
+    synced = orjson.loads(orjson.dumps(profile))
+    sync_traits(synced, definitions, keep_days=90)
+    assert list(synced["traits"][fp]["d"]) == list(reversed(profile["traits"][fp]["d"]))
+    assert synced["trait_digest"] == synced_digest(definitions)
+    # Decided on from the upgraded store, the worker publishes what one that
+    # always kept the new layout does: the second order's day leaves at day 32.
+    later = [order(T0 + 10 * DAY_MS, 3, 5.0)]
+    outputs = [run(engine, later, T0 + 40 * DAY_MS) for engine in (kept, fresh)]
+    assert outputs[0] == outputs[1]
+    assert [(c["to_segment"], c["ts"]) for c in outputs[0]] == [("out", T0 + 32 * DAY_MS)]
 
 
 @pytest.mark.parametrize(
@@ -547,7 +583,7 @@ def test_next_edge_is_the_next_change_and_whether_the_trait_can_rise(
     elif window is None:
         state = {"a": [len(days), sum(a for _, a in days.values()), 0, 0]}
     else:
-        state = {"d": {str(day): [n, a, a, a] for day, (n, a) in days.items()}}
+        state = {"d": {str(day): [n, a, a, a] for day, (n, a) in sorted(days.items())}}
     now = today * DAY_MS + 5
     when = trait.next_change_ms(state, now)
     rises = when is not None and not falls_only(trait, state, today)

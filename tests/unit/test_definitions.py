@@ -1306,6 +1306,46 @@ def test_folding_in_place_gives_the_states_folding_afresh_does(
         fresh = t.fold(fresh, event)
         in_place = t.fold_into(in_place, event)
         assert in_place == fresh
+        assert in_place is None or list(in_place.get("d", ())) == list(fresh.get("d", ()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    aggregate=st.sampled_from(["count", "sum", "avg", "min", "max"]),
+    window=st.sampled_from([1, 3, 30]),
+    rows=EVENTS,
+    in_place=st.booleans(),
+)
+def test_a_windowed_state_keeps_its_days_in_order_and_answers_as_its_events_say(
+    aggregate: str, window: int, rows: list[tuple[int, int, int, Any]], in_place: bool
+) -> None:
+    """Whatever order events come in, a windowed state holds its days in
+    ascending order, and its value and next change are those worked out
+    from the events themselves."""
+    prop = "" if aggregate == "count" else ", property: amount"
+    t = trait(f"{{aggregate: {aggregate}, topic: purchases{prop}, window_days: {window}}}")
+    state: dict[str, Any] | None = None
+    for day, ms, amount, _ in rows:
+        event = order(day * D + ms, amount=amount)
+        state = t.fold_into(state, event) if in_place else t.fold(state, event)
+    held = [int(day) for day in (state or {}).get("d", {})]
+    assert held == sorted(held)
+    newest = max((day for day, *_ in rows), default=0)
+    for as_of_day in (newest, newest + 1, newest + window - 1, newest + window):
+        inside = [(d, a) for d, _, a, _ in rows if as_of_day - window < d <= as_of_day]
+        amounts = [a for _, a in inside]
+        expected: Any = {
+            "count": len(inside),
+            "sum": sum(amounts),
+            "avg": sum(amounts) / len(amounts) if amounts else None,
+            "min": min(amounts, default=None),
+            "max": max(amounts, default=None),
+        }[aggregate]
+        as_of = as_of_day * D + 5
+        assert t.value(state, as_of) == expected
+        # The next change: the first day still held that leaves after as_of.
+        leaving = [d + window for d, _, _, _ in rows if d + window > as_of_day]
+        assert t.next_change_ms(state, as_of) == (min(leaving) * D if leaving else None)
 
 
 @pytest.mark.parametrize("constant", ['"gold"', "null", "3", "2.5"])
