@@ -38,7 +38,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from models.audiences import (
     AUDIENCE_PREFIX,
@@ -276,6 +276,22 @@ def new_segment_population() -> SegmentPopulation:
 # --- deciding, publishing, triggering ------------------------------------------------
 
 
+class _Scored(NamedTuple):
+    """What a decision reads of the model and the windows as of its time."""
+
+    inputs: dict[str, float]  # the model's inputs (models.churn_features.model_inputs)
+    scores: dict[str, Any]  # the model's outputs (ModelBundle.score)
+    snapshot: dict[str, Any]  # the scores a change record carries
+    clv: float | None
+    rfm: tuple[int, int, int] | None  # R, F and M quintile scores
+    built_in: dict[str, Any] | None  # the metrics an audience reads (with definitions)
+
+
+# An evaluation of the audiences (Segmenter._audience_members): the members,
+# the context read, the traits that moved and the audiences evaluated again.
+_Evaluated: TypeAlias = tuple[dict[str, bool], Context, set[str] | None, set[str] | None]
+
+
 @dataclass
 class Segmenter:
     """Decides a customer's segments and collects the changes and triggers.
@@ -427,14 +443,21 @@ class Segmenter:
                 i = 1
             if i < len(_REFRESH_MS):
                 (windows if i == 0 else candidates).append(last_seen + _REFRESH_MS[i])
-        for membership in profile.get("segments", {}).values():
+        held_back: list[int] = []  # audiences whose dwell holds a move back
+        for dim, membership in profile.get("segments", {}).items():
             if "pending" in membership:
-                candidates.append(membership["pending"]["applies_ms"] - 1)
-        audiences_due = profile.get("audiences_due_ms")
-        if self.definitions is None or full_only or audiences_due is None:
-            audiences_due = None
-        elif audiences_due <= decided:
-            audiences_due = None
+                applies = membership["pending"]["applies_ms"]
+                # (An audience's dwell ends in an audiences decision: the file
+                # never moves the built-in decisions.)
+                (held_back if dim.startswith(AUDIENCE_PREFIX) else candidates).append(applies - 1)
+        audiences_due = None
+        if self.definitions is not None and not full_only:
+            noted = profile.get("audiences_due_ms")
+            audiences_due = min(
+                [t + 1 for t in held_back if t + 1 > decided]
+                + ([noted] if noted is not None and noted > decided else []),
+                default=None,
+            )
         if profile["open_tickets"]:
             notified = set(profile.get("sla_notified", []))
             for ticket, (opened, priority) in profile["open_tickets"].items():
@@ -445,46 +468,65 @@ class Segmenter:
         due = min((t for t in (full, light, audiences_due) if t is not None), default=None)
         if due is None or due == full:
             return due, "full"
-        if due == light and due == audiences_due:
-            return due, "full"  # both at once: every dimension
+        # (A window edge and the audiences due at once: the windows decision
+        # decides the audiences after them.)
         return due, "windows" if due == light else "audiences"
 
     def _decide_audiences_only(
         self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
     ) -> None:
         """Only the user's audiences are due (a trait's window dropped a day, a
-        ``days_since`` threshold passed): evaluated against the segments as
-        they stand; where one moves (or an audience reads a model score),
-        every dimension is decided (the change records carry the scores)."""
+        ``days_since`` threshold passed, a windowed count an audience reads
+        moved): evaluated against the segments as they stand. Where one moves,
+        the model is scored for its change record; the built-in dimensions
+        are left to their own decision points, so a definitions file never
+        moves them (nor the time of their decisions)."""
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - only filed with definitions
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
+        if reads_scores(definitions):  # scored first: the conditions read them
+            scored = self._scored(profile, now_ms, population)
+            assert scored.built_in is not None  # noqa: S101 - with definitions
+            self._decide_audiences(
+                customer_id,
+                profile,
+                now_ms,
+                population,
+                scored.snapshot,
+                scored.scores,
+                scored.built_in,
+            )
+            return
         current = profile.get("segments", {})
         sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
         clv = customer_clv(profile, now_ms, self.config)
         built_in = metrics(profile, now_ms, sessions_30d, orders_90d, clv)
         renewed = profile.get("audiences_digest") != definitions.digest
-        members, context, moved, again = self._audience_members(
-            profile, now_ms, built_in, {}, current
-        )
+        evaluated = self._audience_members(profile, now_ms, built_in, {}, current)
+        members, context, moved, again = evaluated
         held = {
             dim[len(AUDIENCE_PREFIX) :]: entry["value"]
             for dim, entry in current.items()
             if dim.startswith(AUDIENCE_PREFIX)
         }
         left = renewed and set(held) - set(members)  # removed from the definitions
-        if (
-            left
+        if left or any(
             # (An audience not evaluated again holds as it was.)
-            or any(
-                held.get(name, "out") != ("in" if members[name] else "out")
-                for name in (members if again is None else again)
-            )
-            or reads_scores(definitions)
+            held.get(name, "out") != ("in" if members[name] else "out")
+            for name in (members if again is None else again)
         ):
-            self.decide(customer_id, profile, now_ms, population)
+            scored = self._scored(profile, now_ms, population)
+            self._decide_audiences(
+                customer_id,
+                profile,
+                now_ms,
+                population,
+                scored.snapshot,
+                scored.scores,
+                built_in,
+                evaluated,
+            )
             return
-        profile["segments_decided_ms"] = now_ms
         for name in members if again is None else again:
             entry = current.get(audience_dimension(name))
             if entry is not None:
@@ -498,7 +540,7 @@ class Segmenter:
         built_in: Mapping[str, Any],
         scores: Mapping[str, Any],
         current: Mapping[str, SegmentMembership],
-    ) -> tuple[dict[str, bool], Context, set[str] | None, set[str] | None]:
+    ) -> _Evaluated:
         """The customer's audiences as of ``now_ms``, evaluating again only
         those whose inputs can have moved (all with
         ``evaluate_every_audience``): the members, the context they were
@@ -528,17 +570,23 @@ class Segmenter:
             # The day's later clicks can move it too.
             "preferred_channel": _preferred(profile["channels"]),
         }
-        if (self.definitions is not None and reads_windows(self.definitions)) or any(
+        if any(
             v is not None and (dim not in current or current[dim]["value"] != v)
             for dim, v in levels.items()
         ):
-            # (Where the user's audiences read the windowed counts: decided in full.)
             self.decide(customer_id, profile, now_ms, population)
             return
         profile["segments_decided_ms"] = now_ms
         for dim in levels:
             if dim in current:
                 current[dim].pop("pending", None)  # the held-back change no longer holds
+        definitions = self.definitions
+        if definitions is not None:
+            due = profile.get("audiences_due_ms")
+            if reads_windows(definitions) or (due is not None and due <= now_ms):
+                # The windowed counts an audience reads moved, or the audiences
+                # are due at this edge too.
+                self._decide_audiences_only(customer_id, profile, now_ms, population)
 
     # -- what --------------------------------------------------------------------
 
@@ -550,22 +598,17 @@ class Segmenter:
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
         profile["segments_decided_ms"] = now_ms
         current: dict[str, SegmentMembership] = profile.setdefault("segments", {})
-        bgnbd = population["bgnbd"] if "bgnbd" in population else new_bgnbd()
-        inputs = model_inputs(profile, self.profile_config, now_ms, bgnbd, self.scorer.horizon_days)
-        scores = self.scorer.score(inputs)
-        sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
-        clv = customer_clv(profile, now_ms, c)
+        scored = self._scored(profile, now_ms, population)
+        inputs, scores, snapshot, clv, rfm = (
+            scored.inputs,
+            scored.scores,
+            scored.snapshot,
+            scored.clv,
+            scored.rfm,
+        )
+        sessions_30d, orders_90d = snapshot["sessions_30d"], snapshot["orders_90d"]
         clv_rank = self._clv_rank(profile, clv, population)
-        ranks = None
-        if profile["last_order_ms"] is not None and "rfm" in population:
-            values = RfmValues(
-                profile["last_order_ms"] // DAY_MS,
-                int(profile["totals"].get("orders", 0)),
-                net_revenue(profile["totals"]),
-            )
-            ranks = rfm_ranks(population["rfm"], values)
-        rfm = tuple(quintile_score(r) for r in ranks) if ranks else None
-        churn_p = scores["churn_probability"] if profile["last_order_ms"] is not None else None
+        churn_p = snapshot["churn_probability"]
         prev = {dim: current[dim]["value"] if dim in current else None for dim in DIMENSIONS}
         stage = lifecycle_stage(profile, now_ms, prev["lifecycle"], c)
         decided: dict[str, tuple[str | None, str]] = {
@@ -607,6 +650,43 @@ class Segmenter:
                 f"nearest centroid: cluster {scores['cluster_id']}",
             ),
         }
+        for dim in DIMENSIONS:
+            value, reason = decided[dim]
+            self._apply(
+                customer_id, profile, dim, (value, reason), now_ms, population, snapshot, scores
+            )
+        if scored.built_in is not None:
+            self._decide_audiences(
+                customer_id, profile, now_ms, population, snapshot, scores, scored.built_in
+            )
+        if "persona" in current and current["persona"]["value"] == scores["persona"]:
+            # The persona held agrees with the customer's cluster: a later
+            # move is judged against where the customer stands now.
+            profile["persona_anchor"] = [inputs[name] for name in FEATURES]
+        self._fact_triggers(customer_id, profile, now_ms, snapshot)
+
+    def _scored(self, profile: Profile, now_ms: int, population: PopulationState) -> _Scored:
+        """The model's scores and what a change record carries as of ``now_ms``
+        (:class:`_Scored`); nothing is changed."""
+        bgnbd = population["bgnbd"] if "bgnbd" in population else new_bgnbd()
+        inputs = model_inputs(profile, self.profile_config, now_ms, bgnbd, self.scorer.horizon_days)
+        scores = self.scorer.score(inputs)
+        sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
+        clv = customer_clv(profile, now_ms, self.config)
+        ranks = None
+        if profile["last_order_ms"] is not None and "rfm" in population:
+            values = RfmValues(
+                profile["last_order_ms"] // DAY_MS,
+                int(profile["totals"].get("orders", 0)),
+                net_revenue(profile["totals"]),
+            )
+            ranks = rfm_ranks(population["rfm"], values)
+        rfm = (
+            (quintile_score(ranks[0]), quintile_score(ranks[1]), quintile_score(ranks[2]))
+            if ranks
+            else None
+        )
+        churn_p = scores["churn_probability"] if profile["last_order_ms"] is not None else None
         snapshot = {
             "churn_probability": churn_p,
             "cluster_id": scores["cluster_id"],
@@ -615,21 +695,10 @@ class Segmenter:
             "sessions_30d": sessions_30d,
             "orders_90d": orders_90d,
         }
-        for dim in DIMENSIONS:
-            value, reason = decided[dim]
-            self._apply(
-                customer_id, profile, dim, (value, reason), now_ms, population, snapshot, scores
-            )
+        built_in = None
         if self.definitions is not None:
             built_in = metrics(profile, now_ms, sessions_30d, orders_90d, clv)
-            self._decide_audiences(
-                customer_id, profile, now_ms, population, snapshot, scores, built_in
-            )
-        if "persona" in current and current["persona"]["value"] == scores["persona"]:
-            # The persona held agrees with the customer's cluster: a later
-            # move is judged against where the customer stands now.
-            profile["persona_anchor"] = [inputs[name] for name in FEATURES]
-        self._fact_triggers(customer_id, profile, now_ms, snapshot)
+        return _Scored(inputs, scores, snapshot, clv, rfm, built_in)
 
     def _apply(
         self,
@@ -677,17 +746,19 @@ class Segmenter:
         snapshot: dict[str, Any],
         scores: Mapping[str, Any],
         built_in: Mapping[str, Any],
+        evaluated: _Evaluated | None = None,
     ) -> None:
         """Decide the user's audiences as dimensions ``audience.<name>`` (in or
         out), after the built-in ones they may read; note when they can next
-        change with no event."""
+        change with no event. ``evaluated``: the audiences as evaluated at
+        ``now_ms`` already (:meth:`_audience_members`, none reading a score)."""
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - the caller checked
         current = profile["segments"]
         renewed = profile.get("audiences_digest") != definitions.digest
-        members, context, moved, again = self._audience_members(
-            profile, now_ms, built_in, scores, current
-        )
+        if evaluated is None:
+            evaluated = self._audience_members(profile, now_ms, built_in, scores, current)
+        members, context, moved, again = evaluated
         partial: list[str] | None = None  # audiences reading a backfilling trait
         # (A copy: the reasons may read memberships not read yet.)
         for name, inside in list(members.items()):

@@ -392,16 +392,59 @@ def test_evaluating_only_what_moved_publishes_what_evaluating_everything_does(
         ), customer_id
 
 
+SCORED = """
+version: 1
+traits:
+  orders_30d: {aggregate: count, topic: purchases, type: order, window_days: 30}
+audiences:
+  risky_buyer: {when: "orders_30d >= 1 and score.churn_probability >= 0.3"}
+  quiet_regular: {when: "metric.orders >= 2 and metric.sessions_30d == 0"}
+  risky_or_lost: {when: 'segment.churn_risk == "high" or audience.quiet_regular'}
+"""
+
+
+@pytest.mark.parametrize("text", ["example", "windowed", "scored"])
+def test_a_definitions_file_never_changes_the_built_in_segments_or_the_triggers(
+    tmp_path: Path, text: str
+) -> None:
+    """The user's audiences are decided beside the built-in dimensions, never
+    instead of or in addition to them: the built-in change records and the
+    triggers are byte for byte those of the same history without the file
+    (audiences reading scores, segments, windowed metrics and each other,
+    their dwell and their window edges included)."""
+    definitions = tmp_path / "definitions.yaml"
+    definitions.write_text(
+        {"example": EXAMPLE.read_text(), "windowed": WINDOWED, "scored": SCORED}[text]
+    )
+    events, _ = simulate(SimConfig(customers=80, days=75, seed=46))
+    bare = evaluate(events, Settings(_env_file=None, store="memory"))
+    settings = Settings(_env_file=None, store="memory", definitions_file=definitions)
+    defined = evaluate(events, settings)
+
+    def built_in(run: Any) -> list[bytes]:
+        return [
+            orjson.dumps(c, option=orjson.OPT_SORT_KEYS)
+            for c in run.outputs.changes
+            if not c["dimension"].startswith("audience.")
+        ]
+
+    audiences = [c for c in defined.outputs.changes if c["dimension"].startswith("audience.")]
+    assert len({c["dimension"] for c in audiences}) >= 3
+    assert len(built_in(bare)) > 500
+    assert built_in(defined) == built_in(bare)
+    assert defined.outputs.triggers == bare.outputs.triggers
+
+
 def test_window_edges_that_cannot_move_an_audience_are_not_decided_at(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A count only falls until the next event: an audience that needs it high
     cannot be entered at its window's edge, so no decision is filed there. The
-    audiences move exactly as when every edge is decided at. (Audiences that
-    read segments are left out: more decisions also change when the model
-    learns, and so the segments themselves.)"""
+    audiences move exactly as when every edge is decided at (an audience that
+    reads a segment included: audience decisions leave the built-in ones
+    alone)."""
     definitions = tmp_path / "definitions.yaml"
-    definitions.write_text("\n".join(x for x in WINDOWED.splitlines() if "churny" not in x))
+    definitions.write_text(WINDOWED)
     events, _ = simulate(SimConfig(customers=80, days=75, seed=45))
     settings = Settings(_env_file=None, store="memory", definitions_file=definitions)
     decided = Counter[str]()
