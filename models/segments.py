@@ -385,14 +385,20 @@ class Segmenter:
     ) -> int | None:
         """Decide at each of the customer's due times up to ``now_ms``, in order;
         return the next due time (:meth:`next_deadline` of the state left)."""
+        built_in: tuple[int | None, int | None] | None = None
         for _ in range(16):  # a bounded number of thresholds can pass at once
-            due, kind = self._next(profile)
+            if built_in is None:
+                built_in = self._built_in_due(profile)
+            due, kind = self._next(profile, built_in=built_in)
             if due is None or due > now_ms:
                 return due
+            if kind == "audiences":
+                # (It leaves the built-in due times as they were.)
+                self._decide_audiences_only(customer_id, profile, due, population)
+                continue
+            built_in = None
             if kind == "windows":
                 self._decide_windows(customer_id, profile, due, population)
-            elif kind == "audiences":
-                self._decide_audiences_only(customer_id, profile, due, population)
             else:
                 self.decide(customer_id, profile, due, population)
         return self.next_deadline(profile)
@@ -404,11 +410,45 @@ class Segmenter:
     def next_full_decision(self, profile: Profile) -> int | None:
         """The next event time at which every dimension is decided with no new event
         (a due time that is not only a window edge or the day-after refresh)."""
-        return self._next(profile, full_only=True)[0]
+        return self._built_in_due(profile, full_only=True)[0]
 
-    def _next(self, profile: Profile, full_only: bool = False) -> tuple[int | None, str]:
+    def _next(
+        self, profile: Profile, built_in: tuple[int | None, int | None] | None = None
+    ) -> tuple[int | None, str]:
         """The next due time, and what is due then: ``windows`` (engagement and
         loyalty only), ``audiences`` (the user's audiences only) or ``full``.
+
+        ``built_in``: :meth:`_built_in_due` of the profile as it stands, when
+        the caller has it. At the same time as a window edge, the audiences
+        are decided after the windows (:meth:`_decide_windows`).
+        """
+        decided = profile.get("segments_decided_ms")
+        if decided is None:
+            return None, "full"
+        full, light = self._built_in_due(profile) if built_in is None else built_in
+        audiences_due = None
+        if self.definitions is not None:
+            noted = profile.get("audiences_due_ms")
+            if noted is not None and noted > decided:
+                audiences_due = noted
+            for dim, membership in profile.get("segments", {}).items():
+                if "pending" in membership and dim.startswith(AUDIENCE_PREFIX):
+                    # An audience's dwell ends in an audiences decision.
+                    applies = membership["pending"]["applies_ms"]
+                    if applies > decided and (audiences_due is None or applies < audiences_due):
+                        audiences_due = applies
+        due = min((t for t in (full, light, audiences_due) if t is not None), default=None)
+        if due is None or due == full:
+            return due, "full"
+        return due, "windows" if due == light else "audiences"
+
+    def _built_in_due(
+        self, profile: Profile, full_only: bool = False
+    ) -> tuple[int | None, int | None]:
+        """The next due times of the built-in dimensions: when every one is
+        decided (``full``), and when only engagement and loyalty are
+        (``light``; ``None`` with ``full_only``). A definitions file never
+        moves them.
 
         Window edges and the refresh a day after the last event move only the
         30-day session and 90-day order counts: at them, engagement and loyalty
@@ -418,7 +458,7 @@ class Segmenter:
         """
         decided = profile.get("segments_decided_ms")
         if decided is None:
-            return None, "full"
+            return None, None
         c = self.config
         candidates: list[float] = []  # decided in full
         windows: list[float] = []  # engagement and loyalty only
@@ -443,21 +483,9 @@ class Segmenter:
                 i = 1
             if i < len(_REFRESH_MS):
                 (windows if i == 0 else candidates).append(last_seen + _REFRESH_MS[i])
-        held_back: list[int] = []  # audiences whose dwell holds a move back
         for dim, membership in profile.get("segments", {}).items():
-            if "pending" in membership:
-                applies = membership["pending"]["applies_ms"]
-                # (An audience's dwell ends in an audiences decision: the file
-                # never moves the built-in decisions.)
-                (held_back if dim.startswith(AUDIENCE_PREFIX) else candidates).append(applies - 1)
-        audiences_due = None
-        if self.definitions is not None and not full_only:
-            noted = profile.get("audiences_due_ms")
-            audiences_due = min(
-                [t + 1 for t in held_back if t + 1 > decided]
-                + ([noted] if noted is not None and noted > decided else []),
-                default=None,
-            )
+            if "pending" in membership and not dim.startswith(AUDIENCE_PREFIX):
+                candidates.append(membership["pending"]["applies_ms"] - 1)
         if profile["open_tickets"]:
             notified = set(profile.get("sla_notified", []))
             for ticket, (opened, priority) in profile["open_tickets"].items():
@@ -465,12 +493,7 @@ class Segmenter:
                     candidates.append(opened + self._sla_ms(priority))
         full = min((int(t) + 1 for t in candidates if int(t) + 1 > decided), default=None)
         light = min((int(t) + 1 for t in windows if int(t) + 1 > decided), default=None)
-        due = min((t for t in (full, light, audiences_due) if t is not None), default=None)
-        if due is None or due == full:
-            return due, "full"
-        # (A window edge and the audiences due at once: the windows decision
-        # decides the audiences after them.)
-        return due, "windows" if due == light else "audiences"
+        return full, light
 
     def _decide_audiences_only(
         self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
