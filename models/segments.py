@@ -582,7 +582,9 @@ class Segmenter:
     ) -> None:
         """Decide engagement, loyalty and the preferred channel as of ``now_ms``:
         where one moves, every dimension is decided (the change records carry
-        the scores)."""
+        the scores). Otherwise the user's audiences follow where they read the
+        windowed counts or are due at this moment too
+        (:meth:`_decide_audiences_only`)."""
         c = self.config
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
         current = profile.get("segments", {})
