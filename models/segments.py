@@ -507,54 +507,47 @@ class Segmenter:
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - only filed with definitions
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
-        if reads_scores(definitions):  # scored first: the conditions read them
-            scored = self._scored(profile, now_ms, population)
-            assert scored.built_in is not None  # noqa: S101 - with definitions
-            self._decide_audiences(
-                customer_id,
-                profile,
-                now_ms,
-                population,
-                scored.snapshot,
-                scored.scores,
-                scored.built_in,
-            )
-            return
-        current = profile.get("segments", {})
-        sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
-        clv = customer_clv(profile, now_ms, self.config)
-        built_in = metrics(profile, now_ms, sessions_30d, orders_90d, clv)
-        renewed = profile.get("audiences_digest") != definitions.digest
-        evaluated = self._audience_members(profile, now_ms, built_in, {}, current)
-        members, context, moved, again = evaluated
-        held = {
-            dim[len(AUDIENCE_PREFIX) :]: entry["value"]
-            for dim, entry in current.items()
-            if dim.startswith(AUDIENCE_PREFIX)
-        }
-        left = renewed and set(held) - set(members)  # removed from the definitions
-        if left or any(
-            # (An audience not evaluated again holds as it was.)
-            held.get(name, "out") != ("in" if members[name] else "out")
-            for name in (members if again is None else again)
-        ):
-            scored = self._scored(profile, now_ms, population)
-            self._decide_audiences(
-                customer_id,
-                profile,
-                now_ms,
-                population,
-                scored.snapshot,
-                scored.scores,
-                built_in,
-                evaluated,
-            )
-            return
-        for name in members if again is None else again:
-            entry = current.get(audience_dimension(name))
-            if entry is not None:
-                entry.pop("pending", None)  # the held-back change no longer holds
-        note_next_change(profile, definitions, context, moved, members, self.decide_at_every_edge)
+        evaluated: _Evaluated | None = None
+        if not reads_scores(definitions):  # (else scored first: the conditions read them)
+            current = profile.get("segments", {})
+            sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
+            clv = customer_clv(profile, now_ms, self.config)
+            built_in = metrics(profile, now_ms, sessions_30d, orders_90d, clv)
+            evaluated = self._audience_members(profile, now_ms, built_in, {}, current)
+            members, context, moved, again = evaluated
+            held = {
+                dim[len(AUDIENCE_PREFIX) :]: entry["value"]
+                for dim, entry in current.items()
+                if dim.startswith(AUDIENCE_PREFIX)
+            }
+            renewed = profile.get("audiences_digest") != definitions.digest
+            left = renewed and set(held) - set(members)  # removed from the definitions
+            if not left and all(
+                # (An audience not evaluated again holds as it was.)
+                held.get(name, "out") == ("in" if members[name] else "out")
+                for name in (members if again is None else again)
+            ):
+                for name in members if again is None else again:
+                    entry = current.get(audience_dimension(name))
+                    if entry is not None:
+                        entry.pop("pending", None)  # the held-back change no longer holds
+                note_next_change(
+                    profile, definitions, context, moved, members, self.decide_at_every_edge
+                )
+                return
+        # One moves (or they read scores): scored for the change records.
+        scored = self._scored(profile, now_ms, population)
+        assert scored.built_in is not None  # noqa: S101 - with definitions
+        self._decide_audiences(
+            customer_id,
+            profile,
+            now_ms,
+            population,
+            scored.snapshot,
+            scored.scores,
+            scored.built_in,
+            evaluated,
+        )
 
     def _audience_members(
         self,
