@@ -79,6 +79,11 @@ class DeadlineIndex:
         # Several indexes can share one store: "" for customers' deadlines,
         # "h" for held events (models.reorder).
         self.namespace = namespace
+        # A time no entry is due before (floor_ms), once read. The index is
+        # its partition's only writer while it lives, and taking entries out
+        # (erasure) leaves it a lower bound.
+        self._floor: int | None = None
+        self._floor_read = False
 
     def _key(self, bucket: int) -> str:
         return f"{self.namespace}{self.partition}:{bucket}"
@@ -94,6 +99,8 @@ class DeadlineIndex:
         entries: DeadlineBucket = list(self.store.get(key) or [])
         entries.append([due_ms, customer_id])
         self.store.put(key, entries)
+        if self._floor_read and (self._floor is None or due_ms < self._floor):
+            self._floor = due_ms
         oldest = self.store.get(self._from_key)
         if oldest is None or bucket < oldest:
             self.store.put(self._from_key, bucket)
@@ -107,10 +114,28 @@ class DeadlineIndex:
         else:
             self.store.delete(key)
 
-    def earliest_ms(self) -> int | None:
-        """A time no entry is due before (the start of the oldest bucket), or ``None``."""
+    def floor_ms(self) -> int | None:
+        """A time no entry is due before, or ``None`` when the index is empty:
+        read from the store once (the earliest entry of the oldest bucket that
+        may hold any, else that bucket's start), then kept as entries come
+        and go, so the engine asks before every event for free.
+
+        >>> index = DeadlineIndex(DictStore(), partition=0, bucket_ms=100)
+        >>> index.schedule("c1", 250); index.schedule("c2", 420)
+        >>> index.floor_ms(), index.pop_due(300), index.floor_ms()
+        (250, [(250, 'c1')], 420)
+        """
+        if not self._floor_read:
+            self._floor = self._read_floor()
+            self._floor_read = True
+        return self._floor
+
+    def _read_floor(self) -> int | None:
         oldest = self.store.get(self._from_key)
-        return None if oldest is None else int(oldest) * self.bucket_ms
+        if oldest is None:
+            return None
+        entries = self.store.get(self._key(int(oldest)))
+        return min(e[0] for e in entries) if entries else int(oldest) * self.bucket_ms
 
     def may_have_due(self, watermark_ms: int) -> bool:
         """Whether :meth:`pop_due` could find anything (one read: the oldest bucket)."""
@@ -143,4 +168,6 @@ class DeadlineIndex:
             remaining = last if self.store.get(self._key(last)) else last + 1
             if remaining != oldest:
                 self.store.put(self._from_key, remaining)
+        self._floor = self._read_floor()
+        self._floor_read = True
         return sorted(due)

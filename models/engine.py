@@ -62,9 +62,6 @@ from models.sentiment import compound
 from models.state import PopulationState, Profile
 from models.training import ModelBundle, ModelConfig
 
-# Later than any event time: nothing filed.
-NEVER = 2**62
-
 # The population of a partition lives under one key of the population store.
 POPULATION_KEY_PREFIX = "p"
 
@@ -440,8 +437,6 @@ class PartitionEngine:
         if due is not None and due != profile.get("deadline_ms"):
             if due <= step.closing:
                 self.deadlines.schedule(customer_id, due)
-                if step.floor is not None:
-                    step.floor = min(step.floor, due)
             else:
                 step.unfiled[customer_id] = due
         profile["deadline_ms"] = due
@@ -462,13 +457,10 @@ class PartitionEngine:
         deadlines; a deadline filed again at or before ``limit`` fires in turn.
         """
         # Called before every event: one comparison while nothing can be due.
-        if step.floor is None:
-            earliest = self.deadlines.earliest_ms()
-            step.floor = NEVER if earliest is None else earliest
-        if limit >= step.floor:
+        floor = self.deadlines.floor_ms()
+        if floor is not None and limit >= floor:
             for entry in self.deadlines.pop_due(limit):
                 heapq.heappush(due, entry)
-            step.floor = limit + 1  # everything filed up to limit is popped
         while due and due[0][0] <= limit:
             at, customer_id = heapq.heappop(due)
             profile = self.stores.profiles.get(customer_id)
@@ -528,7 +520,6 @@ class _Step:
         "_new_segmenter",
         "_segmenter",
         "closing",
-        "floor",
         "outputs",
         "touched_population",
         "unfiled",
@@ -544,8 +535,6 @@ class _Step:
         self.outputs = Outputs()
         self.touched_population = False
         self.closing = 0  # the step's closing watermark
-        # No deadline in the index is due before this (None: not read yet).
-        self.floor: int | None = None
         # customer -> a deadline past the closing watermark, filed when the step ends
         self.unfiled: dict[str, int] = {}
 

@@ -41,6 +41,7 @@ holding personal data.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -109,6 +110,10 @@ class Moments:
     sample_rate: float = 1.0
     examples: list[Example] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # In ascending order: the next tick is found by bisection.
+        self.quiet_ticks_ms = tuple(sorted(self.quiet_ticks_ms))
+
     def example_id(self, customer_id: str, kind: str, moment_ms: int) -> str:
         """Deterministic, pseudonymous id of an example."""
         return keyed_id(self.id_key, f"{customer_id}|{kind}|{moment_ms}", 20)
@@ -159,8 +164,10 @@ class Moments:
             return None
         last_seen = profile["last_seen_ms"]
         after = max(profile.get("moment_ms", -1), last_seen)
-        # The first quiet tick not taken yet (asked after every event: no lists).
-        due = next((last_seen + q for q in self.quiet_ticks_ms if last_seen + q > after), None)
+        # The first quiet tick not taken yet (asked after every event: a bisection).
+        ticks = self.quiet_ticks_ms
+        i = bisect_right(ticks, after - last_seen)
+        due = last_seen + ticks[i] if i < len(ticks) else None
         for pending in profile.get("churn_pending", ()):
             label_due = pending["scored_ms"] + self.horizon_ms + 1
             if due is None or label_due < due:
@@ -177,7 +184,9 @@ class Moments:
         if last_seen is None:
             return []
         after = max(profile.get("moment_ms", -1), last_seen)
-        return [last_seen + q for q in self.quiet_ticks_ms if after < last_seen + q <= now_ms]
+        ticks = self.quiet_ticks_ms
+        first = bisect_right(ticks, after - last_seen)
+        return [last_seen + q for q in ticks[first : bisect_right(ticks, now_ms - last_seen)]]
 
     def _moment(
         self, customer_id: str, profile: Profile, ts: int, population: PopulationState | None

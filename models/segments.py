@@ -474,7 +474,9 @@ class Segmenter:
         if adds:
             candidates.append(adds[0] + self.profile_config.cart_timeout_ms)
         if not full_only:
-            windows += _window_edges(profile, c, decided)
+            edge = _next_window_edge(profile, c, decided)
+            if edge is not None:
+                windows.append(edge)
         last_seen = profile["last_seen_ms"]
         if last_seen is not None:
             # The first refresh at or after the last decision (the first full one).
@@ -1095,15 +1097,17 @@ def settled_persona(
     return held if before == candidate else candidate
 
 
-def _window_edges(profile: Profile, config: SegmentConfig, after_ms: int) -> list[int]:
-    """When engagement or loyalty can change with no event: the moments the
-    30-day session count or the 90-day order count drops below one of their
-    thresholds, as sessions and orders leave the windows.
+def _next_window_edge(profile: Profile, config: SegmentConfig, after_ms: int) -> int | None:
+    """The first moment after ``after_ms`` (the last decision) at which
+    engagement or loyalty can change with no event: the 30-day session count
+    or the 90-day order count drops below one of their thresholds as
+    sessions and orders leave the windows. ``None``: neither count can.
 
     Counted as :func:`_recent_sessions_and_orders` counts: a day bucket's
     sessions leave at the start of the day 30 days on (orders: 90), an open
-    session 30 days after it started. Only what is still counted after
-    ``after_ms`` (the last decision) matters.
+    session 30 days after it started. Every such moment is after
+    ``after_ms``, and a count of n first drops below its highest threshold
+    k <= n, as its (n - k + 1)-th item to leave does.
     """
     sessions: list[tuple[int, int]] = []  # (when it leaves the window, how many)
     orders: list[tuple[int, int]] = []
@@ -1114,43 +1118,58 @@ def _window_edges(profile: Profile, config: SegmentConfig, after_ms: int) -> lis
         day = int(key)
         if day + 90 <= after_day:
             continue
-        n = bucket.get("sessions")
-        if n and day + 30 > after_day:
-            sessions.append(((day + 30) * DAY_MS, int(n)))
         n = bucket.get("purchases.order")
         if n:
             orders.append(((day + 90) * DAY_MS, int(n)))
+        if day + 30 > after_day:
+            n = bucket.get("sessions")
+            if n:
+                sessions.append(((day + 30) * DAY_MS, int(n)))
     month_ago = after_ms - 30 * DAY_MS
     for session in profile["sessions"]:
         if session["start_ms"] > month_ago:
             sessions.append((session["start_ms"] + 30 * DAY_MS, 1))
-    levels = (
-        config.heavy_sessions_30d,
-        config.medium_sessions_30d,
-        config.engaged_sessions_30d,
-        1,
-    )
-    return [*_falls_below(sessions, levels), *_falls_below(orders, (config.loyal_orders_90d,))]
+    edge = None
+    if sessions:
+        edge = _falls_below(
+            sessions,
+            (config.heavy_sessions_30d, config.medium_sessions_30d, config.engaged_sessions_30d, 1),
+        )
+    if orders:
+        loyal = _falls_below(orders, (config.loyal_orders_90d,))
+        if loyal is not None and (edge is None or loyal < edge):
+            edge = loyal
+    return edge
 
 
-def _falls_below(expiries: list[tuple[int, int]], levels: tuple[int, ...]) -> list[int]:
-    """When a count of items leaving at the given times drops below each level:
-    as the k-th newest item leaves (its count falls to k − 1).
+def _falls_below(expiries: list[tuple[int, int]], levels: tuple[int, ...]) -> int | None:
+    """The first moment a count of items leaving at the given times drops
+    below one of the levels: as its (n - k + 1)-th item leaves, where n is
+    the count and k the highest level it reaches (``None``: it reaches none).
 
     >>> _falls_below([(10, 2), (30, 1), (20, 1)], (1, 3, 9))
-    [30, 10]
+    10
+    >>> _falls_below([(10, 2), (30, 1), (20, 1)], (4,)), _falls_below([(10, 2)], (3,))
+    (10, None)
+    >>> _falls_below([(10, 2), (30, 1), (20, 1)], (2,))
+    20
     """
-    edges: list[int] = []
-    wanted = sorted(k for k in levels if k > 0)
-    seen = 0
-    for leaves, n in sorted(expiries, reverse=True):
-        seen += n
-        while wanted and seen >= wanted[0]:
-            edges.append(leaves)
-            wanted.pop(0)
-        if not wanted:
-            break
-    return edges
+    total = 0
+    for _, n in expiries:
+        total += n
+    reached = 0  # the highest level the count reaches
+    for k in levels:
+        if reached < k <= total:
+            reached = k
+    if not reached:
+        return None
+    leaving = total - reached + 1  # items that leave before it drops below
+    expiries.sort()
+    for leaves, n in expiries:
+        leaving -= n
+        if leaving <= 0:
+            return leaves
+    raise AssertionError("unreachable: the count covers every item")  # pragma: no cover
 
 
 def _recent_sessions_and_orders(profile: Profile, now_ms: int) -> tuple[int, int]:

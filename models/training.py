@@ -31,7 +31,7 @@ from river import drift
 
 from models.churn import ChurnModel
 from models.churn_features import CHURN_FEATURES
-from models.clustering import Clusterer, persona_labels
+from models.clustering import Clusterer, persona_label, persona_labels
 from models.evaluation import brier, exact_auc, log_loss
 from models.features import FEATURES
 from schemas.errors import SegstreamError
@@ -204,16 +204,25 @@ class ModelBundle:
 
     def personas(self) -> dict[int, str]:
         """Persona label per cluster id, from the current centroids."""
+        return persona_labels(self.clusters.centroids())
+
+    def persona(self, cluster_id: int | None) -> str | None:
+        """The persona label of one cluster (``None`` for none), from its current
+        centroid: read again only once the model has learned since."""
+        if cluster_id is None or not self.clusters.ready:
+            return None
         stamp, labels = self._personas
         if stamp != self.clusters.examples:
-            labels = persona_labels(self.clusters.centroids())
+            labels = {}
             self._personas = (self.clusters.examples, labels)
-        return labels
+        label = labels.get(cluster_id)
+        if label is None:
+            label = labels[cluster_id] = persona_label(self.clusters.centroid(cluster_id))
+        return label
 
     def persona_of(self, x: Mapping[str, float]) -> str | None:
         """The persona of the cluster nearest to feature vector ``x`` (None before seeding)."""
-        cluster_id = self.clusters.predict_one(x)
-        return self.personas().get(cluster_id) if cluster_id is not None else None
+        return self.persona(self.clusters.predict_one(x))
 
     @property
     def horizon_days(self) -> float:
@@ -232,7 +241,7 @@ class ModelBundle:
             "churn_source": source,
             "churn_explanation": reasons,
             "cluster_id": cluster_id,
-            "persona": self.personas().get(cluster_id) if cluster_id is not None else None,
+            "persona": self.persona(cluster_id),
             "model_version": self.version,
         }
 

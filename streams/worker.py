@@ -7,7 +7,39 @@ worker imports on its own, in any order.
 
 from __future__ import annotations
 
+import gc
+from typing import Any, Final
+
+import faust
+
 from streams import agents, model_sync, web
 from streams.app import app, settings
 
-__all__ = ["agents", "app", "model_sync", "settings", "web"]
+__all__ = ["agents", "app", "model_sync", "settings", "tune_gc", "web"]
+
+# Allocations (net of frees) between two young collections; Python's default is 700.
+GC_YOUNG_THRESHOLD: Final = 10_000
+
+
+def tune_gc() -> None:
+    """Set Python's cyclic garbage collector for a long-running worker.
+
+    A worker holds a large, long-lived heap (the app, the models, the cached
+    profiles), and each full collection walks all of it: with Python's
+    defaults, a worker spent 1.7 to 2.4 s of its 30 to 32 s of CPU in
+    collections over the ab bench's 97,000 events (three runs); with these
+    settings, 0.4 to 0.5 s. What exists once the worker is loaded is frozen
+    (never walked again), and young collections run every 10,000
+    allocations instead of 700, so older generations are reached less
+    often. Garbage cycles are still collected, a little later. Idempotent.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+
+
+@app.on_worker_init.connect
+def _tune_gc(sender: faust.App, /, *args: Any, **kwargs: Any) -> None:
+    # `faust -A streams.worker worker` sends this before serving; `segstream
+    # worker` calls tune_gc itself.
+    tune_gc()

@@ -111,3 +111,19 @@ def test_no_worker_module_imports_the_tooling() -> None:
         if tooling not in path.parents
     }
     assert not {path: names for path, names in offenders.items() if names}
+
+
+def test_a_worker_freezes_what_it_loaded_and_collects_young_objects_less_often() -> None:
+    probe = (
+        "import gc\n"
+        "from streams.worker import GC_YOUNG_THRESHOLD, tune_gc\n"
+        "before = gc.get_threshold()[0]\n"
+        "tune_gc()\n"
+        "frozen = gc.get_freeze_count()\n"
+        "print(before, gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, frozen > 10_000)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["700", "True", "True"]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from models.deadlines import DeadlineIndex, DictStore
 from models.features import FEATURES, MISSING, feature_vector
 from models.moments import MAX_PENDING, Moments
@@ -110,6 +113,42 @@ def test_deadline_index_reads_only_the_buckets_the_watermark_passed() -> None:
     assert index.pop_due(500) == []
     assert store.get("3:from") == 51
     assert index.pop_due(1000) == [(1000, "c")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("sup"), st.integers(0, 2_000), st.sampled_from("abc")),
+        max_size=40,
+    )
+)
+def test_the_deadline_index_floor_is_never_after_an_entry(
+    ops: list[tuple[str, int, str]],
+) -> None:
+    store = DictStore()
+    index = DeadlineIndex(store, 0, bucket_ms=100)
+    popped: list[tuple[int, str]] = []
+    for op, at, customer in ops:
+        if op == "s":
+            index.schedule(customer, at)
+        elif op == "u":
+            index.unschedule(customer, at)
+        else:
+            due = index.pop_due(at)
+            assert all(d <= at for d, _ in due)
+            popped += due
+        floor = index.floor_ms()
+        entries = [
+            e[0] for key, bucket in store.data.items() if key[-5:] != ":from" for e in bucket
+        ]
+        if entries:
+            # Nothing due before the floor is ever skipped, kept or read afresh.
+            read = DeadlineIndex(store, 0, bucket_ms=100).floor_ms()
+            assert floor is not None and read is not None
+            assert max(floor, read) <= min(entries)
+        if op == "p":
+            # Right after a pop, the floor is read again: as late as the store allows.
+            assert floor == DeadlineIndex(store, 0, bucket_ms=100).floor_ms()
 
 
 def test_features_are_bounded_complete_and_neutral_when_missing() -> None:

@@ -87,6 +87,21 @@ def test_a_purchase_only_history_gets_no_browsing_support_or_discount_persona() 
     assert labels <= set(PERSONA_RULES) | {GENERAL_PERSONA}
 
 
+def test_a_scored_persona_is_its_cluster_s_label_under_the_model_as_it_stands() -> None:
+    # Labels are read per cluster, and again once the model has learned.
+    history = bgnbd_history(customers=300, seed=5, calibration_days=120, holdout_days=1)
+    settings = Settings(_env_file=None, store="memory", model_warmup_examples=50)
+    bundle = evaluate(history.events, settings, history.cutoff_ms).models
+    assert bundle.clusters.ready
+    points = [SETTLED, {**SETTLED, "days_since_seen": 0.9}, {**SETTLED, "discount_share": 0.9}]
+    for step in range(3):
+        for x in points:
+            scored = bundle.score(x)
+            assert scored["persona"] == bundle.personas()[scored["cluster_id"]]
+            assert bundle.persona_of(x) == scored["persona"]
+        bundle.clusters.learn_one({**SETTLED, "days_since_seen": 0.2 * step})
+
+
 def _replay_with_a_half_way_model(seed: int) -> tuple[PartitionEngine, ModelBundle, ModelBundle]:
     records = partition_zero(decoded_history(customers=60, days=60, seed=seed))
     models = {"now": ModelBundle(ModelConfig(warmup_examples=40, clusters=4))}

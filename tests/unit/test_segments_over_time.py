@@ -20,6 +20,7 @@ from models.profile import DAY_MS, event
 from models.profile_summary import ValueConfig
 from models.segments import (
     REFRESH_DAYS,
+    _next_window_edge,
     churn_risk_band,
     engagement_level,
     lifecycle_stage,
@@ -176,3 +177,67 @@ def test_a_silent_customer_is_decided_again_at_the_window_edges_and_the_schedule
     # Decided again on the refresh schedule after the last event (day 3).
     refreshed = {round((t - start) / DAY_MS - 3, 3) for t in decisions}
     assert {1.0, 7.0, 14.0, 91.0, 119.0} <= {round(r) for r in refreshed}
+
+
+@st.composite
+def window_items(draw: st.DrawFn) -> tuple[dict[str, Any], int]:
+    """A profile's day buckets and open sessions, and the moment of its last decision."""
+    after_day = 1_000
+    buckets = {
+        str(day): {
+            key: n
+            for key, n in (
+                ("sessions", draw(st.integers(0, 3))),
+                ("purchases.order", draw(st.integers(0, 2))),
+            )
+            if n
+        }
+        for day in draw(st.sets(st.integers(after_day - 100, after_day), max_size=25))
+    }
+    after_ms = after_day * DAY_MS + draw(st.integers(0, DAY_MS - 1))
+    sessions = [
+        {"start_ms": after_ms - draw(st.integers(0, 35 * DAY_MS))}
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    return {"buckets": buckets, "sessions": sessions}, after_ms
+
+
+@settings(max_examples=300, deadline=None)
+@given(window_items())
+def test_the_next_window_edge_is_the_first_moment_a_count_drops_below_a_threshold(
+    drawn: tuple[dict[str, Any], int],
+) -> None:
+    profile, after_ms = drawn
+    c = CONFIG.segments
+    # Every session and order, with the moment it leaves its window.
+    sessions = [
+        ((int(day) + 30) * DAY_MS, b["sessions"])
+        for day, b in profile["buckets"].items()
+        if b.get("sessions")
+    ] + [(s["start_ms"] + 30 * DAY_MS, 1) for s in profile["sessions"]]
+    orders = [
+        ((int(day) + 90) * DAY_MS, b["purchases.order"])
+        for day, b in profile["buckets"].items()
+        if b.get("purchases.order")
+    ]
+
+    def count(items: list[tuple[int, int]], at: int) -> int:
+        return sum(n for leaves, n in items if leaves > at)
+
+    def first_drop(items: list[tuple[int, int]], levels: tuple[int, ...]) -> int | None:
+        reached = [k for k in levels if count(items, after_ms) >= k]
+        for moment in sorted({leaves for leaves, _ in items if leaves > after_ms}):
+            if any(count(items, moment) < k for k in reached):
+                return moment
+        return None
+
+    engagement_levels = (c.heavy_sessions_30d, c.medium_sessions_30d, c.engaged_sessions_30d, 1)
+    drops = [
+        d
+        for d in (
+            first_drop(sessions, engagement_levels),
+            first_drop(orders, (c.loyal_orders_90d,)),
+        )
+        if d is not None
+    ]
+    assert _next_window_edge(profile, c, after_ms) == min(drops, default=None)
