@@ -547,9 +547,9 @@ def cart_episodes(
     i = 0
     while i < len(adds):
         start = adds[i]
-        conversion = next((o for o in orders if start <= o <= start + timeout_ms), None)
         if start + timeout_ms > until_ms:
             break
+        conversion = next((o for o in orders if start <= o <= start + timeout_ms), None)
         end = conversion if conversion is not None else start + timeout_ms
         while i < len(adds) and adds[i] <= end:
             i += 1

@@ -36,7 +36,7 @@ topic until the watermark reaches them (:mod:`models.reorder`).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeAlias
 
@@ -103,6 +103,9 @@ _ENTRY_TRIGGERS: Final[Mapping[tuple[str, str], str]] = {
     ("value_tier", "top_5"): "vip",
 }
 _MAX_NOTIFIED_TICKETS: Final = 32
+# A change record's reason, or what writes it: most decisions change nothing,
+# so the text is written only for a record.
+Reason: TypeAlias = str | Callable[[], str]
 # When a silent customer's segments are decided again, in days after their
 # last event: a day after it (so the day's later sessions are counted in
 # engagement and loyalty, the only dimensions decided then), then
@@ -631,30 +634,31 @@ class Segmenter:
         churn_p = snapshot["churn_probability"]
         prev = {dim: current[dim]["value"] if dim in current else None for dim in DIMENSIONS}
         stage = lifecycle_stage(profile, now_ms, prev["lifecycle"], c)
-        decided: dict[str, tuple[str | None, str]] = {
+        # Each value with its reason, worked out only for a change record.
+        decided: dict[str, tuple[str | None, Reason]] = {
             "lifecycle": stage,
             "rfm_segment": (
-                (rfm_segment(*rfm), f"R={rfm[0]} F={rfm[1]} M={rfm[2]}")
+                (rfm_segment(*rfm), lambda: f"R={rfm[0]} F={rfm[1]} M={rfm[2]}")
                 if rfm
                 else (None, "no order yet")
             ),
             "engagement": (
                 engagement_level(sessions_30d, c),
-                f"sessions_30d={sessions_30d}",
+                lambda: f"sessions_30d={sessions_30d}",
             ),
             "loyalty": (
                 loyalty_quadrant(orders_90d, sessions_30d, c),
-                f"orders_90d={orders_90d} sessions_30d={sessions_30d}",
+                lambda: f"orders_90d={orders_90d} sessions_30d={sessions_30d}",
             ),
             "value_tier": (
-                (value_tier(clv_rank, c), f"clv={clv:.2f} rank={clv_rank:.3f}")
+                (value_tier(clv_rank, c), lambda: f"clv={clv:.2f} rank={clv_rank:.3f}")
                 if clv is not None and clv_rank is not None
                 else (None, "no order yet")
             ),
             "churn_risk": (
                 (
                     churn_risk_band(churn_p, prev["churn_risk"], c, stage[0]),
-                    "churn_probability={:.3f}; {}{}".format(
+                    lambda: "churn_probability={:.3f}; {}{}".format(
                         churn_p,
                         ", ".join(r["feature"] for r in scores["churn_explanation"]) or "prior",
                         "; lifecycle churned: at least medium" if stage[0] == "churned" else "",
@@ -667,13 +671,12 @@ class Segmenter:
             "preferred_channel": (_preferred(profile["channels"]), "most interactions"),
             "persona": (
                 settled_persona(profile, prev["persona"], inputs, scores["persona"], self.scorer),
-                f"nearest centroid: cluster {scores['cluster_id']}",
+                lambda: f"nearest centroid: cluster {scores['cluster_id']}",
             ),
         }
         for dim in DIMENSIONS:
-            value, reason = decided[dim]
             self._apply(
-                customer_id, profile, dim, (value, reason), now_ms, population, snapshot, scores
+                customer_id, profile, dim, decided[dim], now_ms, population, snapshot, scores
             )
         if scored.built_in is not None:
             self._decide_audiences(
@@ -725,7 +728,7 @@ class Segmenter:
         customer_id: str,
         profile: Profile,
         dim: str,
-        decision: tuple[str | None, str],
+        decision: tuple[str | None, Reason],
         now_ms: int,
         population: PopulationState,
         snapshot: dict[str, Any],
@@ -755,6 +758,8 @@ class Segmenter:
             return
         current[dim] = {"value": value, "since_ms": now_ms}
         _count(population, dim, before["value"] if before else None, value)
+        if not isinstance(reason, str):
+            reason = reason()
         self._change(customer_id, profile, dim, before, value, now_ms, reason, snapshot, scores)
 
     def _decide_audiences(
