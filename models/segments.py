@@ -1169,8 +1169,7 @@ def _falls_below(expiries: list[tuple[int, int]], levels: tuple[int, ...]) -> in
     if not reached:
         return None
     leaving = total - reached + 1  # items that leave before it drops below
-    expiries.sort()
-    for leaves, n in expiries:
+    for leaves, n in sorted(expiries):
         leaving -= n
         if leaving <= 0:
             return leaves
