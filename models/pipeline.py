@@ -39,7 +39,7 @@ from models.profile import (
     seen_outcome,
 )
 from models.profile_summary import Population, ValueConfig, summarise
-from models.quantiles import RfmValues, new_rfm_population, rfm_update
+from models.quantiles import RfmValues, new_rfm_population, rfm_recount
 from models.segments import (
     SegmentConfig,
     Segmenter,
@@ -134,7 +134,7 @@ def update_customer(
             segments.after_event(customer_id, profile, event, population, new_day)
     after = rfm_values(profile)
     if before != after:
-        rfm_update(population["rfm"], before, after)
+        rfm_recount(population["rfm"], before, after)
     return profile, outcomes
 
 
@@ -144,7 +144,7 @@ def erase_customer(
     """Take an erased customer's values out of the population sketches and counts."""
     values = rfm_values(profile)
     if values is not None:
-        rfm_update(population["rfm"], values, None)
+        rfm_recount(population["rfm"], values, None)
     if profile is not None and segments is not None:
         segments.erase(profile, population)
 

@@ -47,7 +47,9 @@ leave the sketches and the new ones enter:
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
@@ -159,6 +161,57 @@ def sketch_remove(sketch: Sketch, value: float) -> None:
     else:
         bins[key] = count - 1
     sketch["n"] -= 1
+
+
+def sketch_discard(sketch: Sketch, value: float) -> bool:
+    """Take ``value`` out if the sketch holds its bin; ``False``, and no change, if not.
+
+    >>> sketch = new_sketch("count")
+    >>> sketch_add(sketch, 2)
+    >>> sketch_discard(sketch, 2), sketch_discard(sketch, 2), sketch["n"]
+    (True, False, 0)
+    """
+    if sketch["bins"].get(bin_key(sketch["binning"], value), 0) <= 0:
+        return False
+    sketch_remove(sketch, value)
+    return True
+
+
+# Values a profile had counted that its partition's population did not hold,
+# by sketch, since the process started (see note_population_repair).
+population_repairs: Counter[str] = Counter()
+_log = logging.getLogger(__name__)
+
+
+def note_population_repair(what: str) -> None:
+    """Count a value the population should have held and did not; log now and then.
+
+    A partition's population and its profiles are written at each commit
+    together, and a worker killed in between restores both from the
+    changelog (:mod:`streams.state_cache`). Should they still disagree, the
+    customer is counted afresh instead of stopping the worker on every
+    batch; the counts show how often (``segstream_population_repairs``).
+    """
+    population_repairs[what] += 1
+    seen = population_repairs[what]
+    if seen & (seen - 1) == 0:  # the 1st, 2nd, 4th, 8th ... time
+        _log.warning(
+            "a customer's counted value was missing from the population's %s sketch "
+            "(%d times since start): counted afresh",
+            what,
+            seen,
+        )
+
+
+def rfm_recount(population: RfmPopulation, old: RfmValues | None, new: RfmValues | None) -> None:
+    """:func:`rfm_update`, counting ``new`` afresh if ``old`` was never counted."""
+    try:
+        rfm_update(population, old, new)
+    except SketchError:
+        if old is None:
+            raise
+        note_population_repair("rfm")
+        rfm_update(population, None, new)
 
 
 def sketch_rank(sketch: Mapping[str, Any], value: float) -> float:

@@ -64,11 +64,12 @@ from models.profile_summary import nps_category
 from models.quantiles import (
     RfmValues,
     new_sketch,
+    note_population_repair,
     quintile_score,
     rfm_ranks,
     sketch_add,
+    sketch_discard,
     sketch_rank,
-    sketch_remove,
 )
 from models.state import PendingSegment, PopulationState, SegmentMembership, SegmentPopulation
 
@@ -827,7 +828,8 @@ class Segmenter:
             _count(population, dim, state["value"], None)
         counted = profile.get("clv_counted")
         if counted is not None and "clv" in population:
-            sketch_remove(population["clv"], counted)
+            if not sketch_discard(population["clv"], counted):
+                note_population_repair("clv")
 
     # -- helpers -----------------------------------------------------------------
 
@@ -844,8 +846,8 @@ class Segmenter:
     ) -> float | None:
         sketch = population.setdefault("clv", new_sketch("log"))
         counted = profile.get("clv_counted")
-        if counted is not None:
-            sketch_remove(sketch, counted)
+        if counted is not None and not sketch_discard(sketch, counted):
+            note_population_repair("clv")
         profile["clv_counted"] = clv
         if clv is None:
             return None

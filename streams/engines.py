@@ -31,7 +31,13 @@ from streams.app import app, settings
 from streams.internals import aiokafka_producer, partition_of
 from streams.model_sync import holder
 from streams.outbox import Outbox, RecordTooLargeError
-from streams.state_cache import FlushOnCommit, TableWriter, WriteBackCache, flush_all
+from streams.state_cache import (
+    FlushMarker,
+    FlushOnCommit,
+    TableWriter,
+    WriteBackCache,
+    flush_all,
+)
 from streams.tables import (
     deadlines_table,
     held_table,
@@ -68,7 +74,11 @@ population_cache = _cache(population_table, settings.input_partitions * 2)
 deadline_cache = _cache(deadlines_table, settings.input_partitions * 64)
 held_cache = _cache(held_table, settings.input_partitions * 256)
 CACHES = (profile_cache, population_cache, deadline_cache, held_cache)
-app.sensors.add(FlushOnCommit(list(CACHES), outbox))
+# Present only while the caches are being written to RocksDB (streams.state_cache).
+MARKER = (
+    FlushMarker(settings.data_dir / "flush-in-progress") if settings.store == "rocksdb" else None
+)
+app.sensors.add(FlushOnCommit(list(CACHES), outbox, MARKER))
 OUTPUT_TOPICS = (training_examples_topic, segment_changes_topic, triggers_topic, clickstream_topic)
 
 
@@ -104,7 +114,7 @@ class CachedStore:
 
         The caches are written out first, so the table holds every key.
         """
-        flush_all(CACHES, outbox)
+        flush_caches()
         with partition_of(self.anchor.event):
             return [key for key in self.cache.table.keys() if key.startswith(prefixes)]
 
@@ -162,17 +172,18 @@ def forget(partitions: Iterable[int]) -> None:
     for partition in gone:
         engines.pop(partition, None)
         anchors.pop(partition, None)
-    for cache in CACHES:
-        try:
-            cache.flush()
-        except Exception:  # a store already closed for revoked partitions
-            log.exception("flush on revoke failed; those events will be consumed again")
-        cache.discard_partitions(gone)
     try:
-        outbox.hand_off()
-    except Exception:  # the producer is stopping: nothing written is committed either
-        log.exception("hand-off on revoke failed; those events will be consumed again")
+        flush_caches()
+    except Exception:  # a store already closed, or the producer stopping
+        log.exception("flush on revoke failed; those events will be consumed again")
         outbox.discard()
+    for cache in CACHES:
+        cache.discard_partitions(gone)
+
+
+def flush_caches() -> int:
+    """Write every cache back and hand the changelog records to the producer."""
+    return flush_all(CACHES, outbox, MARKER)
 
 
 def now_ms() -> int:
@@ -218,7 +229,7 @@ async def publish(outputs: Outputs, origin: str) -> None:
     publish_segments(outputs)
     count(outputs)
     if not settings.write_back:
-        flush_all(CACHES)
+        flush_all(CACHES, marker=MARKER)
     outbox.hand_off()
 
 

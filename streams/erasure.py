@@ -27,14 +27,20 @@ from schemas.decode import DecodeError
 from schemas.records import ErasureAudit, ErasureRequest, SegmentChange
 from streams import metrics
 from streams.app import app, settings
-from streams.engines import CACHES, engine_for, now_ms, outbox, processing, send_dead_letter
+from streams.engines import (
+    engine_for,
+    flush_caches,
+    now_ms,
+    outbox,
+    processing,
+    send_dead_letter,
+)
 from streams.internals import (
     key_encoder,
     open_rocksdb_partitions,
     partition_of,
     reopen_rocksdb_partition,
 )
-from streams.state_cache import flush_all
 from streams.tables import (
     deadlines_table,
     held_table,
@@ -253,10 +259,10 @@ async def _erase_customer(request: ErasureRequest, event: Any, erased_at_ms: int
     the commit.
     """
     customer_id = str(request.customer_id)
-    flush_all(CACHES, outbox)
+    flush_caches()
     engine = engine_for(event.message.partition, event)
     outputs, erased = engine.erase_customer(customer_id, request.request_id, erased_at_ms)
-    flush_all(CACHES, outbox)
+    flush_caches()
     topic = segment_changes_topic.get_topic_name()
     await outbox.learn_partitions(topic)
     for change in outputs.changes:

@@ -6,9 +6,12 @@ personal data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from models import quantiles
 
 registry = CollectorRegistry()
 
@@ -126,6 +129,21 @@ model_snapshots_rejected = Counter(
     "Model snapshots refused: HMAC not verified, or anything but a model bundle inside.",
     registry=registry,
 )
+population_repairs = Gauge(
+    "segstream_population_repairs",
+    "Values a profile had counted that its partition's population sketch did not hold, "
+    "counted afresh since the worker started, by sketch (0 unless state was cut mid-commit).",
+    ["sketch"],
+    registry=registry,
+)
+
+
+def _repairs_of(sketch: str) -> Callable[[], float]:
+    return lambda: float(quantiles.population_repairs[sketch])
+
+
+for _sketch in ("rfm", "clv"):
+    population_repairs.labels(_sketch).set_function(_repairs_of(_sketch))
 model_version = Gauge(
     "segstream_model_version",
     "Version of the model snapshot this worker scores with.",

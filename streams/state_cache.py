@@ -16,18 +16,36 @@ commits offsets, so every committed offset has its state in the changelog:
   the agent); the new owner restores the table from the changelog, and
   anything it consumes again is dropped by dedup.
 
+The tables of one partition (profiles, population, deadlines, held events)
+are separate RocksDB databases, and a process can die between writing one
+and the next. So a commit's writes go in two steps (:func:`flush_all`):
+every value is encoded first, then a marker file names the partitions being
+written (:class:`FlushMarker`), each table partition is written in one
+RocksDB write batch, the marker is removed, and only then are the changelog
+records handed to the producer. A worker that finds the marker at start was
+killed in the middle of those writes: its local files for those partitions
+may hold one table's new state beside another's old one, so they are
+removed before Faust opens them (:func:`recover_interrupted_flush`) and
+restored from the changelog, which holds nothing of the interrupted commit.
+
 Clean entries stay as a bounded LRU read cache, so a busy customer is not
 decoded from RocksDB on every batch.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import shutil
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 from faust.sensors.base import Sensor
 from faust.types import TP
+from rocksdict import WriteBatch
 
 from streams.internals import (
     key_encoder,
@@ -38,14 +56,29 @@ from streams.internals import (
 )
 from streams.outbox import Outbox
 
+log = logging.getLogger(__name__)
+
 # The cached value of a key whose removal waits for the next commit.
 _DELETED: Any = object()
 
 
-class Writer(Protocol):
-    """Writes a cache's dirty entries of one partition (``None``: delete)."""
+class PreparedWrite(Protocol):
+    """A cache's dirty entries of one partition, encoded and ready to write."""
 
-    def write(self, partition: int, items: list[tuple[str, Any]]) -> None: ...
+    partition: int
+    count: int
+
+    def store(self) -> None:
+        """Write the entries to the partition's store."""
+
+    def send(self) -> None:
+        """Hand the entries' changelog records to the outbox (if any)."""
+
+
+class Writer(Protocol):
+    """Prepares a cache's dirty entries of one partition (``None``: delete)."""
+
+    def prepare(self, partition: int, items: list[tuple[str, Any]]) -> PreparedWrite: ...
 
 
 class WriteBackCache:
@@ -123,20 +156,29 @@ class WriteBackCache:
 
     def flush(self) -> int:
         """Write every dirty entry to the table; returns how many were written."""
-        written = 0
+        return flush_all([self])
+
+    def prepare_flush(self) -> list[PreparedWrite]:
+        """Take every dirty entry out of the dirty set, encoded per partition.
+
+        The entries are written when the caller stores what is returned;
+        nothing may read the cache in between (:func:`flush_all` does both
+        without yielding to the event loop).
+        """
+        prepared: list[PreparedWrite] = []
         for partition, keys in self._dirty.items():
             if not keys:
                 continue
             items = [(key, self._value_to_write(key)) for key in keys]
             if self.writer is not None:
-                self.writer.write(partition, items)
+                prepared.append(self.writer.prepare(partition, items))
             else:
-                self._write_through_table(self._anchor[partition], items)
-            written += len(items)
+                anchor = self._anchor[partition]
+                prepared.append(_ThroughTable(self.table, partition, anchor, items))
             keys.clear()
         self._anchor.clear()
         self._evict()
-        return written
+        return prepared
 
     def _value_to_write(self, key: str) -> Any:
         # ``None`` deletes; a key removed on commit leaves the cache now.
@@ -145,15 +187,6 @@ class WriteBackCache:
             del self._values[key]
             return None
         return value
-
-    def _write_through_table(self, anchor: Any, items: list[tuple[str, Any]]) -> None:
-        # Faust's own path: a store write and a changelog record per key.
-        with partition_of(anchor):
-            for key, value in items:
-                if value is not None:
-                    self.table[key] = value
-                elif self.table.get(key) is not None:
-                    del self.table[key]
 
     def discard_partitions(self, partitions: Iterable[int]) -> None:
         """Forget everything of partitions this worker no longer owns."""
@@ -177,6 +210,138 @@ class WriteBackCache:
                 excess -= 1
 
 
+class _ThroughTable:
+    """Faust's own path: a store write and a changelog record per key."""
+
+    def __init__(self, table: Any, partition: int, anchor: Any, items: list[tuple[str, Any]]):
+        self.table = table
+        self.partition = partition
+        self.anchor = anchor
+        self.items = items
+        self.count = len(items)
+
+    def store(self) -> None:
+        with partition_of(self.anchor):
+            for key, value in self.items:
+                if value is not None:
+                    self.table[key] = value
+                elif self.table.get(key) is not None:
+                    del self.table[key]
+
+    def send(self) -> None:
+        """Faust sent the records as it wrote them."""
+
+
+class FlushMarker:
+    """A file naming the partitions whose tables are being written, while they are.
+
+    Parameters
+    ----------
+    path
+        The marker file, beside the worker's RocksDB directories.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # Partitions of a write that raised: named until the next start.
+        self._failed: set[int] = set()
+
+    @contextmanager
+    def covering(self, partitions: Iterable[int]) -> Iterator[None]:
+        """The marker names ``partitions`` while the block runs.
+
+        It stays if the process dies in the block. If the block raises, its
+        partitions stay named by every later marker of this process and by
+        the file left when the block ends, so the next start does not trust
+        what was written.
+        """
+        covered = set(partitions)
+        self._write(covered | self._failed)
+        try:
+            yield
+        except BaseException:
+            self._failed |= covered
+            self._write(self._failed)
+            raise
+        if self._failed:
+            self._write(self._failed)
+        else:
+            self.path.unlink()
+
+    def _write(self, partitions: set[int]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(" ".join(str(p) for p in sorted(partitions)) + "\n")
+
+    def interrupted(self) -> list[int] | None:
+        """The partitions of a write that did not finish, or ``None``."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        return sorted({int(word) for word in text.split() if word.isdigit()})
+
+
+def flush_all(
+    caches: Iterable[WriteBackCache],
+    outbox: Outbox | None = None,
+    marker: FlushMarker | None = None,
+) -> int:
+    """Write every cache back and hand the changelog records to the producer.
+
+    Values are encoded first; the stores are then written with ``marker`` in
+    place (the short step a crash must not split unnoticed); the changelog
+    records go to the outbox only once every store holds them, so the
+    changelog never holds part of a commit whose local writes were cut off.
+    """
+    prepared = [write for cache in caches for write in cache.prepare_flush()]
+    if prepared:
+        if marker is not None:
+            with marker.covering(write.partition for write in prepared):
+                for write in prepared:
+                    write.store()
+        else:
+            for write in prepared:
+                write.store()
+        for write in prepared:
+            write.send()
+    if outbox is not None:
+        outbox.hand_off()
+    return sum(write.count for write in prepared)
+
+
+# A table partition's RocksDB directory: "<table>-<partition>.db".
+_PARTITION_DB = re.compile(r"^.+-(\d+)\.db$")
+
+
+def recover_interrupted_flush(marker: FlushMarker, tabledir: Path) -> list[int]:
+    """Remove the local tables of partitions a killed worker was writing.
+
+    Call before Faust opens its stores. Faust then restores those partitions
+    from their changelog topics: the last commit that finished, whose events'
+    offsets are the ones committed, so what came after is consumed again.
+    Returns the partitions removed (none without a marker).
+    """
+    partitions = marker.interrupted()
+    if partitions is None:
+        return []
+    wanted = set(partitions)
+    removed = []
+    if tabledir.is_dir():
+        for path in sorted(tabledir.iterdir()):
+            match = _PARTITION_DB.match(path.name)
+            if match and path.is_dir() and int(match.group(1)) in wanted:
+                shutil.rmtree(path)
+                removed.append(path.name)
+    log.warning(
+        "the last run stopped while writing the tables of partitions %s: removed their "
+        "local files (%s) to restore them from the changelog",
+        partitions,
+        ", ".join(removed) or "none present",
+    )
+    marker.path.unlink()
+    return partitions
+
+
 class FlushOnCommit(Sensor):
     """Writes the caches back when Faust begins an offset commit.
 
@@ -187,23 +352,20 @@ class FlushOnCommit(Sensor):
     """
 
     def __init__(
-        self, caches: list[WriteBackCache], outbox: Outbox | None = None, **kwargs: Any
+        self,
+        caches: list[WriteBackCache],
+        outbox: Outbox | None = None,
+        marker: FlushMarker | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.caches = caches
         self.outbox = outbox
+        self.marker = marker
 
     def on_commit_initiated(self, consumer: Any) -> Any:
-        flush_all(self.caches, self.outbox)
+        flush_all(self.caches, self.outbox, self.marker)
         return None
-
-
-def flush_all(caches: Iterable[WriteBackCache], outbox: Outbox | None = None) -> int:
-    """Write every cache back and hand the changelog records to the producer."""
-    written = sum(cache.flush() for cache in caches)
-    if outbox is not None:
-        outbox.hand_off()
-    return written
 
 
 class TableWriter:
@@ -225,27 +387,24 @@ class TableWriter:
 
     def write(self, partition: int, items: list[tuple[str, Any]]) -> None:
         """Write ``(key, value)`` pairs of one partition; ``None`` deletes the key."""
+        prepared = self.prepare(partition, items)
+        prepared.store()
+        prepared.send()
+
+    def prepare(self, partition: int, items: list[tuple[str, Any]]) -> _EncodedWrite:
+        """Encode ``(key, value)`` pairs of one partition with the table's serializers."""
         store = self.table.data
         topic = self.table.changelog_topic.get_topic_name()
-        db = rocksdb_partition(store, partition)
         encode_key, encode_value = key_encoder(store), value_encoder(store)
         on_delivered = self._persisted.get(partition)
         if on_delivered is None:
             on_delivered = self._persist_offset(store, topic, partition)
             self._persisted[partition] = on_delivered
-        for key, value in items:
-            key_bytes = encode_key(key)
-            value_bytes = None if value is None else encode_value(value)
-            if db is not None:
-                if value_bytes is None:
-                    db.delete(key_bytes)
-                else:
-                    db.put(key_bytes, value_bytes)
-            elif value is None:
-                store.data.pop(key, None)
-            else:
-                store.data[key] = value
-            self.outbox.append(topic, partition, key_bytes, value_bytes, on_delivered)
+        encoded = [
+            (key, value, encode_key(key), None if value is None else encode_value(value))
+            for key, value in items
+        ]
+        return _EncodedWrite(store, topic, partition, encoded, self.outbox, on_delivered)
 
     @staticmethod
     def _persist_offset(store: Any, topic: str, partition: int) -> Callable[[int], None]:
@@ -257,3 +416,48 @@ class TableWriter:
                 store.set_persisted_offset(tp, offset)
 
         return persist
+
+
+class _EncodedWrite:
+    """One table partition's entries, encoded for its store and its changelog."""
+
+    def __init__(
+        self,
+        store: Any,
+        topic: str,
+        partition: int,
+        encoded: list[tuple[str, Any, bytes, bytes | None]],
+        outbox: Outbox,
+        on_delivered: Callable[[int], None],
+    ) -> None:
+        self._store = store
+        self.topic = topic
+        self.partition = partition
+        self.encoded = encoded
+        self.outbox = outbox
+        self.on_delivered = on_delivered
+        self.count = len(encoded)
+
+    def store(self) -> None:
+        """Write the entries: in one RocksDB write batch, or into the memory store."""
+        db = rocksdb_partition(self._store, self.partition)
+        if db is None:
+            for key, value, _, _ in self.encoded:
+                if value is None:
+                    self._store.data.pop(key, None)
+                else:
+                    self._store.data[key] = value
+            return
+        batch = WriteBatch(raw_mode=True)
+        for _, _, key_bytes, value_bytes in self.encoded:
+            if value_bytes is None:
+                batch.delete(key_bytes)
+            else:
+                batch.put(key_bytes, value_bytes)
+        db.write(batch)
+
+    def send(self) -> None:
+        """Append the changelog records to the outbox, in the table's partition."""
+        topic, partition, on_delivered = self.topic, self.partition, self.on_delivered
+        for _, _, key_bytes, value_bytes in self.encoded:
+            self.outbox.append(topic, partition, key_bytes, value_bytes, on_delivered)

@@ -8,14 +8,17 @@ worker imports on its own, in any order.
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Any, Final
 
 import faust
 
 from streams import agents, model_sync, web
 from streams.app import app, settings
+from streams.engines import MARKER
+from streams.state_cache import recover_interrupted_flush
 
-__all__ = ["agents", "app", "model_sync", "settings", "tune_gc", "web"]
+__all__ = ["agents", "app", "model_sync", "recover_local_tables", "settings", "tune_gc", "web"]
 
 # Allocations (net of frees) between two young collections; Python's default is 700.
 GC_YOUNG_THRESHOLD: Final = 10_000
@@ -38,8 +41,20 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
+def recover_local_tables() -> list[int]:
+    """Before the stores open: drop local tables a killed worker left half-written.
+
+    Those partitions are restored from their changelog topics
+    (:func:`streams.state_cache.recover_interrupted_flush`). Returns them.
+    """
+    if MARKER is None:
+        return []
+    return recover_interrupted_flush(MARKER, Path(app.conf.tabledir))
+
+
 @app.on_worker_init.connect
-def _tune_gc(sender: faust.App, /, *args: Any, **kwargs: Any) -> None:
+def _prepare_worker(sender: faust.App, /, *args: Any, **kwargs: Any) -> None:
     # `faust -A streams.worker worker` sends this before serving; `segstream
-    # worker` calls tune_gc itself.
+    # worker` calls both itself.
+    recover_local_tables()
     tune_gc()

@@ -1,11 +1,20 @@
-"""The write-back cache keeps a batch's state together until the commit."""
+"""The write-back cache keeps a batch's state together until the commit, and a
+commit's writes together across tables."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from streams.state_cache import WriteBackCache
+import pytest
+
+from streams.state_cache import (
+    FlushMarker,
+    WriteBackCache,
+    flush_all,
+    recover_interrupted_flush,
+)
 
 
 class FakeTable(dict[str, Any]):
@@ -48,3 +57,88 @@ def test_delete_on_commit_waits_for_the_commit_like_the_writes_beside_it() -> No
     cache.delete_on_commit("never", anchor)
     cache.flush()
     assert ("never", None) not in table.writes
+
+
+class Recorder:
+    """Prepared writes that log when they are stored and sent; one can fail."""
+
+    def __init__(self, marker: FlushMarker, fail_on: int | None = None) -> None:
+        self.marker = marker
+        self.fail_on = fail_on
+        self.log: list[tuple[str, int, bool]] = []  # (step, partition, marker present)
+
+    def prepare(self, partition: int, items: list[tuple[str, Any]]) -> Any:
+        recorder = self
+
+        class Prepared:
+            count = len(items)
+
+            def __init__(self) -> None:
+                self.partition = partition
+
+            def store(self) -> None:
+                recorder.log.append(("store", partition, recorder.marker.path.exists()))
+                if partition == recorder.fail_on:
+                    raise OSError("disk full")
+
+            def send(self) -> None:
+                recorder.log.append(("send", partition, recorder.marker.path.exists()))
+
+        return Prepared()
+
+
+def caches_over(writer: Recorder, partitions: tuple[int, ...]) -> list[WriteBackCache]:
+    """Two caches (two tables) with a dirty entry in each of ``partitions``."""
+    caches = [WriteBackCache(FakeTable(), max_clean=10, writer=writer) for _ in range(2)]
+    for cache in caches:
+        for partition in partitions:
+            cache.put(f"c{partition}", {"n": partition}, FakeEvent(partition))
+    return caches
+
+
+def test_every_table_is_stored_under_the_marker_before_any_changelog_record_is_sent(
+    tmp_path: Path,
+) -> None:
+    marker = FlushMarker(tmp_path / "flush-in-progress")
+    writer = Recorder(marker)
+    assert flush_all(caches_over(writer, (0, 3)), marker=marker) == 4
+    steps = [step for step, _, _ in writer.log]
+    assert steps == ["store"] * 4 + ["send"] * 4
+    # The marker is there while the stores are written, gone before the sends.
+    assert all(present for step, _, present in writer.log if step == "store")
+    assert not any(present for step, _, present in writer.log if step == "send")
+    assert not marker.path.exists() and marker.interrupted() is None
+    # Nothing dirty: nothing stored, no marker written.
+    writer.log.clear()
+    assert flush_all(caches_over(writer, ()), marker=marker) == 0
+    assert writer.log == [] and not marker.path.exists()
+
+
+def test_a_write_that_fails_leaves_its_partitions_named_until_the_next_start(
+    tmp_path: Path,
+) -> None:
+    marker = FlushMarker(tmp_path / "flush-in-progress")
+    writer = Recorder(marker, fail_on=3)
+    with pytest.raises(OSError, match="disk full"):
+        flush_all(caches_over(writer, (0, 3)), marker=marker)
+    assert not any(step == "send" for step, _, _ in writer.log)  # nothing reached the changelog
+    assert marker.interrupted() == [0, 3]
+    # A later write that succeeds does not clear what the failed one left.
+    writer.fail_on = None
+    flush_all(caches_over(writer, (1,)), marker=marker)
+    assert marker.interrupted() == [0, 3]
+
+
+def test_an_interrupted_write_removes_exactly_its_partitions_local_tables(tmp_path: Path) -> None:
+    tables = tmp_path / "v1" / "tables"
+    names = ["profiles-1.db", "population-1.db", "profiles-11.db", "held-2.db", "held-backups"]
+    for name in names:
+        (tables / name).mkdir(parents=True)
+        (tables / name / "000001.log").write_bytes(b"x")
+    marker = FlushMarker(tmp_path / "flush-in-progress")
+    assert recover_interrupted_flush(marker, tables) == []  # no marker: nothing removed
+    assert sorted(p.name for p in tables.iterdir()) == sorted(names)
+    marker.path.write_text("1 2\n")
+    assert recover_interrupted_flush(marker, tables) == [1, 2]
+    assert sorted(p.name for p in tables.iterdir()) == ["held-backups", "profiles-11.db"]
+    assert not marker.path.exists()
