@@ -306,12 +306,14 @@ def next_deadline(
     ``segments_due``, when given, holds the segments' next deadline as just
     computed for the state as it is (:meth:`Segmenter.on_deadline`'s result).
     """
-    dues = [moments.next_deadline(profile)]
+    due = moments.next_deadline(profile)
     if segments_due is not None:
-        dues.append(segments_due[0])
+        other = segments_due[0]
     elif segments is not None:
-        dues.append(segments.next_deadline(profile))
-    return min((d for d in dues if d is not None), default=None)
+        other = segments.next_deadline(profile)
+    else:
+        return due
+    return other if due is None or (other is not None and other < due) else due
 
 
 def refile_deadline(

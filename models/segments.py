@@ -497,9 +497,7 @@ class Segmenter:
             for ticket, (opened, priority) in profile["open_tickets"].items():
                 if ticket not in notified:
                     candidates.append(opened + self._sla_ms(priority))
-        full = min((int(t) + 1 for t in candidates if int(t) + 1 > decided), default=None)
-        light = min((int(t) + 1 for t in windows if int(t) + 1 > decided), default=None)
-        return full, light
+        return _first_after(candidates, decided), _first_after(windows, decided)
 
     def _decide_audiences_only(
         self, customer_id: str, profile: Profile, now_ms: int, population: PopulationState
@@ -1102,6 +1100,20 @@ def settled_persona(
         return candidate
     before = scorer.persona_of(dict(zip(FEATURES, anchor, strict=True)))
     return held if before == candidate else candidate
+
+
+def _first_after(moments: list[float], after_ms: int) -> int | None:
+    """The earliest of ``int(t) + 1`` that is after ``after_ms`` (``None``: none is).
+
+    >>> _first_after([5.0, 9, 2], 5), _first_after([5.0], 6)
+    (6, None)
+    """
+    first = None
+    for t in moments:
+        due = int(t) + 1
+        if due > after_ms and (first is None or due < first):
+            first = due
+    return first
 
 
 def _next_window_edge(profile: Profile, config: SegmentConfig, after_ms: int) -> int | None:
