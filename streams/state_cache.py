@@ -159,11 +159,13 @@ class WriteBackCache:
         return flush_all([self])
 
     def prepare_flush(self) -> list[PreparedWrite]:
-        """Take every dirty entry out of the dirty set, encoded per partition.
+        """Every dirty entry, encoded per partition; the cache is left as it is.
 
-        The entries are written when the caller stores what is returned;
-        nothing may read the cache in between (:func:`flush_all` does both
-        without yielding to the event loop).
+        The entries are written when the caller stores what is returned, and
+        count as written once it calls :meth:`written`; nothing may use the
+        cache in between (:func:`flush_all` does it all without yielding to
+        the event loop). A store that raises leaves them dirty, to be
+        written at the next flush.
         """
         prepared: list[PreparedWrite] = []
         for partition, keys in self._dirty.items():
@@ -175,18 +177,22 @@ class WriteBackCache:
             else:
                 anchor = self._anchor[partition]
                 prepared.append(_ThroughTable(self.table, partition, anchor, items))
+        return prepared
+
+    def written(self) -> None:
+        """What :meth:`prepare_flush` returned is stored: the entries are clean now."""
+        for keys in self._dirty.values():
+            for key in keys:
+                # A key removed on commit leaves the cache now.
+                if self._values[key][1] is _DELETED:
+                    del self._values[key]
             keys.clear()
         self._anchor.clear()
         self._evict()
-        return prepared
 
     def _value_to_write(self, key: str) -> Any:
-        # ``None`` deletes; a key removed on commit leaves the cache now.
         value = self._values[key][1]
-        if value is _DELETED:
-            del self._values[key]
-            return None
-        return value
+        return None if value is _DELETED else value  # None deletes
 
     def discard_partitions(self, partitions: Iterable[int]) -> None:
         """Forget everything of partitions this worker no longer owns."""
@@ -293,6 +299,7 @@ def flush_all(
     records go to the outbox only once every store holds them, so the
     changelog never holds part of a commit whose local writes were cut off.
     """
+    caches = list(caches)
     prepared = [write for cache in caches for write in cache.prepare_flush()]
     if prepared:
         if marker is not None:
@@ -304,6 +311,8 @@ def flush_all(
                 write.store()
         for write in prepared:
             write.send()
+    for cache in caches:
+        cache.written()
     if outbox is not None:
         outbox.hand_off()
     return sum(write.count for write in prepared)

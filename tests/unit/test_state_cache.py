@@ -129,6 +129,56 @@ def test_a_write_that_fails_leaves_its_partitions_named_until_the_next_start(
     assert marker.interrupted() == [0, 3]
 
 
+def test_entries_a_failed_write_did_not_store_are_written_by_the_next_flush(
+    tmp_path: Path,
+) -> None:
+    table = FakeTable(gone={"n": 1})
+    cache = WriteBackCache(table, max_clean=10, writer=TableLike(table, fail=True))
+    anchor = FakeEvent(2)
+    cache.put("c1", {"n": 1}, anchor)
+    cache.delete_on_commit("gone", anchor)
+    with pytest.raises(OSError, match="disk full"):
+        flush_all([cache])
+    # Nothing was lost: both still wait, the removed key still reads as gone.
+    assert cache.dirty_count == 2 and table.writes == []
+    assert cache.get("gone", anchor) is None
+    cache.writer = TableLike(table, fail=False)
+    assert flush_all([cache]) == 2
+    assert cache.dirty_count == 0
+    assert table == {"c1": {"n": 1}} and cache.peek("c1") == {"n": 1}
+
+
+class TableLike:
+    """A writer straight into a :class:`FakeTable`; its store can fail."""
+
+    def __init__(self, table: FakeTable, fail: bool) -> None:
+        self.table = table
+        self.fail = fail
+
+    def prepare(self, partition: int, items: list[tuple[str, Any]]) -> Any:
+        writer = self
+
+        class Prepared:
+            count = len(items)
+
+            def __init__(self) -> None:
+                self.partition = partition
+
+            def store(self) -> None:
+                if writer.fail:
+                    raise OSError("disk full")
+                for key, value in items:
+                    if value is None:
+                        del writer.table[key]
+                    else:
+                        writer.table[key] = value
+
+            def send(self) -> None:
+                pass
+
+        return Prepared()
+
+
 def test_an_interrupted_write_removes_exactly_its_partitions_local_tables(tmp_path: Path) -> None:
     tables = tmp_path / "v1" / "tables"
     names = ["profiles-1.db", "population-1.db", "profiles-11.db", "held-2.db", "held-backups"]
