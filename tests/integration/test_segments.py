@@ -41,11 +41,14 @@ SEGMENT_ENV = {
     "LIFECYCLE_CHURNED_DAYS": "18",
     "CHURN_HORIZON_DAYS": "14",
     # A topic read behind the others is waited for this long, so that even on
-    # a loaded machine every event is applied in event-time order. (With 3 s,
-    # and once with the default 10 s, a CI run missed a fading customer's
-    # win-back, while local runs did not: consistent with an order applied
-    # late, after the customer's thresholds had passed.)
+    # a loaded machine every event is applied in event-time order: for
+    # closing windows and firing deadlines (INPUT_IDLE_S) and for applying
+    # events read ahead of a caught-up topic (REORDER_IDLE_S, 0 by default:
+    # prompt, not exact). With REORDER_IDLE_S at 0, CI runs twice missed a
+    # fading customer's win-back: the test's producer had not yet delivered
+    # the clickstream's earlier events when a purchase after them was read.
     "INPUT_IDLE_S": "30",
+    "REORDER_IDLE_S": "30",
 }
 DWELL_MS = DAY_MS  # the default SEGSTREAM_SEGMENT_MIN_DWELL_S
 ROOT = Path(__file__).resolve().parents[2]
