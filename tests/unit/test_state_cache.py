@@ -60,11 +60,18 @@ def test_delete_on_commit_waits_for_the_commit_like_the_writes_beside_it() -> No
 
 
 class Recorder:
-    """Prepared writes that log when they are stored and sent; one can fail."""
+    """Prepared writes that log when they are stored and sent, and store into
+    ``table`` if given; the store of partition ``fail_on`` fails."""
 
-    def __init__(self, marker: FlushMarker, fail_on: int | None = None) -> None:
+    def __init__(
+        self,
+        marker: FlushMarker | None = None,
+        fail_on: int | None = None,
+        table: FakeTable | None = None,
+    ) -> None:
         self.marker = marker
         self.fail_on = fail_on
+        self.table = table
         self.log: list[tuple[str, int, bool]] = []  # (step, partition, marker present)
 
     def prepare(self, partition: int, items: list[tuple[str, Any]]) -> Any:
@@ -77,14 +84,23 @@ class Recorder:
                 self.partition = partition
 
             def store(self) -> None:
-                recorder.log.append(("store", partition, recorder.marker.path.exists()))
+                recorder.note("store", partition)
                 if partition == recorder.fail_on:
                     raise OSError("disk full")
+                for key, value in items if recorder.table is not None else ():
+                    if value is None:
+                        del recorder.table[key]
+                    else:
+                        recorder.table[key] = value
 
             def send(self) -> None:
-                recorder.log.append(("send", partition, recorder.marker.path.exists()))
+                recorder.note("send", partition)
 
         return Prepared()
+
+    def note(self, step: str, partition: int) -> None:
+        marked = self.marker is not None and self.marker.path.exists()
+        self.log.append((step, partition, marked))
 
 
 def caches_over(writer: Recorder, partitions: tuple[int, ...]) -> list[WriteBackCache]:
@@ -133,7 +149,8 @@ def test_entries_a_failed_write_did_not_store_are_written_by_the_next_flush(
     tmp_path: Path,
 ) -> None:
     table = FakeTable(gone={"n": 1})
-    cache = WriteBackCache(table, max_clean=10, writer=TableLike(table, fail=True))
+    writer = Recorder(fail_on=2, table=table)
+    cache = WriteBackCache(table, max_clean=10, writer=writer)
     anchor = FakeEvent(2)
     cache.put("c1", {"n": 1}, anchor)
     cache.delete_on_commit("gone", anchor)
@@ -142,41 +159,10 @@ def test_entries_a_failed_write_did_not_store_are_written_by_the_next_flush(
     # Nothing was lost: both still wait, the removed key still reads as gone.
     assert cache.dirty_count == 2 and table.writes == []
     assert cache.get("gone", anchor) is None
-    cache.writer = TableLike(table, fail=False)
+    writer.fail_on = None
     assert flush_all([cache]) == 2
     assert cache.dirty_count == 0
     assert table == {"c1": {"n": 1}} and cache.peek("c1") == {"n": 1}
-
-
-class TableLike:
-    """A writer straight into a :class:`FakeTable`; its store can fail."""
-
-    def __init__(self, table: FakeTable, fail: bool) -> None:
-        self.table = table
-        self.fail = fail
-
-    def prepare(self, partition: int, items: list[tuple[str, Any]]) -> Any:
-        writer = self
-
-        class Prepared:
-            count = len(items)
-
-            def __init__(self) -> None:
-                self.partition = partition
-
-            def store(self) -> None:
-                if writer.fail:
-                    raise OSError("disk full")
-                for key, value in items:
-                    if value is None:
-                        del writer.table[key]
-                    else:
-                        writer.table[key] = value
-
-            def send(self) -> None:
-                pass
-
-        return Prepared()
 
 
 def test_an_interrupted_write_removes_exactly_its_partitions_local_tables(tmp_path: Path) -> None:
