@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import streams
+from streams.settings import throwaway_secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 # Importing it runs the command line: `python -m streams.cli` is the program.
@@ -127,3 +128,40 @@ def test_a_worker_freezes_what_it_loaded_and_collects_young_objects_less_often()
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["700", "True", "True"]
+
+
+def test_a_rocksdb_worker_writes_its_tables_under_the_marker_and_checks_it_at_start(
+    tmp_path: Path,
+) -> None:
+    # The marker a worker killed mid-write leaves (streams.state_cache), and a
+    # table partition it names; Faust's worker-init signal must remove both.
+    tables = tmp_path / "v1" / "tables"
+    (tables / "profiles-3.db").mkdir(parents=True)
+    (tables / "profiles-2.db").mkdir()
+    (tmp_path / "flush-in-progress").write_text("3\n")
+    probe = (
+        "from streams.state_cache import FlushOnCommit\n"
+        "from streams.worker import app\n"
+        "sensor, = [s for s in app.sensors if isinstance(s, FlushOnCommit)]\n"
+        "print(sensor.marker.path)\n"
+        "app.on_worker_init.send()\n"
+    )
+    env = {
+        **os.environ,
+        **{f"SEGSTREAM_{name}": value for name, value in throwaway_secrets().items()},
+        "SEGSTREAM_WEB_TOKEN": "a-token-for-this-test-only",
+        "SEGSTREAM_STORE": "rocksdb",
+        "SEGSTREAM_DATA_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(tmp_path / "flush-in-progress")]
+    assert sorted(p.name for p in tables.iterdir()) == ["profiles-2.db"]
+    assert not (tmp_path / "flush-in-progress").exists()
