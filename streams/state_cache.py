@@ -39,7 +39,8 @@ import re
 import shutil
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,8 +66,13 @@ _DELETED: Any = object()
 class PreparedWrite(Protocol):
     """A cache's dirty entries of one partition, encoded and ready to write."""
 
-    partition: int
-    count: int
+    @property
+    def partition(self) -> int:
+        """The partition of every entry."""
+
+    @property
+    def count(self) -> int:
+        """How many entries."""
 
     def store(self) -> None:
         """Write the entries to the partition's store."""
@@ -216,15 +222,18 @@ class WriteBackCache:
                 excess -= 1
 
 
+@dataclass(slots=True)
 class _ThroughTable:
     """Faust's own path: a store write and a changelog record per key."""
 
-    def __init__(self, table: Any, partition: int, anchor: Any, items: list[tuple[str, Any]]):
-        self.table = table
-        self.partition = partition
-        self.anchor = anchor
-        self.items = items
-        self.count = len(items)
+    table: Any
+    partition: int
+    anchor: Any
+    items: list[tuple[str, Any]]
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
 
     def store(self) -> None:
         with partition_of(self.anchor):
@@ -302,11 +311,8 @@ def flush_all(
     caches = list(caches)
     prepared = [write for cache in caches for write in cache.prepare_flush()]
     if prepared:
-        if marker is not None:
-            with marker.covering(write.partition for write in prepared):
-                for write in prepared:
-                    write.store()
-        else:
+        covered = (write.partition for write in prepared)
+        with marker.covering(covered) if marker is not None else nullcontext():
             for write in prepared:
                 write.store()
         for write in prepared:
@@ -394,12 +400,6 @@ class TableWriter:
         self.outbox = outbox
         self._persisted: dict[int, Callable[[int], None]] = {}
 
-    def write(self, partition: int, items: list[tuple[str, Any]]) -> None:
-        """Write ``(key, value)`` pairs of one partition; ``None`` deletes the key."""
-        prepared = self.prepare(partition, items)
-        prepared.store()
-        prepared.send()
-
     def prepare(self, partition: int, items: list[tuple[str, Any]]) -> _EncodedWrite:
         """Encode ``(key, value)`` pairs of one partition with the table's serializers."""
         store = self.table.data
@@ -427,35 +427,31 @@ class TableWriter:
         return persist
 
 
+@dataclass(slots=True)
 class _EncodedWrite:
-    """One table partition's entries, encoded for its store and its changelog."""
+    """One table partition's entries, encoded for its store and its changelog:
+    ``(key, value, key bytes, value bytes)``, ``None`` values deleting."""
 
-    def __init__(
-        self,
-        store: Any,
-        topic: str,
-        partition: int,
-        encoded: list[tuple[str, Any, bytes, bytes | None]],
-        outbox: Outbox,
-        on_delivered: Callable[[int], None],
-    ) -> None:
-        self._store = store
-        self.topic = topic
-        self.partition = partition
-        self.encoded = encoded
-        self.outbox = outbox
-        self.on_delivered = on_delivered
-        self.count = len(encoded)
+    table_store: Any
+    topic: str
+    partition: int
+    encoded: list[tuple[str, Any, bytes, bytes | None]]
+    outbox: Outbox
+    on_delivered: Callable[[int], None]
+
+    @property
+    def count(self) -> int:
+        return len(self.encoded)
 
     def store(self) -> None:
         """Write the entries: in one RocksDB write batch, or into the memory store."""
-        db = rocksdb_partition(self._store, self.partition)
+        db = rocksdb_partition(self.table_store, self.partition)
         if db is None:
             for key, value, _, _ in self.encoded:
                 if value is None:
-                    self._store.data.pop(key, None)
+                    self.table_store.data.pop(key, None)
                 else:
-                    self._store.data[key] = value
+                    self.table_store.data[key] = value
             return
         batch = WriteBatch(raw_mode=True)
         for _, _, key_bytes, value_bytes in self.encoded:
