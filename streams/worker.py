@@ -16,9 +16,19 @@ import faust
 from streams import agents, model_sync, web
 from streams.app import app, settings
 from streams.engines import MARKER
+from streams.internals import deliver_in_line
 from streams.state_cache import recover_interrupted_flush
 
-__all__ = ["agents", "app", "model_sync", "recover_local_tables", "settings", "tune_gc", "web"]
+__all__ = [
+    "agents",
+    "app",
+    "model_sync",
+    "prepare_worker",
+    "recover_local_tables",
+    "settings",
+    "tune_gc",
+    "web",
+]
 
 # Allocations (net of frees) between two young collections; Python's default is 700.
 GC_YOUNG_THRESHOLD: Final = 10_000
@@ -52,9 +62,18 @@ def recover_local_tables() -> list[int]:
     return recover_interrupted_flush(MARKER, Path(app.conf.tabledir))
 
 
+def prepare_worker() -> None:
+    """What a worker does before it serves: the local tables a killed worker
+    left half-written dropped (:func:`recover_local_tables`), the garbage
+    collector tuned (:func:`tune_gc`), and fetched messages delivered in
+    line (:func:`streams.internals.deliver_in_line`)."""
+    recover_local_tables()
+    tune_gc()
+    deliver_in_line(app.consumer)
+
+
 @app.on_worker_init.connect
 def _prepare_worker(sender: faust.App, /, *args: Any, **kwargs: Any) -> None:
     # `faust -A streams.worker worker` sends this before serving; `segstream
-    # worker` calls both itself.
-    recover_local_tables()
-    tune_gc()
+    # worker` calls prepare_worker itself.
+    prepare_worker()

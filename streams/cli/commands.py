@@ -213,7 +213,7 @@ def worker() -> None:
 
     from streams.auth import check_web_auth
     from streams.settings import check_secrets
-    from streams.worker import app, recover_local_tables, settings, tune_gc
+    from streams.worker import app, prepare_worker, settings
 
     try:
         check_web_auth(settings)
@@ -221,8 +221,7 @@ def worker() -> None:
     except SegstreamError as exc:
         _fail(exc)
     logging.basicConfig(level=settings.log_level.upper())
-    recover_local_tables()
-    tune_gc()
+    prepare_worker()
     Worker(app, loglevel=settings.log_level, redirect_stdouts=False).execute_from_commandline()
 
 

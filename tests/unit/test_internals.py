@@ -16,6 +16,8 @@ import asyncio
 import contextvars
 import inspect
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -35,6 +37,7 @@ from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
+from models.profile import ProfileConfig, apply_event
 from streams import internals
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,6 +164,40 @@ def test_key_and_value_encoders_give_the_bytes_faust_writes_and_reads(
     assert store._decode_value(value_bytes) == {"orders": 2}
 
 
+def test_a_json_table_s_values_are_encoded_to_exactly_faust_s_bytes(
+    memory_app: faust.App,
+) -> None:
+    # The encoder skips Faust's registry and codec chain for plain JSON; the
+    # bytes must stay Faust's (its changelog recovery and old stores read them).
+    table = memory_app.Table("profiles", key_type=str, partitions=2, default=None)
+    store = table.data
+    encode = internals.value_encoder(store)
+    order = {
+        "topic": "purchases",
+        "type": "order",
+        "ts": 86_400_000,
+        "event_id": "e1",
+        "customer_id": "c1",
+        "order_id": "o1",
+        "amount": 12.5,
+        "currency": "EUR",
+    }
+    profile, _ = apply_event(None, order, ProfileConfig())
+    values: list[Any] = [
+        profile,
+        [[5, "c1"], [7, "c2"]],
+        {"d": {"20000": [1, 2.5, 2.5, 2.5]}, "text": "é ✓", "none": None, "big": 2**62},
+        {"when": datetime(2026, 1, 1, tzinfo=UTC)},  # Faust writes UTC as "Z"
+        {1: "a non-string key"},  # orjson refuses it without Faust's option
+        {"amount": Decimal("1.10")},  # a type orjson does not know: Faust's default
+        b"raw bytes",  # Faust passes bytes through
+        "a string",
+    ]
+    for value in values:
+        assert encode(value) == store._encode_value(value), value
+    assert encode is not store._encode_value  # the fast path is in use for this table
+
+
 def test_rocksdb_partition_opens_the_database_faust_reads_from(rocksdb_app: faust.App) -> None:
     require(RocksDBStore, "_db_for_partition", ["self", "partition"])
     table = rocksdb_app.Table("profiles", key_type=str, partitions=2, default=None)
@@ -259,3 +296,123 @@ def test_no_other_module_of_streams_reaches_a_private_name() -> None:
     assert not offenders, f"put these behind streams/internals.py: {offenders}"
     # The scanner does see private names where they are.
     assert private_uses(ROOT / "streams" / "internals.py")
+
+
+# -- deliver_in_line ---------------------------------------------------------------
+
+
+def test_faust_s_fetch_loop_races_each_delivery_against_the_flow_event(
+    memory_app: faust.App,
+) -> None:
+    # deliver_in_line speeds up exactly this call; another shape is not sped up.
+    drain = require(Consumer, "_drain_messages", ["self", "fetcher"])
+    source = inspect.getsource(drain)
+    assert "self.wait_first(" in source, f"Consumer._drain_messages: {UPGRADE}"
+    assert "callback(message), self.suspend_flow.wait()" in source, (
+        f"Consumer._drain_messages: {UPGRADE}"
+    )
+    flow = require(memory_app.consumer, "suspend_flow")
+    assert isinstance(flow, asyncio.Event), f"Consumer.suspend_flow: {UPGRADE}"
+
+
+def delivery(trace: list[str], gate: asyncio.Event | None = None) -> Any:
+    async def deliver() -> str:
+        trace.append("in line" if asyncio.current_task() is TEST_TASK[0] else "in a task")
+        try:
+            if gate is not None:
+                await gate.wait()
+        except asyncio.CancelledError:
+            trace.append("abandoned")
+            raise
+        trace.append("delivered")
+        return "done"
+
+    return deliver()
+
+
+TEST_TASK: list[asyncio.Task[Any] | None] = [None]
+
+
+def run_with_consumer(app: faust.App, body: Callable[[Consumer], Any]) -> Any:
+    async def main() -> Any:
+        TEST_TASK[0] = asyncio.current_task()
+        # Built in the running loop, as a worker builds it (its events bind a loop).
+        consumer = app.consumer
+        internals.deliver_in_line(consumer)
+        internals.deliver_in_line(consumer)  # idempotent
+        return await body(consumer)
+
+    return asyncio.run(main())
+
+
+def test_a_delivery_that_need_not_wait_runs_in_the_fetch_loop_s_own_task(
+    memory_app: faust.App,
+) -> None:
+    trace: list[str] = []
+
+    async def body(consumer: Consumer) -> Any:
+        tasks = len(asyncio.all_tasks())
+        got = await consumer.wait_first(delivery(trace), consumer.suspend_flow.wait())
+        assert len(asyncio.all_tasks()) == tasks
+        return got
+
+    got = run_with_consumer(memory_app, body)
+    assert trace == ["in line", "delivered"]
+    assert got.results == ["done"] and not got.stopped
+
+
+def test_a_delivery_that_waits_goes_on_in_a_task_until_it_is_done(memory_app: faust.App) -> None:
+    trace: list[str] = []
+
+    async def body(consumer: Consumer) -> Any:
+        gate = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, gate.set)
+        return await consumer.wait_first(delivery(trace, gate), consumer.suspend_flow.wait())
+
+    got = run_with_consumer(memory_app, body)
+    assert trace == ["in line", "delivered"]  # started in line, resumed by the task
+    assert got.results == ["done"]
+
+
+def test_a_waiting_delivery_is_abandoned_when_a_rebalance_suspends_the_flow(
+    memory_app: faust.App,
+) -> None:
+    trace: list[str] = []
+
+    async def body(consumer: Consumer) -> Any:
+        never = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, consumer.stop_flow)
+        got = await consumer.wait_first(delivery(trace, never), consumer.suspend_flow.wait())
+        await asyncio.sleep(0.01)  # the abandoned delivery sees its cancellation
+        return got
+
+    got = run_with_consumer(memory_app, body)
+    assert trace == ["in line", "abandoned"]
+    assert got.results == [True]  # the flow event won (its wait gives True), as in Faust
+
+
+def test_with_the_flow_suspended_a_delivery_is_raced_in_a_task_as_faust_does(
+    memory_app: faust.App,
+) -> None:
+    trace: list[str] = []
+
+    async def body(consumer: Consumer) -> Any:
+        consumer.stop_flow()
+        return await consumer.wait_first(delivery(trace), consumer.suspend_flow.wait())
+
+    run_with_consumer(memory_app, body)
+    assert trace[:1] == ["in a task"]
+
+
+def test_a_delivery_that_fails_at_once_raises_from_the_fetch_loop(memory_app: faust.App) -> None:
+    async def failing() -> None:
+        raise ValueError("bad message")
+
+    async def body(consumer: Consumer) -> Any:
+        with pytest.raises(ValueError, match="bad message"):
+            await consumer.wait_first(failing(), consumer.suspend_flow.wait())
+        # Any other wait is Faust's own.
+        return await consumer.wait_first(asyncio.sleep(0, "slept"))
+
+    got = run_with_consumer(memory_app, body)
+    assert got.results == ["slept"]
