@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from heapq import heapify, heappop, heappush
 from typing import Any, Final, get_args
 
 from models.definitions import (
@@ -211,7 +210,7 @@ def sync_traits(
     have been kept under this one. States kept in an earlier layout
     (:data:`TRAIT_LAYOUT`) are brought to this one.
     """
-    noted = synced_digest(definitions)
+    noted = _shape(definitions).synced
     if profile.get("trait_digest") == noted:
         return
     current = {trait.fingerprint: trait for trait in definitions.traits.values()}
@@ -250,7 +249,7 @@ def synced_digest(definitions: Definitions) -> str:
     """What ``profile["trait_digest"]`` says once the profile's trait states
     are in line with ``definitions``: the file's digest and the states'
     layout."""
-    return f"{definitions.digest}/{TRAIT_LAYOUT}"
+    return _shape(definitions).synced
 
 
 def backfilling_traits(
@@ -322,31 +321,84 @@ def metrics(
     sessions_30d: int,
     orders_90d: int,
     clv: float | None,
-) -> dict[str, Any]:
-    """The built-in metrics an audience reads, as of ``now_ms``."""
-    totals = profile["totals"]
-    orders = int(totals.get("orders", 0))
-    revenue = net_revenue(totals)
-    last_order, last_seen = profile["last_order_ms"], profile["last_seen_ms"]
-    return {
-        "orders": orders,
-        "revenue": round(revenue, 2),
-        "aov": round(revenue / orders, 2) if orders else None,
-        "sessions_30d": sessions_30d,
-        "orders_90d": orders_90d,
-        "days_since_last_order": (
-            round((now_ms - last_order) / DAY_MS, 3) if last_order is not None else None
-        ),
-        "days_since_last_seen": (
-            round((now_ms - last_seen) / DAY_MS, 3) if last_seen is not None else None
-        ),
-        "last_order_at": last_order,
-        "last_seen_at": last_seen,
-        "first_seen_at": profile["first_seen_ms"],
-        "open_tickets": len(profile["open_tickets"]),
-        "nps_last": profile["nps_last"],
-        "clv": round(clv, 2) if clv is not None else None,
-    }
+) -> Mapping[str, Any]:
+    """The built-in metrics an audience reads, as of ``now_ms``, each worked
+    out when first read (:class:`BuiltInMetrics`)."""
+    return BuiltInMetrics(profile, now_ms, sessions_30d, orders_90d, clv)
+
+
+def _days_since(now_ms: int, then_ms: int | None) -> float | None:
+    return round((now_ms - then_ms) / DAY_MS, 3) if then_ms is not None else None
+
+
+def _aov(profile: Profile) -> float | None:
+    orders = int(profile["totals"].get("orders", 0))
+    return round(net_revenue(profile["totals"]) / orders, 2) if orders else None
+
+
+# How each of METRICS is worked out: (profile, now_ms, sessions_30d, orders_90d, clv) -> value.
+_METRIC_READERS: Final[dict[str, Callable[[Profile, int, int, int, float | None], Any]]] = {
+    "orders": lambda p, now, s, o, clv: int(p["totals"].get("orders", 0)),
+    "revenue": lambda p, now, s, o, clv: round(net_revenue(p["totals"]), 2),
+    "aov": lambda p, now, s, o, clv: _aov(p),
+    "sessions_30d": lambda p, now, s, o, clv: s,
+    "orders_90d": lambda p, now, s, o, clv: o,
+    "days_since_last_order": lambda p, now, s, o, clv: _days_since(now, p["last_order_ms"]),
+    "days_since_last_seen": lambda p, now, s, o, clv: _days_since(now, p["last_seen_ms"]),
+    "last_order_at": lambda p, now, s, o, clv: p["last_order_ms"],
+    "last_seen_at": lambda p, now, s, o, clv: p["last_seen_ms"],
+    "first_seen_at": lambda p, now, s, o, clv: p["first_seen_ms"],
+    "open_tickets": lambda p, now, s, o, clv: len(p["open_tickets"]),
+    "nps_last": lambda p, now, s, o, clv: p["nps_last"],
+    "clv": lambda p, now, s, o, clv: round(clv, 2) if clv is not None else None,
+}
+assert tuple(_METRIC_READERS) == METRICS  # noqa: S101 - one reader per metric, in order
+
+
+class BuiltInMetrics(Mapping[str, Any]):
+    """The built-in metrics as of ``now_ms``, each worked out when first read:
+    an audience reads few of them. Read them in the same decision: the
+    profile's fields are read when asked.
+
+    >>> from models.profile import new_profile
+    >>> profile = new_profile()
+    >>> profile["totals"] = {"orders": 2, "revenue": 30.0}
+    >>> profile["last_order_ms"] = 0
+    >>> m = BuiltInMetrics(profile, DAY_MS // 2, 3, 2, 41.256)
+    >>> m["aov"], m.get("days_since_last_order"), m["clv"], m.get("nope", "-")
+    (15.0, 0.5, 41.26, '-')
+    >>> list(m) == list(METRICS), len(m)
+    (True, 13)
+    """
+
+    __slots__ = ("_args", "_known")
+
+    def __init__(
+        self, profile: Profile, now_ms: int, sessions_30d: int, orders_90d: int, clv: float | None
+    ) -> None:
+        self._args = (profile, now_ms, sessions_30d, orders_90d, clv)
+        self._known: dict[str, Any] = {}
+
+    def get(self, name: str, default: Any = None) -> Any:
+        known = self._known
+        if name in known:
+            return known[name]
+        reader = _METRIC_READERS.get(name)
+        if reader is None:
+            return default
+        value = known[name] = reader(*self._args)
+        return value
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in _METRIC_READERS:
+            raise KeyError(name)
+        return self.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METRICS)
+
+    def __len__(self) -> int:
+        return len(METRICS)
 
 
 class SegmentValues(Mapping[str, Any]):
@@ -396,7 +448,9 @@ def audience_context(
         now_ms=now_ms,
         traits=TraitValues(definitions, profile.get("traits", {}), now_ms),
         metrics=built_in,
-        scores={name: scores.get(name) for name in SCORES},
+        # The scorer's own mapping: an audience reads only names of SCORES
+        # (the loader checks), each with .get, so no copy is made.
+        scores=scores,
         segments=SegmentValues(held),
     )
 
@@ -488,6 +542,10 @@ class _Shape:
     # (Audience.compiled), its dimension, the audiences that read it directly)
     audiences: tuple[tuple[str, Callable[[Context], Any], str, frozenset[str]], ...]
     always: frozenset[str]  # audiences that read a metric, score, segment or days_since
+    always_at: tuple[int, ...]  # their places in the file
+    readers_at: Mapping[str, tuple[int, ...]]  # trait -> the places of its readers
+    read_by_at: tuple[tuple[int, ...], ...]  # by audience: the places of those that read it
+    synced: str  # synced_digest's answer
 
 
 _SHAPES: dict[str, _Shape] = {}  # by the definitions' digest
@@ -523,6 +581,16 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
     def read(name: str, namespace: str) -> frozenset[str]:
         return frozenset(ref for ns, ref in reads[name] if ns == namespace)
 
+    audience_index = {name: n for n, name in enumerate(definitions.audiences)}
+    readers = {
+        trait: frozenset(a for a in reads if trait in read(a, "trait"))
+        for trait in definitions.traits
+    }
+    always = frozenset(
+        name
+        for name, audience in definitions.audiences.items()
+        if audience.reads_time() or any(ns not in ("trait", "audience") for ns, _ in reads[name])
+    )
     return _Shape(
         reads_windows=any(
             f"{ns}.{ref}" in _WINDOWED for refs in reads.values() for ns, ref in refs
@@ -531,7 +599,7 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         by_kind=by_kind,
         trait_names=tuple(definitions.traits),
         trait_index={name: n for n, name in enumerate(definitions.traits)},
-        audience_index={name: n for n, name in enumerate(definitions.audiences)},
+        audience_index=audience_index,
         traits=tuple(traits),
         followers_at=tuple(tuple(followers[name]) for name in definitions.traits),
         followed_either_way=tuple(
@@ -539,10 +607,7 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         ),
         timed=tuple(a for a in definitions.audiences.values() if a.has_time_tests),
         by_fingerprint={t.fingerprint: name for name, t in definitions.traits.items()},
-        readers={
-            trait: frozenset(a for a in reads if trait in read(a, "trait"))
-            for trait in definitions.traits
-        },
+        readers=readers,
         followers={trait: tuple(f) for trait, f in followers.items()},
         audiences=tuple(
             (
@@ -553,12 +618,17 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
             )
             for name, audience in definitions.audiences.items()
         ),
-        always=frozenset(
-            name
-            for name, audience in definitions.audiences.items()
-            if audience.reads_time()
-            or any(ns not in ("trait", "audience") for ns, _ in reads[name])
+        always=always,
+        always_at=tuple(sorted(audience_index[name] for name in always)),
+        readers_at={
+            trait: tuple(sorted(audience_index[a] for a in names))
+            for trait, names in readers.items()
+        },
+        read_by_at=tuple(
+            tuple(sorted(audience_index[a] for a in reads if name in read(a, "audience")))
+            for name in definitions.audiences
         ),
+        synced=f"{definitions.digest}/{TRAIT_LAYOUT}",
     )
 
 
@@ -622,11 +692,11 @@ def evaluate_moved(
     context: Context,
     held: Mapping[str, Mapping[str, Any]],
     moved: set[str] | None,
-) -> tuple[dict[str, bool], Context, set[str] | None]:
+) -> tuple[dict[str, bool], Context, list[str] | None]:
     """Every audience's membership, evaluating only those whose inputs can
     have moved since the last evaluation (``moved``: :func:`moved_traits`);
     with it, ``context`` with those memberships as its audiences, and the
-    names of those evaluated (``None``: all).
+    names of those evaluated, in the file's order (``None``: all).
 
     An audience is evaluated again when it reads a moved trait, a metric, a
     score, a segment or ``days_since``, or an audience evaluated again, or
@@ -642,25 +712,25 @@ def evaluate_moved(
     members = Memberships(held)
     reading = _reading(context, members)
     shape = _shape(definitions)
-    place = shape.audience_index
-    todo = [place[name] for name in shape.always]
+    due = set(shape.always_at)
+    readers_at = shape.readers_at
     for trait in moved:
-        todo += [place[name] for name in shape.readers[trait]]
+        due.update(readers_at[trait])
     for dim, entry in held.items():
         if "pending" in entry and dim.startswith(AUDIENCE_PREFIX):
-            at = place.get(dim[len(AUDIENCE_PREFIX) :])
+            at = shape.audience_index.get(dim[len(AUDIENCE_PREFIX) :])
             if at is not None:
-                todo.append(at)  # a dwell-held move
-    heapify(todo)  # evaluated in file order: an audience reads only those above it
-    again: set[str] = set()
-    while todo:
-        name, check, _, read_by = shape.audiences[heappop(todo)]
-        if name in again:
-            continue
-        members[name] = check(reading) is True
-        again.add(name)
-        for reader in read_by:  # later audiences that read this one
-            heappush(todo, place[reader])
+                due.add(at)  # a dwell-held move
+    again: list[str] = []
+    if due:
+        audiences, read_by_at = shape.audiences, shape.read_by_at
+        # In file order: an audience reads only those above it.
+        for n in range(min(due), len(audiences)):
+            if n in due:
+                name, check, _, _ = audiences[n]
+                members[name] = check(reading) is True
+                again.append(name)
+                due.update(read_by_at[n])  # later audiences that read this one
     return members, reading, again
 
 
@@ -706,17 +776,19 @@ def note_next_change(
         else:
             rising.discard(n)
     first: int | None = None
-    # The earliest edge that can move an audience: edges in time order, until one can.
+    # The earliest edge that can move an audience (an edge no earlier than
+    # the earliest found so far is not looked at).
     followers = shape.followers_at
     either = shape.followed_either_way
-    for when, n in sorted((when, n) for n, when in enumerate(due) if when is not None):
+    for n, when in enumerate(due):
+        if when is None or (first is not None and when >= first):
+            continue
         # edge_can_move, with its quick answers first
         if every_edge or (
             followers[n]
             and (either[n] or n in rising or edge_can_move(False, followers[n], members))
         ):
             first = when
-            break
     if rising:
         profile["traits_rising"] = sorted(rising)
     else:

@@ -614,6 +614,22 @@ class Trait:
         window = self.window_days
         end = as_of_ms // DAY_MS
         start = end - window + 1 if window is not None else None
+        if start is None and state and "a" in state:
+            # A lifetime count, sum, avg, min or max: its one aggregate (as below).
+            whole: list[Any] = state["a"]
+            events: int = whole[0]
+            if events <= 0:
+                return 0 if self.aggregate in ("count", "sum") else None
+            aggregate = self.aggregate
+            if aggregate == "count":
+                return 0 + events
+            amounts: float = 0 + whole[1]
+            if aggregate == "sum":
+                return amounts
+            if aggregate == "avg":
+                return amounts / events
+            bound: float = whole[2] if aggregate == "min" else whole[3]
+            return bound
         if start is not None and state and self.aggregate in ("count", "sum"):
             # The common case, in one pass (the same sums as below).
             events, added = 0, 0

@@ -288,12 +288,12 @@ class _Scored(NamedTuple):
     snapshot: dict[str, Any]  # the scores a change record carries
     clv: float | None
     rfm: tuple[int, int, int] | None  # R, F and M quintile scores
-    built_in: dict[str, Any] | None  # the metrics an audience reads (with definitions)
+    built_in: Mapping[str, Any] | None  # the metrics an audience reads (with definitions)
 
 
 # An evaluation of the audiences (Segmenter._audience_members): the members,
 # the context read, the traits that moved and the audiences evaluated again.
-_Evaluated: TypeAlias = tuple[dict[str, bool], Context, set[str] | None, set[str] | None]
+_Evaluated: TypeAlias = tuple[dict[str, bool], Context, set[str] | None, list[str] | None]
 
 
 @dataclass
@@ -784,10 +784,10 @@ class Segmenter:
             evaluated = self._audience_members(profile, now_ms, built_in, scores, current)
         members, context, moved, again = evaluated
         partial: list[str] | None = None  # audiences reading a backfilling trait
-        # (A copy: the reasons may read memberships not read yet.)
-        for name, inside in list(members.items()):
-            if again is not None and name not in again:
-                continue  # not evaluated again: held as it was
+        # Those evaluated again; any other holds as it was. (A copy of the
+        # names: the reasons may read memberships not read yet.)
+        for name in list(members) if again is None else again:
+            inside = members[name]
             dim = audience_dimension(name)
             value = "in" if inside else "out"
             held = current.get(dim)
