@@ -92,8 +92,10 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
         for n in range(args.repeats):
             for label, tree in trees.items():
+                # Every run on topics of its own (Workload.fresh_prefix).
+                topics = prefix if n == 0 and label == "before" else workload.fresh_prefix()
                 result = run_tree(
-                    tree, f"{label}{n}", broker.bootstrap, prefix, len(events), workdir
+                    tree, f"{label}{n}", broker.bootstrap, topics, len(events), workdir
                 )
                 runs[label].append(result)
                 print(label, n, result, flush=True)

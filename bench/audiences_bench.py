@@ -127,7 +127,9 @@ def main() -> None:
             for label in runs:
                 extra = {"DEFINITIONS_FILE": str(definitions)} if label == "with" else {}
                 where = workdir / f"{label}{n}"
-                result = run_mode("batched", broker.bootstrap, prefix, len(events), where, extra)
+                # Every run on topics of its own (Workload.fresh_prefix).
+                topics = prefix if n == 0 and label == "without" else workload.fresh_prefix()
+                result = run_mode("batched", broker.bootstrap, topics, len(events), where, extra)
                 result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
                 runs[label].append(result)
                 print(label, n, result, flush=True)

@@ -489,8 +489,10 @@ class Segmenter:
                 i = 1
             if i < len(_REFRESH_MS):
                 (windows if i == 0 else candidates).append(last_seen + _REFRESH_MS[i])
-        for dim, membership in profile.get("segments", {}).items():
-            if "pending" in membership and not dim.startswith(AUDIENCE_PREFIX):
+        held = profile.get("segments", {})
+        for dim in DIMENSIONS:  # (not the audiences' entries, which can be many)
+            membership = held.get(dim)
+            if membership is not None and "pending" in membership:
                 candidates.append(membership["pending"]["applies_ms"] - 1)
         if profile["open_tickets"]:
             notified = set(profile.get("sla_notified", []))
