@@ -210,7 +210,7 @@ def sync_traits(
     have been kept under this one. States kept in an earlier layout
     (:data:`TRAIT_LAYOUT`) are brought to this one.
     """
-    noted = _shape(definitions).synced
+    noted = synced_digest(definitions)
     if profile.get("trait_digest") == noted:
         return
     current = {trait.fingerprint: trait for trait in definitions.traits.values()}
@@ -591,6 +591,15 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         for name, audience in definitions.audiences.items()
         if audience.reads_time() or any(ns not in ("trait", "audience") for ns, _ in reads[name])
     )
+    audiences = tuple(
+        (
+            name,
+            audience.compiled(),
+            audience_dimension(name),
+            frozenset(a for a in reads if name in read(a, "audience")),
+        )
+        for name, audience in definitions.audiences.items()
+    )
     return _Shape(
         reads_windows=any(
             f"{ns}.{ref}" in _WINDOWED for refs in reads.values() for ns, ref in refs
@@ -609,15 +618,7 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         by_fingerprint={t.fingerprint: name for name, t in definitions.traits.items()},
         readers=readers,
         followers={trait: tuple(f) for trait, f in followers.items()},
-        audiences=tuple(
-            (
-                name,
-                audience.compiled(),
-                audience_dimension(name),
-                frozenset(a for a in reads if name in read(a, "audience")),
-            )
-            for name, audience in definitions.audiences.items()
-        ),
+        audiences=audiences,
         always=always,
         always_at=tuple(sorted(audience_index[name] for name in always)),
         readers_at={
@@ -625,8 +626,7 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
             for trait, names in readers.items()
         },
         read_by_at=tuple(
-            tuple(sorted(audience_index[a] for a in reads if name in read(a, "audience")))
-            for name in definitions.audiences
+            tuple(sorted(audience_index[a] for a in read_by)) for *_, read_by in audiences
         ),
         synced=f"{definitions.digest}/{TRAIT_LAYOUT}",
     )

@@ -263,10 +263,8 @@ async def _run_rest(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Any:
                 waiting_on._asyncio_future_blocking = False
                 try:
                     await waiting_on
-                except asyncio.CancelledError:
-                    raise
                 except Exception:  # noqa: S110 - the coroutine reads it from its future
-                    pass
+                    pass  # (a cancellation is a BaseException: it goes on below)
         except asyncio.CancelledError as cancelled:
             # (A task cancelled while waiting cancels the future too.)
             try:
