@@ -25,7 +25,7 @@ dwell rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, get_args
 
@@ -61,8 +61,9 @@ METRICS: Final = (
 SCORES: Final = ("churn_probability", "churn_source", "cluster_id", "persona")
 AUDIENCE_PREFIX: Final = "audience."
 # The layout of the trait states, noted with the file's digest (``trait_digest``):
-# from 2 on, a windowed state's days are in ascending order.
-TRAIT_LAYOUT: Final = 2
+# from 2 on, a windowed state's days are in ascending order; from 3 on, a
+# windowed count keeps each day's count alone (``n``, not ``[n, 0, 0, 0]``).
+TRAIT_LAYOUT: Final = 3
 
 
 def audience_dimension(name: str) -> str:
@@ -81,6 +82,11 @@ _WINDOWED: Final = frozenset({"metric.sessions_30d", "metric.orders_90d"})
 def reads_windows(definitions: Definitions) -> bool:
     """Whether an audience reads a windowed count (decided again at its window edges)."""
     return _shape(definitions).reads_windows
+
+
+def read_metrics(definitions: Definitions) -> frozenset[str]:
+    """The built-in metrics an audience reads (``metric.<name>``), by name."""
+    return _shape(definitions).read_metrics
 
 
 def reads_scores(definitions: Definitions) -> bool:
@@ -102,32 +108,51 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
     ts = event.get("ts")
     if not isinstance(ts, int) or isinstance(ts, bool):
         return  # matched by no trait (Trait.matches)
-    readers = _shape(definitions).by_kind
+    shape = _shape(definitions)
+    readers = shape.by_kind
     topic = event.get("topic")
     candidates = readers.get((topic, event.get("type")))
     if candidates is None:  # a type no trait names: the topic's catch-all traits
         candidates = readers.get((topic, None), ())
+    day: str | None = None
     for trait in candidates:  # of the event's topic and type: Trait.matches, in part
-        if not trait.where or trait.where_holds(event):
-            fingerprint = trait.fingerprint
-            states[fingerprint] = trait.fold_into(states.get(fingerprint), event)
-            if moved is None:
-                if "traits_moved" not in profile:
-                    _every_edge_due(profile)
-                moved = profile.setdefault("traits_moved", [])
-            if fingerprint not in moved:
-                moved.append(fingerprint)  # evaluated again at the next decision
+        if trait.where and not trait.where_holds(event):
+            continue
+        fingerprint = trait.fingerprint
+        state = states.get(fingerprint)
+        if fingerprint in shape.day_counts and state is not None:
+            # A windowed count (Trait.fold_into): another event on a day it
+            # holds is one more on that day.
+            day = str(ts // DAY_MS) if day is None else day
+            days = state["d"]
+            held = days.get(day)
+            if held is not None:
+                days[day] = held + 1
+            else:
+                trait.fold_into(state, event)
+        else:
+            states[fingerprint] = trait.fold_into(state, event)
+        if moved is None:
+            if "traits_moved" not in profile:
+                _every_edge_due(profile)
+            moved = profile.setdefault("traits_moved", [])
+        if fingerprint not in moved:
+            moved.append(fingerprint)  # evaluated again at the next decision
 
 
 def _every_edge_due(profile: Profile) -> None:
     """A trait moved since the audiences were last evaluated: the window edges
     :func:`note_next_change` passed over as unable to move an audience were
     judged on the states as they were, so the audiences are due again at the
-    first edge of any trait (or sooner, as noted)."""
-    edges = [when for when in profile.get("trait_due") or () if when is not None]
-    if edges:
+    first edge of any trait (``trait_edge_ms``, or sooner, as noted)."""
+    if "trait_edge_ms" in profile:
+        first = profile["trait_edge_ms"]
+    else:  # noted by an earlier release
+        first = min(
+            (when for when in profile.get("trait_due") or () if when is not None), default=None
+        )
+    if first is not None:
         due = profile.get("audiences_due_ms")
-        first = min(edges)
         if due is None or first < due:
             profile["audiences_due_ms"] = first
 
@@ -160,7 +185,7 @@ def seeded_state(trait: Trait, profile: Profile, keep_days: int) -> TraitState |
     >>> seeded_state(Trait("n", "count", "purchases", "order"), profile, 90)
     {'a': [3, 0, 0, 0]}
     >>> seeded_state(Trait("n", "count", "purchases", window_days=7), profile, 90)
-    {'d': {'10': [2, 0, 0, 0], '12': [1, 0, 0, 0]}}
+    {'d': {'10': 2, '12': 1}}
     >>> print(seeded_state(Trait("n", "sum", "purchases", property="amount"), profile, 90))
     None
     """
@@ -179,11 +204,11 @@ def seeded_state(trait: Trait, profile: Profile, keep_days: int) -> TraitState |
     if trait.window_days is None:
         total = sum(int(profile["lifetime"].get(name, 0)) for name in names)
         return {"a": [total, 0, 0, 0]}
-    days: dict[str, list[Any]] = {}
+    days: dict[str, int] = {}
     for day, bucket in profile["buckets"].items():
         count = int(sum(bucket.get(name, 0) for name in names))
         if count:
-            days[day] = [count, 0, 0, 0]
+            days[day] = count
     newest = max(map(int, days), default=0)
     kept = {day: agg for day, agg in days.items() if int(day) > newest - trait.window_days}
     return {"d": ordered_days(kept)}
@@ -239,10 +264,24 @@ def sync_traits(
     if not since:
         del profile["trait_since"]
     for fingerprint, state in states.items():
-        if "d" in state:  # (layout 1 kept days in the order they came)
-            states[fingerprint] = {"d": ordered_days(state["d"])}
+        if "d" in state:  # (new dicts: a profile view syncs a shallow copy)
+            states[fingerprint] = {"d": _in_layout(current[fingerprint], state["d"])}
     profile["trait_fps"] = sorted(current)
     profile["trait_digest"] = noted
+
+
+def _in_layout(trait: Trait, days: Mapping[str, Any]) -> dict[str, Any]:
+    """A windowed state's days as :data:`TRAIT_LAYOUT` keeps them: in
+    ascending order (layout 1 kept them in the order they came), a count's
+    as the count alone (layout 2 kept ``[n, 0, 0, 0]``).
+
+    >>> _in_layout(Trait("n", "count", "support", window_days=7), {"9": [2, 0, 0, 0], "3": 1})
+    {'3': 1, '9': 2}
+    """
+    ordered = ordered_days(days)
+    if trait.aggregate != "count":
+        return ordered
+    return {day: agg[0] if isinstance(agg, list) else agg for day, agg in ordered.items()}
 
 
 def synced_digest(definitions: Definitions) -> str:
@@ -521,9 +560,11 @@ class _Shape:
 
     reads_windows: bool  # an audience reads a windowed count metric
     reads_scores: bool  # an audience reads a model score
+    read_metrics: frozenset[str]  # the metrics an audience reads
     # (topic, type) -> the traits an event of that kind may match; (topic,
     # None) -> the topic's catch-all traits, for a type no trait names
     by_kind: Mapping[tuple[Any, Any], tuple[Trait, ...]]
+    day_counts: frozenset[str]  # fingerprints of the windowed counts (a count per day)
     trait_names: tuple[str, ...]  # in the file's order (``trait_due``'s)
     trait_index: Mapping[str, int]  # trait name -> its place in that order
     audience_index: Mapping[str, int]  # audience name -> its place in the file
@@ -605,7 +646,13 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
             f"{ns}.{ref}" in _WINDOWED for refs in reads.values() for ns, ref in refs
         ),
         reads_scores=any(ns == "score" for refs in reads.values() for ns, _ in refs),
+        read_metrics=frozenset(
+            ref for refs in reads.values() for ns, ref in refs if ns == "metric"
+        ),
         by_kind=by_kind,
+        day_counts=frozenset(
+            t.fingerprint for t in traits if t.aggregate == "count" and t.window_days is not None
+        ),
         trait_names=tuple(definitions.traits),
         trait_index={name: n for n, name in enumerate(definitions.traits)},
         audience_index=audience_index,
@@ -646,10 +693,14 @@ def moved_traits(profile: Profile, definitions: Definitions, now_ms: int) -> set
         return None
     shape = _shape(definitions)
     by_fingerprint = shape.by_fingerprint
-    moved = {by_fingerprint[fp] for fp in profile.get("traits_moved") or () if fp in by_fingerprint}
-    for name, when in zip(shape.trait_names, due, strict=True):
-        if when is not None and when <= now_ms:
-            moved.add(name)
+    folded = profile.get("traits_moved")
+    moved = {by_fingerprint[fp] for fp in folded if fp in by_fingerprint} if folded else set()
+    edge = profile.get("trait_edge_ms", now_ms)  # the first of them (absent: look)
+    if edge is not None and edge <= now_ms:
+        names = shape.trait_names
+        for n, when in enumerate(due):
+            if when is not None and when <= now_ms:
+                moved.add(names[n])
     return moved
 
 
@@ -692,6 +743,7 @@ def evaluate_moved(
     context: Context,
     held: Mapping[str, Mapping[str, Any]],
     moved: set[str] | None,
+    held_back: Iterable[str] | None = None,
 ) -> tuple[dict[str, bool], Context, list[str] | None]:
     """Every audience's membership, evaluating only those whose inputs can
     have moved since the last evaluation (``moved``: :func:`moved_traits`);
@@ -700,7 +752,9 @@ def evaluate_moved(
 
     An audience is evaluated again when it reads a moved trait, a metric, a
     score, a segment or ``days_since``, or an audience evaluated again, or
-    when the dwell holds a move of it back (``pending``). Any other keeps
+    when the dwell holds a move of it back (``pending``; ``held_back``: those
+    audiences, as :func:`note_next_change` noted them, or ``None`` to find
+    them in ``held``). Any other keeps
     the membership its last evaluation gave, which its held segment entry
     (``held``, by dimension) shows: no entry is "out" (a
     :class:`Memberships` reads it when asked). The memberships equal
@@ -716,11 +770,16 @@ def evaluate_moved(
     readers_at = shape.readers_at
     for trait in moved:
         due.update(readers_at[trait])
-    for dim, entry in held.items():
-        if "pending" in entry and dim.startswith(AUDIENCE_PREFIX):
-            at = shape.audience_index.get(dim[len(AUDIENCE_PREFIX) :])
-            if at is not None:
-                due.add(at)  # a dwell-held move
+    if held_back is None:
+        held_back = [
+            dim[len(AUDIENCE_PREFIX) :]
+            for dim, entry in held.items()
+            if "pending" in entry and dim.startswith(AUDIENCE_PREFIX)
+        ]
+    for name in held_back:
+        at = shape.audience_index.get(name)
+        if at is not None:
+            due.add(at)  # a dwell-held move
     again: list[str] = []
     if due:
         audiences, read_by_at = shape.audiences, shape.read_by_at
@@ -741,6 +800,7 @@ def note_next_change(
     moved: set[str] | None,
     members: Mapping[str, bool],
     every_edge: bool = False,
+    evaluated: Iterable[str] | None = None,
 ) -> None:
     """After an evaluation as of ``context`` (``members``, its outcome): note
     in the profile when each trait, and the audiences, can next change with
@@ -750,8 +810,11 @@ def note_next_change(
     those in ``moved`` (all where ``None``) are worked out again, since
     another's state has not changed and its noted time is later than now.
     The audiences are due at the first edge that can move one of them
-    (:func:`edge_can_move`; every edge with ``every_edge``), or when a
-    ``days_since`` test flips.
+    (:func:`edge_can_move`; every edge with ``every_edge``), when a
+    ``days_since`` test flips, or when the dwell's hold on a move of one
+    ends. The audiences so held back are noted (``audiences_held``): only
+    those ``evaluated`` (all where ``None``) can be, since a held-back
+    audience is always evaluated again (:func:`evaluate_moved`).
     """
     states = profile.get("traits", {})
     now = context.now_ms
@@ -776,12 +839,17 @@ def note_next_change(
         else:
             rising.discard(n)
     first: int | None = None
+    edge: int | None = None  # the first edge of any trait
     # The earliest edge that can move an audience (an edge no earlier than
     # the earliest found so far is not looked at).
     followers = shape.followers_at
     either = shape.followed_either_way
     for n, when in enumerate(due):
-        if when is None or (first is not None and when >= first):
+        if when is None:
+            continue
+        if edge is None or when < edge:
+            edge = when
+        if first is not None and when >= first:
             continue
         # edge_can_move, with its quick answers first
         if every_edge or (
@@ -797,7 +865,18 @@ def note_next_change(
         moment = audience.next_change_ms(context, now)
         if moment is not None and (first is None or moment < first):
             first = moment
+    held = profile.get("segments", {})
+    held_back: list[str] = []
+    for name in shape.audience_index if evaluated is None else evaluated:
+        entry = held.get(AUDIENCE_PREFIX + name)
+        if entry is not None and "pending" in entry:
+            held_back.append(name)
+            applies = entry["pending"]["applies_ms"]  # the dwell's end: decided again
+            if first is None or applies < first:
+                first = applies
+    profile["audiences_held"] = held_back
     profile["trait_due"] = due
+    profile["trait_edge_ms"] = edge
     profile["audiences_due_ms"] = first
     profile["audiences_digest"] = definitions.digest
     profile.pop("traits_moved", None)

@@ -275,24 +275,25 @@ def _event_ts(event: Mapping[str, Any]) -> int:
 
 
 def _merge(aggregate: list[Any] | None, amount: float) -> list[Any]:
-    """``[count, sum, min, max]`` with one more value folded in."""
+    """``[count, sum, min, max]`` with one more value folded in (a windowed
+    count keeps only the count, :meth:`Trait.fold`)."""
     if not aggregate or aggregate[0] == 0:
         return [1, amount, amount, amount]
     count, total, low, high = aggregate
     return [count + 1, total + amount, min(low, amount), max(high, amount)]
 
 
-def ordered_days(days: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
+def ordered_days(days: Mapping[str, Any]) -> dict[str, Any]:
     """``days`` (a windowed state's ``"d"``) with its days in ascending order,
     the order every windowed state keeps.
 
-    >>> ordered_days({"12": [1, 0, 0, 0], "9": [2, 0, 0, 0]})
-    {'9': [2, 0, 0, 0], '12': [1, 0, 0, 0]}
+    >>> ordered_days({"12": 1, "9": 2})
+    {'9': 2, '12': 1}
     """
     return dict(sorted(days.items(), key=lambda item: int(item[0])))
 
 
-def _window_parts(days: dict[str, list[Any]], start: int, end: int) -> Iterable[list[Any]]:
+def _window_parts(days: dict[str, Any], start: int, end: int) -> Iterable[Any]:
     """The aggregates of the held ``days`` (ascending) from day ``start`` to
     day ``end``: all of them, with no day read, when the window spans them."""
     if not days or (start <= int(next(iter(days))) and int(next(reversed(days))) <= end):
@@ -335,10 +336,11 @@ class Trait:
     Built by :func:`load_definitions`. The state it keeps per customer is a
     plain JSON-serialisable dict, bounded whatever the event volume:
 
-    - windowed ``count``/``sum``/``avg``/``min``/``max``: one
-      ``[count, sum, min, max]`` per UTC day, ``{"d": {"<day>": [...]}}``
-      in ascending day order, keeping only the ``window_days`` days up to
-      the newest one folded;
+    - windowed ``sum``/``avg``/``min``/``max``: one ``[count, sum, min,
+      max]`` per UTC day, ``{"d": {"<day>": [...]}}`` in ascending day
+      order, keeping only the ``window_days`` days up to the newest one
+      folded; a windowed ``count`` keeps the day's count alone,
+      ``{"d": {"<day>": n}}``;
     - the same over the lifetime: one aggregate, ``{"a": [...]}``;
     - ``latest``: ``{"l": [ts, value]}``;
     - ``distinct_count``: ``{"v": [value, ...]}`` over the lifetime, or
@@ -443,6 +445,9 @@ class Trait:
         >>> s = t.fold(s, {"ts": 8 * DAY_MS, "amount": 2})
         >>> s
         {'d': {'8': [1, 2, 2, 2]}}
+        >>> t = Trait("orders_7d", "count", "purchases", "order", window_days=7)
+        >>> t.fold(t.fold(None, {"ts": 0}), {"ts": 5})
+        {'d': {'0': 2}}
         """
         ts = _event_ts(event)
         if self.aggregate == "latest":
@@ -457,11 +462,13 @@ class Trait:
         if self.window_days is None:
             return {"a": _merge(state["a"] if state else None, amount)}
         day, key = ts // DAY_MS, str(ts // DAY_MS)
-        held: dict[str, list[Any]] = state["d"] if state else {}
+        held: dict[str, Any] = state["d"] if state else {}
         newest = int(next(reversed(held))) if held else day  # the days are in order
         if day <= newest - self.window_days:
             return state if state is not None else self._empty()
-        merged = _merge(held.get(key), amount)
+        merged: Any = (
+            held.get(key, 0) + 1 if self.aggregate == "count" else _merge(held.get(key), amount)
+        )
         if day > newest:  # a new newest day, last; the days it pushes out dropped
             days = {k: v for k, v in held.items() if int(k) > day - self.window_days}
             days[key] = merged
@@ -480,7 +487,7 @@ class Trait:
         >>> t = Trait("orders_7d", "count", "purchases", "order", window_days=7)
         >>> s = t.fold(None, {"ts": 5})
         >>> t.fold_into(s, {"ts": 9}) is s, s
-        (True, {'d': {'0': [2, 0, 0, 0]}})
+        (True, {'d': {'0': 2}})
         """
         if state is None:
             return self.fold(state, event)
@@ -493,23 +500,24 @@ class Trait:
             amount = lookup(event, self.property)
             if not _is_number(amount) or not math.isfinite(amount):
                 return state
-        days: dict[str, list[Any]] = state["d"]
+        counting = self.aggregate == "count"  # one int per day
+        days: dict[str, Any] = state["d"]
         day = _event_ts(event) // DAY_MS
         key = str(day)
         held = days.get(key)
         if held is not None:
-            days[key] = _merge(held, amount)
+            days[key] = held + 1 if counting else _merge(held, amount)
             return state
         # A day not held: it may move the window, as in fold().
         window = self.window_days
         assert window is not None  # noqa: S101 - only windowed states hold "d"
         if not days:
-            days[key] = _merge(None, amount)
+            days[key] = 1 if counting else _merge(None, amount)
             return state
         newest = int(next(reversed(days)))  # the days are in order
         if day <= newest - window:
             return state
-        days[key] = _merge(None, amount)  # last
+        days[key] = 1 if counting else _merge(None, amount)  # last
         if day > newest:
             # The days it pushes out of the window are the first ones.
             leaving = []
@@ -613,6 +621,10 @@ class Trait:
         """
         window = self.window_days
         end = as_of_ms // DAY_MS
+        if window is not None and self.aggregate == "count":
+            # The commonest trait: a count per day (as the sums below).
+            counted: int = sum(_window_parts(state["d"], end - window + 1, end)) if state else 0
+            return counted
         start = end - window + 1 if window is not None else None
         if start is None and state and "a" in state:
             # A lifetime count, sum, avg, min or max: its one aggregate (as below).
@@ -630,14 +642,13 @@ class Trait:
                 return amounts / events
             bound: float = whole[2] if aggregate == "min" else whole[3]
             return bound
-        if start is not None and state and self.aggregate in ("count", "sum"):
+        if start is not None and state and self.aggregate == "sum":
             # The common case, in one pass (the same sums as below).
-            events, added = 0, 0
+            added = 0
             for agg in _window_parts(state["d"], start, end):
                 if agg[0] > 0:
-                    events += agg[0]
                     added += agg[1]
-            return events if self.aggregate == "count" else added
+            return added
         if self.aggregate == "latest":
             latest = state.get("l") if state else None
             if latest is None:
@@ -722,10 +733,13 @@ class Trait:
         assert window is not None  # noqa: S101 - only windowed states hold "d"
         after_day = after_ms // DAY_MS
         gone = after_day - window  # days up to this one have left the window
-        days: dict[str, list[Any]] = state["d"]
+        days: dict[str, Any] = state["d"]
+        # Every day a count holds counted an event; a day of another aggregate
+        # counts its events first.
+        counting = self.aggregate == "count"
         first: int | None = None
         for key, agg in days.items():
-            if agg[0] > 0 and int(key) > gone:
+            if (counting or agg[0] > 0) and int(key) > gone:
                 first = int(key)
                 break
         if first is not None and first <= after_day:
@@ -734,7 +748,7 @@ class Trait:
                 day = int(key)
                 if day <= after_day:
                     break
-                if days[key][0] > 0 and day < first:
+                if (counting or days[key][0] > 0) and day < first:
                     first = day
         later = bool(days) and int(next(reversed(days))) > after_day
         negative = self.aggregate == "sum" and any(agg[1] < 0 for agg in days.values())
@@ -747,7 +761,8 @@ class Trait:
         elif self.aggregate == "distinct_count":
             yield from (day for _, day in state["v"])
         else:
-            yield from (int(day) for day, agg in state["d"].items() if agg[0] > 0)
+            counting = self.aggregate == "count"  # (a count per day)
+            yield from (int(day) for day, agg in state["d"].items() if counting or agg[0] > 0)
 
 
 # --------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from models.audiences import (
     metrics,
     moved_traits,
     note_next_change,
+    read_metrics,
     reads_scores,
     reads_windows,
     sync_traits,
@@ -432,15 +433,16 @@ class Segmenter:
         full, light = self._built_in_due(profile) if built_in is None else built_in
         audiences_due = None
         if self.definitions is not None:
-            noted = profile.get("audiences_due_ms")
+            noted = profile.get("audiences_due_ms")  # a held-back move's end included
             if noted is not None and noted > decided:
                 audiences_due = noted
-            for dim, membership in profile.get("segments", {}).items():
-                if "pending" in membership and dim.startswith(AUDIENCE_PREFIX):
-                    # An audience's dwell ends in an audiences decision.
-                    applies = membership["pending"]["applies_ms"]
-                    if applies > decided and (audiences_due is None or applies < audiences_due):
-                        audiences_due = applies
+            if "audiences_held" not in profile:  # noted by an earlier release, without
+                for dim, membership in profile.get("segments", {}).items():
+                    if "pending" in membership and dim.startswith(AUDIENCE_PREFIX):
+                        # An audience's dwell ends in an audiences decision.
+                        applies = membership["pending"]["applies_ms"]
+                        if applies > decided and (audiences_due is None or applies < audiences_due):
+                            audiences_due = applies
         due = min((t for t in (full, light, audiences_due) if t is not None), default=None)
         if due is None or due == full:
             return due, "full"
@@ -516,29 +518,39 @@ class Segmenter:
         evaluated: _Evaluated | None = None
         if not reads_scores(definitions):  # (else scored first: the conditions read them)
             current = profile.get("segments", {})
-            sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
-            clv = customer_clv(profile, now_ms, self.config)
+            sessions_30d, orders_90d, clv = 0, 0, None  # worked out where an audience reads them
+            read = read_metrics(definitions)
+            if "sessions_30d" in read or "orders_90d" in read:
+                sessions_30d, orders_90d = _recent_sessions_and_orders(profile, now_ms)
+            if "clv" in read:
+                clv = customer_clv(profile, now_ms, self.config)
             built_in = metrics(profile, now_ms, sessions_30d, orders_90d, clv)
             evaluated = self._audience_members(profile, now_ms, built_in, {}, current)
             members, context, moved, again = evaluated
-            held = {
-                dim[len(AUDIENCE_PREFIX) :]: entry["value"]
-                for dim, entry in current.items()
-                if dim.startswith(AUDIENCE_PREFIX)
-            }
             renewed = profile.get("audiences_digest") != definitions.digest
-            left = renewed and set(held) - set(members)  # removed from the definitions
+            # Audiences removed from the definitions leave (a renewed file only).
+            left = renewed and any(
+                dim.startswith(AUDIENCE_PREFIX) and dim[len(AUDIENCE_PREFIX) :] not in members
+                for dim in current
+            )
+            # (An audience not evaluated again holds as it was.)
+            evaluated_names = list(members) if again is None else again
+            entries = [current.get(audience_dimension(name)) for name in evaluated_names]
             if not left and all(
-                # (An audience not evaluated again holds as it was.)
-                held.get(name, "out") == ("in" if members[name] else "out")
-                for name in (members if again is None else again)
+                (entry is not None and entry["value"] == "in") == members[name]
+                for name, entry in zip(evaluated_names, entries, strict=True)
             ):
-                for name in members if again is None else again:
-                    entry = current.get(audience_dimension(name))
+                for entry in entries:
                     if entry is not None:
                         entry.pop("pending", None)  # the held-back change no longer holds
                 note_next_change(
-                    profile, definitions, context, moved, members, self.decide_at_every_edge
+                    profile,
+                    definitions,
+                    context,
+                    moved,
+                    members,
+                    self.decide_at_every_edge,
+                    evaluated_names,
                 )
                 return
         # One moves (or they read scores): scored for the change records.
@@ -573,7 +585,8 @@ class Segmenter:
         sync_traits(profile, definitions, max(self.profile_config.windows_days))
         context = audience_context(profile, definitions, now_ms, built_in, scores, current)
         moved = None if self.evaluate_every_audience else moved_traits(profile, definitions, now_ms)
-        members, context, again = evaluate_moved(definitions, context, current, moved)
+        held_back = profile.get("audiences_held")  # (None: noted by an earlier release)
+        members, context, again = evaluate_moved(definitions, context, current, moved, held_back)
         return members, context, moved, again
 
     def _decide_windows(
@@ -820,7 +833,9 @@ class Segmenter:
                     self._change(
                         customer_id, profile, dim, before, "out", now_ms, reason, snapshot, scores
                     )
-        note_next_change(profile, definitions, context, moved, members, self.decide_at_every_edge)
+        note_next_change(
+            profile, definitions, context, moved, members, self.decide_at_every_edge, again
+        )
 
     def erase(self, profile: Profile, population: PopulationState) -> None:
         """Take an erased customer out of the population counts and CLV sketch."""

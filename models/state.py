@@ -174,12 +174,17 @@ class Profile(TypedDict):
     # per trait, in the definitions' order: when it next changes with no
     # event, as worked out at the last evaluation (null: not by time alone)
     trait_due: NotRequired[list[int | None]]
+    trait_edge_ms: NotRequired[int | None]  # the first of them (absent: kept by an earlier release)
     # indices (as trait_due's) of the traits that can rise before the next
     # event: a day still to enter the window, a negative amount, a max...
     traits_rising: NotRequired[list[int]]
     audiences_digest: NotRequired[str]  # digest of the file the audiences were last evaluated under
-    # when an audience or trait can next change with no event (at the last decision)
+    # when an audience or trait can next change with no event, or a move the
+    # dwell holds back applies (at the last decision)
     audiences_due_ms: NotRequired[int | None]
+    # the audiences whose move the dwell holds back (their entries' "pending"),
+    # as noted at the last decision (absent: kept by an earlier release)
+    audiences_held: NotRequired[list[str]]
     # features (models.features.FEATURES order) when the persona held last
     # agreed with the customer's cluster: the persona moves only when the
     # customer's own features do (models.segments.settled_persona)

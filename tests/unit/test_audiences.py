@@ -538,6 +538,76 @@ def test_trait_states_kept_with_their_days_as_they_came_are_put_in_order_once() 
     assert [(c["to_segment"], c["ts"]) for c in outputs[0]] == [("out", T0 + 32 * DAY_MS)]
 
 
+def test_a_move_the_dwell_holds_back_is_decided_when_the_dwell_ends() -> None:
+    """An audience left within the dwell of entering it leaves when the dwell
+    ends: the profile notes the audience held back and that moment, and a
+    profile an earlier release kept (without either) is decided at the same
+    moment."""
+    text = (
+        "version: 1\ntraits:\n"
+        "  orders_1d: {aggregate: count, topic: purchases, type: order, window_days: 1}\n"
+        "audiences:\n  ordered_today: {when: 'orders_1d >= 1'}\n"
+    )
+    hour = 3_600_000
+    noted, earlier = engine_with(text), engine_with(text)
+    for engine in (noted, earlier):
+        entered = run(engine, [order(T0 + 23 * hour, 1, 10.0)], T0 + 30 * hour)
+        assert [(c["to_segment"], c["ts"]) for c in entered] == [("in", T0 + 23 * hour)]
+    # The order's day left the window at midnight; the dwell (a day) holds the exit back.
+    profile = noted.stores.profiles.get("c1")
+    assert profile["segments"]["audience.ordered_today"]["pending"]["value"] == "out"
+    assert profile["audiences_held"] == ["ordered_today"]
+    assert profile["audiences_due_ms"] == T0 + 47 * hour
+    kept = earlier.stores.profiles.get("c1")
+    del kept["audiences_held"]
+    kept["audiences_due_ms"] = None  # (an earlier release left the dwell's end out)
+    earlier.stores.profiles.put("c1", kept)
+    for engine in (noted, earlier):
+        left = engine.advance(Watermarks.up_to(T0 + 3 * DAY_MS)).changes
+        assert [(c["to_segment"], c["ts"]) for c in left] == [("out", T0 + 47 * hour)]
+        assert engine.stores.profiles.get("c1")["audiences_held"] == []
+
+
+def test_windowed_counts_kept_as_lists_are_brought_to_one_count_per_day_once() -> None:
+    """A profile kept by layout 2 holds a windowed count's days as
+    ``[n, 0, 0, 0]``: the first sync keeps each day's count alone, with the
+    same values, and the worker decides on from it as one that always kept
+    layout 3 does."""
+    text = (
+        "version: 1\ntraits:\n"
+        "  orders_30d: {aggregate: count, topic: purchases, type: order, window_days: 30}\n"
+        "  spend_30d: {aggregate: sum, topic: purchases, type: order, property: amount,"
+        " window_days: 30}\n"
+        "audiences:\n  repeat: {when: 'orders_30d >= 2'}\n"
+    )
+    definitions = load_definitions(text)
+    history = [order(T0 + 2 * DAY_MS, 1, 30.0), order(T0 + 9 * DAY_MS, 2, 80.0)]
+    history.append(order(T0 + 9 * DAY_MS + 5, 3, 10.0))
+    kept, fresh = engine_with(text), engine_with(text)
+    for engine in (kept, fresh):
+        engine.submit(history, Watermarks.up_to(T0 + 9 * DAY_MS + 5))
+    profile = kept.stores.profiles.get("c1")
+    count = definitions.traits["orders_30d"].fingerprint
+    spend = definitions.traits["spend_30d"].fingerprint
+    day2, day9 = str(T0 // DAY_MS + 2), str(T0 // DAY_MS + 9)
+    assert profile["traits"][count] == {"d": {day2: 1, day9: 2}}
+    # As layout 2 wrote it.
+    profile["traits"][count] = {"d": {day2: [1, 0, 0, 0], day9: [2, 0, 0, 0]}}
+    profile["trait_digest"] = f"{definitions.digest}/2"
+    kept.stores.profiles.put("c1", profile)
+    synced = orjson.loads(orjson.dumps(profile))
+    sync_traits(synced, definitions, keep_days=90)
+    assert synced["traits"][count] == {"d": {day2: 1, day9: 2}}
+    assert synced["traits"][spend] == profile["traits"][spend]  # a sum keeps its lists
+    assert synced["trait_digest"] == synced_digest(definitions)
+    # The first order's day leaves at day 32, the others' at day 39.
+    later = [order(T0 + 10 * DAY_MS, 4, 5.0)]
+    outputs = [run(engine, later, T0 + 45 * DAY_MS) for engine in (kept, fresh)]
+    assert outputs[0] == outputs[1]
+    assert [(c["to_segment"], c["ts"]) for c in outputs[0]] == [("out", T0 + 39 * DAY_MS)]
+    assert kept.stores.profiles.get("c1")["traits"] == fresh.stores.profiles.get("c1")["traits"]
+
+
 @pytest.mark.parametrize(
     ("when", "expected"),
     [
@@ -582,8 +652,8 @@ def test_only_a_trait_that_can_only_fall_has_its_edges_skipped() -> None:
     distinct = Trait("d", "distinct_count", "clickstream", property="category", window_days=7)
     biggest = Trait("b", "max", "purchases", "order", property="amount", window_days=7)
     today = 100
-    assert falls_only(count, {"d": {"98": [2, 0, 0, 0]}}, today)
-    assert not falls_only(count, {"d": {"98": [2, 0, 0, 0], "101": [1, 0, 0, 0]}}, today)
+    assert falls_only(count, {"d": {"98": 2}}, today)
+    assert not falls_only(count, {"d": {"98": 2, "101": 1}}, today)
     assert falls_only(total, {"d": {"98": [1, 5.0, 5.0, 5.0]}}, today)
     assert not falls_only(total, {"d": {"98": [2, -3.0, -4.0, 1.0]}}, today)
     assert falls_only(distinct, {"v": [["shoes", 99]]}, today)
@@ -625,6 +695,8 @@ def test_next_edge_is_the_next_change_and_whether_the_trait_can_rise(
         state = {"l": [max(days) * DAY_MS, 1]} if days else {}
     elif window is None:
         state = {"a": [len(days), sum(a for _, a in days.values()), 0, 0]}
+    elif aggregate == "count":  # a count per day, each day held counted one
+        state = {"d": {str(day): n for day, (n, _) in sorted(days.items()) if n}}
     else:
         state = {"d": {str(day): [n, a, a, a] for day, (n, a) in sorted(days.items())}}
     now = today * DAY_MS + 5
