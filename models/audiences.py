@@ -25,7 +25,7 @@ dwell rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, get_args
 
@@ -75,6 +75,22 @@ def audience_dimension(name: str) -> str:
     return AUDIENCE_PREFIX + name
 
 
+# The built-in metrics only an applied event changes, with the topics whose
+# events can: an audience reading one is evaluated again after such an event
+# (:func:`fold_traits` notes them). Every other metric moves with time too
+# (days since, the windowed counts, CLV): an audience reading one is
+# evaluated at every decision.
+_EVENT_METRICS: Final[dict[str, tuple[str, ...]]] = {
+    "orders": ("purchases",),
+    "revenue": ("purchases",),
+    "aov": ("purchases",),
+    "last_order_at": ("purchases",),
+    "open_tickets": ("support",),
+    "nps_last": ("support",),
+    "last_seen_at": ("clickstream", "purchases", "support"),
+    "first_seen_at": ("clickstream", "purchases", "support"),
+}
+
 # The metrics that move when a session or order leaves its window.
 _WINDOWED: Final = frozenset({"metric.sessions_30d", "metric.orders_90d"})
 
@@ -111,6 +127,11 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
     shape = _shape(definitions)
     readers = shape.by_kind
     topic = event.get("topic")
+    if isinstance(topic, str) and topic in shape.topic_readers:
+        # An audience reads a metric such an event moves.
+        events: list[str] = profile.setdefault("events_moved", [])
+        if topic not in events:
+            events.append(topic)
     candidates = readers.get((topic, event.get("type")))
     if candidates is None:  # a type no trait names: the topic's catch-all traits
         candidates = readers.get((topic, None), ())
@@ -582,8 +603,16 @@ class _Shape:
     # each audience, in the file's order: (name, its compiled condition
     # (Audience.compiled), its dimension, the audiences that read it directly)
     audiences: tuple[tuple[str, Callable[[Context], Any], str, frozenset[str]], ...]
-    always: frozenset[str]  # audiences that read a metric, score, segment or days_since
-    always_at: tuple[int, ...]  # their places in the file
+    # the places in the file of the audiences evaluated at every decision: they
+    # read a score, a metric that moves with time, or days_since other than
+    # in a comparison whose flip is noted
+    always_at: tuple[int, ...]
+    # built-in dimension -> the places of the audiences that read it
+    segment_readers: Mapping[str, tuple[int, ...]]
+    # topic -> the places of the audiences reading a metric its events move
+    topic_readers: Mapping[str, tuple[int, ...]]
+    timed_at: tuple[int, ...]  # the places of the timed audiences, in their order
+    timed_names: tuple[str, ...]  # their names
     readers_at: Mapping[str, tuple[int, ...]]  # trait -> the places of its readers
     read_by_at: tuple[tuple[int, ...], ...]  # by audience: the places of those that read it
     synced: str  # synced_digest's answer
@@ -630,8 +659,23 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
     always = frozenset(
         name
         for name, audience in definitions.audiences.items()
-        if audience.reads_time() or any(ns not in ("trait", "audience") for ns, _ in reads[name])
+        if not audience.tests_all_time()
+        or any(
+            ns == "score" or (ns == "metric" and ref not in _EVENT_METRICS)
+            for ns, ref in reads[name]
+        )
     )
+    segment_readers: dict[str, list[int]] = {}
+    topic_readers: dict[str, list[int]] = {}
+    for name, refs in reads.items():
+        at = audience_index[name]
+        for ns, ref in refs:
+            if ns == "segment" and at not in segment_readers.setdefault(ref, []):
+                segment_readers[ref].append(at)
+            for topic in _EVENT_METRICS.get(ref, ()) if ns == "metric" else ():
+                if at not in topic_readers.setdefault(topic, []):
+                    topic_readers[topic].append(at)
+    timed = tuple(a for a in definitions.audiences.values() if a.has_time_tests)
     audiences = tuple(
         (
             name,
@@ -661,13 +705,16 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         followed_either_way=tuple(
             any(way == 0 for _, way in followers[name]) for name in definitions.traits
         ),
-        timed=tuple(a for a in definitions.audiences.values() if a.has_time_tests),
+        timed=timed,
+        timed_at=tuple(audience_index[a.name] for a in timed),
+        timed_names=tuple(a.name for a in timed),
         by_fingerprint={t.fingerprint: name for name, t in definitions.traits.items()},
         readers=readers,
         followers={trait: tuple(f) for trait, f in followers.items()},
         audiences=audiences,
-        always=always,
         always_at=tuple(sorted(audience_index[name] for name in always)),
+        segment_readers={dim: tuple(places) for dim, places in segment_readers.items()},
+        topic_readers={topic: tuple(places) for topic, places in topic_readers.items()},
         readers_at={
             trait: tuple(sorted(audience_index[a] for a in names))
             for trait, names in readers.items()
@@ -731,30 +778,37 @@ class Memberships(dict[str, bool]):
         return self[name]
 
 
-def _reading(context: Context, members: dict[str, bool]) -> Context:
-    # dataclasses.replace(context, audiences=members), without its field walk
-    return Context(
-        context.now_ms, context.traits, context.metrics, context.scores, context.segments, members
-    )
-
-
 def evaluate_moved(
     definitions: Definitions,
     context: Context,
     held: Mapping[str, Mapping[str, Any]],
     moved: set[str] | None,
     held_back: Iterable[str] | None = None,
+    segments_moved: Iterable[str] = (),
+    events_moved: Iterable[str] = (),
+    flips: Sequence[int | None] | None = None,
 ) -> tuple[dict[str, bool], Context, list[str] | None]:
     """Every audience's membership, evaluating only those whose inputs can
     have moved since the last evaluation (``moved``: :func:`moved_traits`);
-    with it, ``context`` with those memberships as its audiences, and the
-    names of those evaluated, in the file's order (``None``: all).
+    with it, ``context``, given those memberships as its audiences (it is
+    changed: make one per evaluation), and the names of those evaluated, in
+    the file's order (``None``: all).
 
-    An audience is evaluated again when it reads a moved trait, a metric, a
-    score, a segment or ``days_since``, or an audience evaluated again, or
-    when the dwell holds a move of it back (``pending``; ``held_back``: those
-    audiences, as :func:`note_next_change` noted them, or ``None`` to find
-    them in ``held``). Any other keeps
+    An audience is evaluated again when it reads
+
+    * a moved trait;
+    * a built-in segment that moved in this decision (``segments_moved``);
+    * a metric only events move, and an event of a topic that moves it was
+      applied since (``events_moved``, as :func:`fold_traits` noted them);
+    * a score, or a metric that moves with time as well;
+    * ``days_since`` in a comparison whose flip has come (``flips``: each
+      timed audience's, as :func:`note_next_change` noted them; ``None``:
+      all have), or ``days_since`` elsewhere;
+    * or an audience evaluated again;
+
+    or when the dwell holds a move of it back (``pending``; ``held_back``:
+    those audiences, as :func:`note_next_change` noted them, or ``None`` to
+    find them in ``held``). Any other keeps
     the membership its last evaluation gave, which its held segment entry
     (``held``, by dimension) shows: no entry is "out" (a
     :class:`Memberships` reads it when asked). The memberships equal
@@ -762,14 +816,28 @@ def evaluate_moved(
     """
     if moved is None:
         everything = evaluate_audiences(definitions, context)
-        return everything, _reading(context, everything), None
+        context.audiences = everything
+        return everything, context, None
     members = Memberships(held)
-    reading = _reading(context, members)
+    reading = context
+    reading.audiences = members
     shape = _shape(definitions)
     due = set(shape.always_at)
     readers_at = shape.readers_at
     for trait in moved:
         due.update(readers_at[trait])
+    for dim in segments_moved:
+        due.update(shape.segment_readers.get(dim, ()))
+    for topic in events_moved:
+        due.update(shape.topic_readers.get(topic, ()))
+    timed_at = shape.timed_at
+    if flips is None or len(flips) != len(timed_at):
+        due.update(timed_at)
+    else:
+        now = context.now_ms
+        for at, flip in zip(timed_at, flips, strict=True):
+            if flip is not None and flip <= now:
+                due.add(at)  # a days_since test flips
     if held_back is None:
         held_back = [
             dim[len(AUDIENCE_PREFIX) :]
@@ -777,9 +845,9 @@ def evaluate_moved(
             if "pending" in entry and dim.startswith(AUDIENCE_PREFIX)
         ]
     for name in held_back:
-        at = shape.audience_index.get(name)
-        if at is not None:
-            due.add(at)  # a dwell-held move
+        place = shape.audience_index.get(name)
+        if place is not None:
+            due.add(place)  # a dwell-held move
     again: list[str] = []
     if due:
         audiences, read_by_at = shape.audiences, shape.read_by_at
@@ -811,11 +879,20 @@ def note_next_change(
     another's state has not changed and its noted time is later than now.
     The audiences are due at the first edge that can move one of them
     (:func:`edge_can_move`; every edge with ``every_edge``), when a
-    ``days_since`` test flips, or when the dwell's hold on a move of one
-    ends. The audiences so held back are noted (``audiences_held``): only
-    those ``evaluated`` (all where ``None``) can be, since a held-back
-    audience is always evaluated again (:func:`evaluate_moved`).
+    ``days_since`` test flips (each timed audience's flip is noted,
+    ``audience_flips``), or when the dwell's hold on a move of one ends. The
+    audiences so held back are noted (``audiences_held``): only those
+    ``evaluated`` (all where ``None``) can be, since a held-back audience is
+    always evaluated again (:func:`evaluate_moved`).
+
+    With no trait moved and no audience evaluated, every time noted holds:
+    nothing that decides one has changed.
     """
+    profile.pop("events_moved", None)
+    if moved is not None and not moved and evaluated is not None and not evaluated:
+        if "audience_flips" in profile:
+            profile.pop("traits_moved", None)
+            return
     states = profile.get("traits", {})
     now = context.now_ms
     shape = _shape(definitions)
@@ -861,10 +938,23 @@ def note_next_change(
         profile["traits_rising"] = sorted(rising)
     else:
         profile.pop("traits_rising", None)
-    for audience in shape.timed:
-        moment = audience.next_change_ms(context, now)
+    timed = shape.timed
+    flips: list[int | None] | None = profile.get("audience_flips")
+    if evaluated is None or flips is None or len(flips) != len(timed):
+        again_timed: Iterable[int] = range(len(timed))
+        flips = [None] * len(timed)
+    else:
+        # The others' flips hold: what decides them has not changed, or they
+        # would have been evaluated.
+        flips = list(flips)
+        names = set(evaluated)
+        again_timed = [n for n, name in enumerate(shape.timed_names) if name in names]
+    for n in again_timed:
+        flips[n] = timed[n].next_change_ms(context, now)
+    for moment in flips:
         if moment is not None and (first is None or moment < first):
             first = moment
+    profile["audience_flips"] = flips
     held = profile.get("segments", {})
     held_back: list[str] = []
     for name in shape.audience_index if evaluated is None else evaluated:

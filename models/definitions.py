@@ -569,11 +569,15 @@ class Trait:
         if value is None:
             return unchanged
         kept: list[Any] = state["v"] if state else []
-        key = _distinct_key(value)
+        # A kept value's type and equality are its _distinct_key: the values
+        # are _distinct_value's, so 3 is never kept as 3.0, nor True as 1.
+        kind = type(value)
         if self.window_days is None:
             # Over the lifetime the first values seen are kept: the count is
             # min(distinct values, the bound) whatever the order.
-            if len(kept) >= MAX_DISTINCT_VALUES or any(_distinct_key(v) == key for v in kept):
+            if len(kept) >= MAX_DISTINCT_VALUES or any(
+                type(v) is kind and v == value for v in kept
+            ):
                 return unchanged
             if in_place and state is not None:
                 kept.append(value)
@@ -581,20 +585,27 @@ class Trait:
             return {"v": [*kept, value]}
         window = self.window_days
         day = ts // DAY_MS
-        newest = max((entry[1] for entry in kept), default=day)
+        # One pass: the newest and oldest days kept, and the value's entry.
+        newest, oldest, at = day, day, -1
+        for n, entry in enumerate(kept):
+            seen = entry[1]
+            if n == 0 or seen > newest:
+                newest = seen
+            if n == 0 or seen < oldest:
+                oldest = seen
+            if at < 0 and type(entry[0]) is kind and entry[0] == value:
+                at = n
         if day <= newest - window:
             return unchanged
+        if at >= 0 and day <= kept[at][1]:
+            return unchanged
         entries = kept if in_place else [list(entry) for entry in kept]
-        for entry in entries:
-            if _distinct_key(entry[0]) == key:
-                if day <= entry[1]:
-                    return unchanged
-                entry[1] = day
-                break
+        if at >= 0:
+            entries[at][1] = day
         else:
             entries.append([value, day])
         newest = max(newest, day)
-        if any(entry[1] <= newest - window for entry in entries):
+        if min(oldest, day) <= newest - window:
             entries = [entry for entry in entries if entry[1] > newest - window]
         if len(entries) > MAX_DISTINCT_VALUES:
             # Keep the most recently seen values (ties by value, so the
@@ -1633,6 +1644,13 @@ class Audience:
         ({'n': 1, 'm': -1}, {'n': 1, 'm': 0})
         """
         return _directions(self._tree, earlier)
+
+    def tests_all_time(self) -> bool:
+        """Whether time moves the condition only through its ``days_since``
+        comparisons (:meth:`next_change_ms`): every ``days_since`` in it is one
+        side of a comparison whose other side has none."""
+        read = sum(1 for node in _walk(self._tree) if isinstance(node, _DaysSince))
+        return read == len(self._time_tests)
 
     def reads_time(self) -> bool:
         """Whether the condition reads ``days_since`` anywhere: it can change as time passes."""

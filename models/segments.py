@@ -36,7 +36,7 @@ topic until the watermark reaches them (:mod:`models.reorder`).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeAlias
 
@@ -564,7 +564,7 @@ class Segmenter:
             scored.snapshot,
             scored.scores,
             scored.built_in,
-            evaluated,
+            evaluated=evaluated,
         )
 
     def _audience_members(
@@ -574,19 +574,31 @@ class Segmenter:
         built_in: Mapping[str, Any],
         scores: Mapping[str, Any],
         current: Mapping[str, SegmentMembership],
+        segments_moved: Iterable[str] = (),
     ) -> _Evaluated:
         """The customer's audiences as of ``now_ms``, evaluating again only
         those whose inputs can have moved (all with
-        ``evaluate_every_audience``): the members, the context they were
-        read from, the traits that moved and the audiences evaluated again
-        (``None``: all)."""
+        ``evaluate_every_audience``, or on a profile an earlier release
+        noted): the members, the context they were read from, the traits
+        that moved and the audiences evaluated again (``None``: all).
+        ``segments_moved``: the built-in dimensions this decision moved."""
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - the callers checked
         sync_traits(profile, definitions, max(self.profile_config.windows_days))
         context = audience_context(profile, definitions, now_ms, built_in, scores, current)
-        moved = None if self.evaluate_every_audience else moved_traits(profile, definitions, now_ms)
-        held_back = profile.get("audiences_held")  # (None: noted by an earlier release)
-        members, context, again = evaluate_moved(definitions, context, current, moved, held_back)
+        moved = None
+        if not self.evaluate_every_audience and "audience_flips" in profile:
+            moved = moved_traits(profile, definitions, now_ms)
+        members, context, again = evaluate_moved(
+            definitions,
+            context,
+            current,
+            moved,
+            profile.get("audiences_held"),
+            segments_moved,
+            profile.get("events_moved") or (),
+            profile.get("audience_flips"),
+        )
         return members, context, moved, again
 
     def _decide_windows(
@@ -693,8 +705,11 @@ class Segmenter:
                 customer_id, profile, dim, decided[dim], now_ms, population, snapshot, scores
             )
         if scored.built_in is not None:
+            moved = [
+                dim for dim in DIMENSIONS if dim in current and current[dim]["value"] != prev[dim]
+            ]
             self._decide_audiences(
-                customer_id, profile, now_ms, population, snapshot, scores, scored.built_in
+                customer_id, profile, now_ms, population, snapshot, scores, scored.built_in, moved
             )
         if "persona" in current and current["persona"]["value"] == scores["persona"]:
             # The persona held agrees with the customer's cluster: a later
@@ -785,18 +800,22 @@ class Segmenter:
         snapshot: dict[str, Any],
         scores: Mapping[str, Any],
         built_in: Mapping[str, Any],
+        segments_moved: Iterable[str] = (),
         evaluated: _Evaluated | None = None,
     ) -> None:
         """Decide the user's audiences as dimensions ``audience.<name>`` (in or
         out), after the built-in ones they may read; note when they can next
         change with no event. ``evaluated``: the audiences as evaluated at
-        ``now_ms`` already (:meth:`_audience_members`, none reading a score)."""
+        ``now_ms`` already (:meth:`_audience_members`, none reading a score);
+        ``segments_moved``: the built-in dimensions this decision moved."""
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - the caller checked
         current = profile["segments"]
         renewed = profile.get("audiences_digest") != definitions.digest
         if evaluated is None:
-            evaluated = self._audience_members(profile, now_ms, built_in, scores, current)
+            evaluated = self._audience_members(
+                profile, now_ms, built_in, scores, current, segments_moved
+            )
         members, context, moved, again = evaluated
         partial: list[str] | None = None  # audiences reading a backfilling trait
         # Those evaluated again; any other holds as it was. (A copy of the
@@ -823,7 +842,7 @@ class Segmenter:
             self._apply(
                 customer_id, profile, dim, (value, reason), now_ms, population, snapshot, scores
             )
-        for dim in [d for d in current if renewed and d.startswith(AUDIENCE_PREFIX)]:
+        for dim in [d for d in current if d.startswith(AUDIENCE_PREFIX)] if renewed else ():
             if dim[len(AUDIENCE_PREFIX) :] not in definitions.audiences:
                 # Removed from the definitions: members exit at once (no dwell).
                 before = current.pop(dim)

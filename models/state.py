@@ -175,6 +175,13 @@ class Profile(TypedDict):
     # event, as worked out at the last evaluation (null: not by time alone)
     trait_due: NotRequired[list[int | None]]
     trait_edge_ms: NotRequired[int | None]  # the first of them (absent: kept by an earlier release)
+    # per audience with a days_since test, in the definitions' order: when it
+    # next flips, as worked out when it was last evaluated (absent: kept by an
+    # earlier release, which evaluated such audiences at every decision)
+    audience_flips: NotRequired[list[int | None]]
+    # topics of the events applied since the audiences were last evaluated,
+    # where an audience reads a metric their events move
+    events_moved: NotRequired[list[str]]
     # indices (as trait_due's) of the traits that can rise before the next
     # event: a day still to enter the window, a negative amount, a max...
     traits_rising: NotRequired[list[int]]

@@ -27,6 +27,7 @@ from models.audiences import (
     edge_can_move,
     evaluate_moved,
     falls_only,
+    metrics,
     next_edge,
     sync_traits,
     synced_digest,
@@ -352,12 +353,35 @@ audiences:
 """
 
 
-@pytest.mark.parametrize("text", ["example", "windowed"])
+# Audiences that read metrics only events move, built-in segments and
+# days_since of them, beside traits: evaluated again only after such an
+# event, a move of the segment, or the comparison's flip.
+EVENT_READ = """
+version: 1
+traits:
+  views_7d: {aggregate: count, topic: clickstream, type: page_view, window_days: 7}
+  orders_30d: {aggregate: count, topic: purchases, type: order, window_days: 30}
+audiences:
+  seen_lately: {when: "days_since(metric.last_seen_at) <= 3"}
+  ticket_holder: {when: "metric.open_tickets >= 1 and views_7d >= 1"}
+  detractor: {when: "metric.nps_last != null and metric.nps_last <= 6"}
+  big_basket: {when: "metric.aov >= 60 and views_7d >= 2"}
+  old_timer: {when: "days_since(metric.first_seen_at) > 30 and metric.orders >= 2"}
+  lapsing: {when: "metric.orders >= 1 and days_since(metric.last_order_at) > 20"}
+  valued_at_risk: {when: 'segment.value_tier in ["top_5", "top_20"] and orders_30d == 0'}
+  risky_regular: {when: 'segment.churn_risk == "high" and audience.lapsing'}
+  anxious: {when: "not audience.seen_lately and metric.revenue > 100"}
+"""
+
+
+@pytest.mark.parametrize("text", ["example", "windowed", "event_read"])
 def test_evaluating_only_what_moved_publishes_what_evaluating_everything_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
 ) -> None:
     definitions = tmp_path / "definitions.yaml"
-    definitions.write_text(EXAMPLE.read_text() if text == "example" else WINDOWED)
+    definitions.write_text(
+        {"example": EXAMPLE.read_text(), "windowed": WINDOWED, "event_read": EVENT_READ}[text]
+    )
     events, _ = simulate(SimConfig(customers=80, days=75, seed=44))
     settings = Settings(_env_file=None, store="memory", definitions_file=definitions)
     evaluations = Counter[str]()
@@ -566,6 +590,24 @@ def test_a_move_the_dwell_holds_back_is_decided_when_the_dwell_ends() -> None:
         left = engine.advance(Watermarks.up_to(T0 + 3 * DAY_MS)).changes
         assert [(c["to_segment"], c["ts"]) for c in left] == [("out", T0 + 47 * hour)]
         assert engine.stores.profiles.get("c1")["audiences_held"] == []
+
+
+def test_a_profile_an_earlier_release_kept_has_every_audience_evaluated_once() -> None:
+    """An earlier release noted neither the events applied since the last
+    evaluation nor the flips of the days_since tests: on a profile it kept,
+    every audience is evaluated at the next decision, and from then on only
+    those whose inputs moved."""
+    engine = engine_with(EVENT_READ)
+    run(engine, [order(T0 + 5_000, 1, 120.0), order(T0 + DAY_MS, 2, 30.0)], T0 + DAY_MS)
+    segmenter = engine._segmenter()
+    profile = engine.stores.profiles.get("c1")
+    now = T0 + DAY_MS + 10
+    built_in = metrics(profile, now, 0, 0, None)
+    *_, again = segmenter._audience_members(profile, now, built_in, {}, profile["segments"])
+    assert again == []  # nothing moved since the decision at the second order
+    del profile["audience_flips"]
+    *_, again = segmenter._audience_members(profile, now, built_in, {}, profile["segments"])
+    assert again is None
 
 
 def test_windowed_counts_kept_as_lists_are_brought_to_one_count_per_day_once() -> None:

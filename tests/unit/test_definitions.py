@@ -1285,6 +1285,28 @@ def test_distinct_count_at_its_bound_does_not_depend_on_the_order(
         assert isinstance(count, int) and count <= 3
 
 
+@settings(max_examples=200, deadline=None)
+@given(window=st.sampled_from([1, 2, 10]), rows=CROWDED_EVENTS, in_place=st.booleans())
+def test_a_windowed_distinct_count_counts_the_values_its_window_saw(
+    window: int, rows: list[tuple[int, int, int, Any]], in_place: bool
+) -> None:
+    """Folded one by one, in any order, a windowed distinct count answers as
+    the events themselves say: the values (7 and 7.0 one value, True
+    another) seen on the days its window covers."""
+    days = f"window_days: {window}"
+    t = trait(f"{{aggregate: distinct_count, property: category, topic: purchases, {days}}}")
+    state: dict[str, Any] | None = None
+    for day, ms, _, c in rows:
+        event = order(day * D + ms, category=c)
+        state = t.fold_into(state, event) if in_place else t.fold(state, event)
+    newest = max((day for day, *_ in rows), default=0)
+    for as_of_day in range(newest, newest + window + 1):
+        seen = {
+            (type(c) is bool, c) for day, _, _, c in rows if as_of_day - window < day <= as_of_day
+        }
+        assert t.value(state, as_of_day * D + 5) == len(seen)
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     aggregate=st.sampled_from(["count", "sum", "avg", "min", "max", "latest", "distinct_count"]),

@@ -79,7 +79,8 @@ audiences:
 """
 )
 # A later version of the file: one trait added that the profile's counters
-# cannot answer for (its customers with history mark it backfilling).
+# cannot answer for (its customers with history mark it backfilling), and an
+# audience reading a metric a click moves (noted until the next decision).
 DEFINITIONS_V2 = load_definitions(
     """
 version: 2
@@ -90,6 +91,7 @@ traits:
   biggest_7d: {aggregate: max, topic: purchases, property: amount, window_days: 7}
 audiences:
   store_regular: {when: "visits_30d >= 1 and big_orders >= 0"}
+  seen_lately: {when: "days_since(metric.last_seen_at) <= 30"}
 """
 )
 
