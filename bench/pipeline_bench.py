@@ -75,6 +75,21 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used so far, all its threads, seconds."""
+    # /proc/<pid>/stat: utime and stime are the 14th and 15th fields; the
+    # command name (2nd, in parentheses) may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> float:
+    """CPU the whole machine has spent busy so far (every core), seconds."""
+    busy = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, busy)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def dir_size_mb(path: Path) -> float:
     """Disk usage of a directory, MiB."""
     out = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True, check=False)  # noqa: S603, S607
@@ -119,6 +134,8 @@ def summarise_runs(results: list[dict[str, Any]], expected_events: int) -> dict[
         "first_event_s_of_each_run": [r["first_event_s"] for r in results],
         "complete_of_each_run": [r["events"] >= expected_events for r in results],
         "peak_rss_mb_of_each_run": [r["peak_rss_mb"] for r in results],
+        "worker_cpu_s_of_each_run": [r.get("worker_cpu_s") for r in results],
+        "machine_cpu_s_of_each_run": [r.get("machine_cpu_s") for r in results],
     }
 
 
@@ -157,6 +174,10 @@ def run_mode(
     worker = WorkerProcess(env=env, log_path=workdir / f"{mode}.log").start()
     try:
         worker.wait_ready(180)
+        assert worker.proc is not None  # noqa: S101 - started above
+        # CPU from ready to done: the worker's own (its threads: RocksDB's
+        # included), and the machine's (the broker's and this process's too).
+        cpu_at_ready, machine_at_ready = cpu_seconds(worker.proc.pid), machine_cpu_seconds()
         started = time.monotonic()
         done = 0.0
         progress: list[tuple[float, float]] = []  # (seconds since ready, events done)
@@ -171,7 +192,8 @@ def run_mode(
                 break
             time.sleep(0.25)
         elapsed = time.monotonic() - started
-        assert worker.proc is not None  # noqa: S101 - started above
+        worker_cpu = cpu_seconds(worker.proc.pid) - cpu_at_ready
+        machine_cpu = machine_cpu_seconds() - machine_at_ready
         rss = peak_rss_mb(worker.proc.pid)
     finally:
         worker.stop()
@@ -182,6 +204,8 @@ def run_mode(
         **steady_rate(progress, expected),
         "peak_rss_mb": round(rss, 1),
         "store_mb": round(dir_size_mb(workdir / mode), 1),
+        "worker_cpu_s": round(worker_cpu, 2),
+        "machine_cpu_s": round(machine_cpu, 2),
     }
 
 

@@ -861,6 +861,38 @@ def evaluate_moved(
     return members, reading, again
 
 
+def nothing_due(
+    profile: Profile, definitions: Definitions, now_ms: int, segments_moved: Iterable[str]
+) -> bool:
+    """Whether no audience can have moved since the audiences were last
+    evaluated, with the built-in dimensions ``segments_moved`` moved since:
+    no audience is evaluated at every decision, no trait was folded into and
+    none has reached its next edge, no event an audience's metric reads was
+    applied, no ``days_since`` test has flipped, no move is held back, and no
+    audience reads a segment that moved. An evaluation then evaluates none
+    (:func:`evaluate_moved`) and notes nothing new (:func:`note_next_change`).
+    ``False`` where the profile was last evaluated under another file or by
+    an earlier release."""
+    shape = _shape(definitions)
+    if (
+        shape.always_at
+        or profile.get("traits_moved")
+        or profile.get("events_moved")
+        or profile.get("audiences_held")
+        or profile.get("audiences_digest") != definitions.digest
+        or profile.get("trait_digest") != shape.synced
+        or "trait_edge_ms" not in profile
+        or "audience_flips" not in profile
+    ):
+        return False
+    edge = profile["trait_edge_ms"]
+    if edge is not None and edge <= now_ms:
+        return False
+    if any(flip is not None and flip <= now_ms for flip in profile["audience_flips"]):
+        return False
+    return not any(dim in shape.segment_readers for dim in segments_moved)
+
+
 def note_next_change(
     profile: Profile,
     definitions: Definitions,

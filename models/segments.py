@@ -50,6 +50,7 @@ from models.audiences import (
     metrics,
     moved_traits,
     note_next_change,
+    nothing_due,
     read_metrics,
     reads_scores,
     reads_windows,
@@ -813,6 +814,10 @@ class Segmenter:
         current = profile["segments"]
         renewed = profile.get("audiences_digest") != definitions.digest
         if evaluated is None:
+            if not (renewed or self.evaluate_every_audience) and nothing_due(
+                profile, definitions, now_ms, segments_moved
+            ):
+                return  # (what evaluating them would find)
             evaluated = self._audience_members(
                 profile, now_ms, built_in, scores, current, segments_moved
             )
