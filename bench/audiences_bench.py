@@ -10,7 +10,9 @@ file and with :func:`definitions_text` (20 traits over every topic, windows
 of 7 to 90 days and lifetime, filters on properties; 20 audiences over
 traits, metrics, scores, segments, other audiences and ``days_since``), so
 machine noise falls on both alike. Reported: events/s of each run, the
-medians, and with/without.
+medians, and with/without; with each run, the CPU the worker and the
+machine used from ready to done (the worker is bound by its own CPU, so
+its CPU per event shows the file's cost without the machine's waits).
 """
 
 from __future__ import annotations
