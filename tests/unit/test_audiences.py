@@ -78,6 +78,17 @@ def engine_with(text: str) -> PartitionEngine:
     return PartitionEngine(0, PartitionStores.in_memory(), config)
 
 
+def two_engines(
+    text: str, history: list[dict[str, Any]]
+) -> tuple[PartitionEngine, PartitionEngine]:
+    """Two engines under ``text`` that applied the same ``history`` (up to its
+    last event): one to alter as an earlier release left it, one to compare."""
+    engines = engine_with(text), engine_with(text)
+    for engine in engines:
+        engine.submit(history, Watermarks.up_to(max(int(e["ts"]) for e in history)))
+    return engines
+
+
 def run(engine: PartitionEngine, records: list[dict[str, Any]], until: int) -> list[dict[str, Any]]:
     changes: list[dict[str, Any]] = []
     for record in records:
@@ -540,9 +551,7 @@ def test_trait_states_kept_with_their_days_as_they_came_are_put_in_order_once() 
     )
     definitions = load_definitions(text)
     history = [order(T0 + 9 * DAY_MS, 1, 80.0), order(T0 + 2 * DAY_MS, 2, 30.0)]
-    kept, fresh = engine_with(text), engine_with(text)
-    for engine in (kept, fresh):
-        engine.submit(history, Watermarks.up_to(T0 + 9 * DAY_MS))
+    kept, fresh = two_engines(text, history)
     profile = kept.stores.profiles.get("c1")
     fp = definitions.traits["spend_30d"].fingerprint
     assert list(profile["traits"][fp]["d"]) == [str(T0 // DAY_MS + 2), str(T0 // DAY_MS + 9)]
@@ -625,9 +634,7 @@ def test_windowed_counts_kept_as_lists_are_brought_to_one_count_per_day_once() -
     definitions = load_definitions(text)
     history = [order(T0 + 2 * DAY_MS, 1, 30.0), order(T0 + 9 * DAY_MS, 2, 80.0)]
     history.append(order(T0 + 9 * DAY_MS + 5, 3, 10.0))
-    kept, fresh = engine_with(text), engine_with(text)
-    for engine in (kept, fresh):
-        engine.submit(history, Watermarks.up_to(T0 + 9 * DAY_MS + 5))
+    kept, fresh = two_engines(text, history)
     profile = kept.stores.profiles.get("c1")
     count = definitions.traits["orders_30d"].fingerprint
     spend = definitions.traits["spend_30d"].fingerprint
