@@ -35,6 +35,7 @@ from models.definitions import (
     Trait,
     TraitState,
     TraitValues,
+    count_lists,
     evaluate_audiences,
     ordered_days,
 )
@@ -62,8 +63,9 @@ SCORES: Final = ("churn_probability", "churn_source", "cluster_id", "persona")
 AUDIENCE_PREFIX: Final = "audience."
 # The layout of the trait states, noted with the file's digest (``trait_digest``):
 # from 2 on, a windowed state's days are in ascending order; from 3 on, a
-# windowed count keeps each day's count alone (``n``, not ``[n, 0, 0, 0]``).
-TRAIT_LAYOUT: Final = 3
+# windowed count keeps each day's count alone (``n``, not ``[n, 0, 0, 0]``);
+# from 4 on, in two lists (``{"k": [day, ...], "n": [n, ...]}``).
+TRAIT_LAYOUT: Final = 4
 
 
 def audience_dimension(name: str) -> str:
@@ -135,22 +137,20 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
     candidates = readers.get((topic, event.get("type")))
     if candidates is None:  # a type no trait names: the topic's catch-all traits
         candidates = readers.get((topic, None), ())
-    day: str | None = None
+    day = ts // DAY_MS
     for trait in candidates:  # of the event's topic and type: Trait.matches, in part
         if trait.where and not trait.where_holds(event):
             continue
         fingerprint = trait.fingerprint
         state = states.get(fingerprint)
         if fingerprint in shape.day_counts and state is not None:
-            # A windowed count (Trait.fold_into): another event on a day it
-            # holds is one more on that day.
-            day = str(ts // DAY_MS) if day is None else day
-            days = state["d"]
-            held = days.get(day)
-            if held is not None:
-                days[day] = held + 1
+            # A windowed count (Trait.fold_into): another event on the
+            # newest day it holds is one more on that day.
+            days = state.get("k")
+            if days and days[-1] == day:
+                state["n"][-1] += 1
             else:
-                trait.fold_into(state, event)
+                states[fingerprint] = trait.fold_into(state, event)
         else:
             states[fingerprint] = trait.fold_into(state, event)
         if moved is None:
@@ -206,7 +206,7 @@ def seeded_state(trait: Trait, profile: Profile, keep_days: int) -> TraitState |
     >>> seeded_state(Trait("n", "count", "purchases", "order"), profile, 90)
     {'a': [3, 0, 0, 0]}
     >>> seeded_state(Trait("n", "count", "purchases", window_days=7), profile, 90)
-    {'d': {'10': 2, '12': 1}}
+    {'k': [10, 12], 'n': [2, 1]}
     >>> print(seeded_state(Trait("n", "sum", "purchases", property="amount"), profile, 90))
     None
     """
@@ -231,8 +231,7 @@ def seeded_state(trait: Trait, profile: Profile, keep_days: int) -> TraitState |
         if count:
             days[day] = count
     newest = max(map(int, days), default=0)
-    kept = {day: agg for day, agg in days.items() if int(day) > newest - trait.window_days}
-    return {"d": ordered_days(kept)}
+    return count_lists({day: n for day, n in days.items() if int(day) > newest - trait.window_days})
 
 
 def sync_traits(
@@ -286,23 +285,23 @@ def sync_traits(
         del profile["trait_since"]
     for fingerprint, state in states.items():
         if "d" in state:  # (new dicts: a profile view syncs a shallow copy)
-            states[fingerprint] = {"d": _in_layout(current[fingerprint], state["d"])}
+            states[fingerprint] = _in_layout(current[fingerprint], state["d"])
     profile["trait_fps"] = sorted(current)
     profile["trait_digest"] = noted
 
 
-def _in_layout(trait: Trait, days: Mapping[str, Any]) -> dict[str, Any]:
-    """A windowed state's days as :data:`TRAIT_LAYOUT` keeps them: in
-    ascending order (layout 1 kept them in the order they came), a count's
-    as the count alone (layout 2 kept ``[n, 0, 0, 0]``).
+def _in_layout(trait: Trait, days: Mapping[str, Any]) -> TraitState:
+    """A windowed state kept as ``{"d": days}`` as :data:`TRAIT_LAYOUT` keeps
+    it: the days in ascending order (layout 1 kept them in the order they
+    came); a count's days and counts in two lists (layout 2 kept
+    ``{"<day>": [n, 0, 0, 0]}``, layout 3 ``{"<day>": n}``).
 
     >>> _in_layout(Trait("n", "count", "support", window_days=7), {"9": [2, 0, 0, 0], "3": 1})
-    {'3': 1, '9': 2}
+    {'k': [3, 9], 'n': [1, 2]}
     """
-    ordered = ordered_days(days)
-    if trait.aggregate != "count":
-        return ordered
-    return {day: agg[0] if isinstance(agg, list) else agg for day, agg in ordered.items()}
+    if trait.aggregate == "count":
+        return count_lists(days)
+    return {"d": ordered_days(days)}
 
 
 def synced_digest(definitions: Definitions) -> str:
@@ -528,6 +527,9 @@ def falls_only(trait: Trait, state: TraitState | None, today: int) -> bool:
         return all(day <= today for _, day in state["v"])
     if trait.aggregate not in ("count", "sum"):
         return False
+    if "k" in state:  # a windowed count: it rises only where a day is still to enter
+        held: list[int] = state["k"]
+        return not held or held[-1] <= today
     days = state["d"]
     if days and int(next(reversed(days))) > today:  # the days are in order
         return False
@@ -549,7 +551,7 @@ def next_edge(trait: Trait, state: TraitState | None, now_ms: int) -> tuple[int 
     today = now_ms // DAY_MS
     if not state or trait.window_days is None:
         return None, False
-    if "d" not in state or trait.aggregate not in ("count", "sum"):
+    if ("d" not in state and "k" not in state) or trait.aggregate not in ("count", "sum"):
         when = trait.next_change_ms(state, now_ms)
         return when, when is not None and not falls_only(trait, state, today)
     when, later, negative = trait.scan_days(state, now_ms)

@@ -44,6 +44,7 @@ import json
 import math
 import operator
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -308,6 +309,28 @@ def _window_parts(days: dict[str, Any], start: int, end: int) -> Iterable[Any]:
     return parts
 
 
+def count_lists(days: Mapping[str, Any]) -> TraitState:
+    """A windowed count's state from its days as earlier layouts kept them,
+    ``{"<day>": n}`` (or ``[n, 0, 0, 0]``), in any order.
+
+    >>> count_lists({"12": 1, "9": [2, 0, 0, 0]})
+    {'k': [9, 12], 'n': [2, 1]}
+    """
+    ordered = sorted(
+        (int(day), agg[0] if isinstance(agg, list) else agg) for day, agg in days.items()
+    )
+    return {"k": [day for day, _ in ordered], "n": [n for _, n in ordered]}
+
+
+def _counted(days: list[int], counts: list[int], start: int, end: int) -> int:
+    """The events a windowed count holds from day ``start`` to day ``end``."""
+    if not days:
+        return 0
+    if start <= days[0] and days[-1] <= end:
+        return sum(counts)
+    return sum(counts[bisect_left(days, start) : bisect_right(days, end)])
+
+
 def _distinct_value(value: Any) -> bool | int | float | str | None:
     """The value a distinct count keeps, or None when it cannot be counted."""
     if isinstance(value, bool | str):
@@ -339,8 +362,10 @@ class Trait:
     - windowed ``sum``/``avg``/``min``/``max``: one ``[count, sum, min,
       max]`` per UTC day, ``{"d": {"<day>": [...]}}`` in ascending day
       order, keeping only the ``window_days`` days up to the newest one
-      folded; a windowed ``count`` keeps the day's count alone,
-      ``{"d": {"<day>": n}}``;
+      folded;
+    - a windowed ``count``: the days with an event and each one's count, in
+      two lists in ascending day order, ``{"k": [day, ...], "n": [n, ...]}``
+      (the same days kept);
     - the same over the lifetime: one aggregate, ``{"a": [...]}``;
     - ``latest``: ``{"l": [ts, value]}``;
     - ``distinct_count``: ``{"v": [value, ...]}`` over the lifetime, or
@@ -447,7 +472,7 @@ class Trait:
         {'d': {'8': [1, 2, 2, 2]}}
         >>> t = Trait("orders_7d", "count", "purchases", "order", window_days=7)
         >>> t.fold(t.fold(None, {"ts": 0}), {"ts": 5})
-        {'d': {'0': 2}}
+        {'k': [0], 'n': [2]}
         """
         ts = _event_ts(event)
         if self.aggregate == "latest":
@@ -461,14 +486,14 @@ class Trait:
                 return state if state is not None else self._empty()
         if self.window_days is None:
             return {"a": _merge(state["a"] if state else None, amount)}
+        if self.aggregate == "count":
+            return self._fold_count(state, ts // DAY_MS, in_place=False)
         day, key = ts // DAY_MS, str(ts // DAY_MS)
         held: dict[str, Any] = state["d"] if state else {}
         newest = int(next(reversed(held))) if held else day  # the days are in order
         if day <= newest - self.window_days:
             return state if state is not None else self._empty()
-        merged: Any = (
-            held.get(key, 0) + 1 if self.aggregate == "count" else _merge(held.get(key), amount)
-        )
+        merged: Any = _merge(held.get(key), amount)
         if day > newest:  # a new newest day, last; the days it pushes out dropped
             days = {k: v for k, v in held.items() if int(k) > day - self.window_days}
             days[key] = merged
@@ -487,10 +512,12 @@ class Trait:
         >>> t = Trait("orders_7d", "count", "purchases", "order", window_days=7)
         >>> s = t.fold(None, {"ts": 5})
         >>> t.fold_into(s, {"ts": 9}) is s, s
-        (True, {'d': {'0': 2}})
+        (True, {'k': [0], 'n': [2]})
         """
         if state is None:
             return self.fold(state, event)
+        if "k" in state:
+            return self._fold_count(state, _event_ts(event) // DAY_MS, in_place=True)
         if "d" not in state:
             if self.aggregate == "distinct_count":
                 return self._fold_distinct(state, _event_ts(event), event, in_place=True)
@@ -500,24 +527,25 @@ class Trait:
             amount = lookup(event, self.property)
             if not _is_number(amount) or not math.isfinite(amount):
                 return state
-        counting = self.aggregate == "count"  # one int per day
+        if self.aggregate == "count":  # kept by an earlier layout
+            return self._fold_count(state, _event_ts(event) // DAY_MS, in_place=True)
         days: dict[str, Any] = state["d"]
         day = _event_ts(event) // DAY_MS
         key = str(day)
         held = days.get(key)
         if held is not None:
-            days[key] = held + 1 if counting else _merge(held, amount)
+            days[key] = _merge(held, amount)
             return state
         # A day not held: it may move the window, as in fold().
         window = self.window_days
         assert window is not None  # noqa: S101 - only windowed states hold "d"
         if not days:
-            days[key] = 1 if counting else _merge(None, amount)
+            days[key] = _merge(None, amount)
             return state
         newest = int(next(reversed(days)))  # the days are in order
         if day <= newest - window:
             return state
-        days[key] = 1 if counting else _merge(None, amount)  # last
+        days[key] = _merge(None, amount)  # last
         if day > newest:
             # The days it pushes out of the window are the first ones.
             leaving = []
@@ -540,7 +568,51 @@ class Trait:
             return {"v": []}
         if self.window_days is None:
             return {"a": [0, 0, 0, 0]}
+        if self.aggregate == "count":
+            return {"k": [], "n": []}
         return {"d": {}}
+
+    def _fold_count(self, state: TraitState | None, day: int, in_place: bool) -> TraitState:
+        """``fold`` of a windowed count: one more event on ``day``; ``in_place``:
+        ``state`` (not ``None``) is changed rather than copied."""
+        window = self.window_days
+        assert window is not None  # noqa: S101 - windowed counts only
+        if not state:
+            return {"k": [day], "n": [1]}
+        if "k" not in state:  # kept by an earlier layout
+            state = count_lists(state.get("d", {}))
+            in_place = True
+        days: list[int] = state["k"]
+        counts: list[int] = state["n"]
+        if not days:
+            if not in_place:
+                return {"k": [day], "n": [1]}
+            days.append(day)
+            counts.append(1)
+            return state
+        newest = days[-1]
+        if day <= newest - window:
+            return state
+        if not in_place:
+            days, counts = list(days), list(counts)
+            state = {"k": days, "n": counts}
+        if day == newest:
+            counts[-1] += 1
+        elif day > newest:
+            days.append(day)
+            counts.append(1)
+            # The days it pushes out of the window are the first ones.
+            gone = bisect_right(days, day - window)
+            if gone:
+                del days[:gone], counts[:gone]
+        else:  # an earlier day: into its place
+            at = bisect_left(days, day)
+            if days[at] == day:
+                counts[at] += 1
+            else:
+                days.insert(at, day)
+                counts.insert(at, 1)
+        return state
 
     def _fold_latest(
         self, state: TraitState | None, ts: int, event: Mapping[str, Any]
@@ -633,9 +705,12 @@ class Trait:
         window = self.window_days
         end = as_of_ms // DAY_MS
         if window is not None and self.aggregate == "count":
-            # The commonest trait: a count per day (as the sums below).
-            counted: int = sum(_window_parts(state["d"], end - window + 1, end)) if state else 0
-            return counted
+            # The commonest trait: a count per day.
+            if not state:
+                return 0
+            if "k" not in state:  # kept by an earlier layout
+                state = count_lists(state.get("d", {}))
+            return _counted(state["k"], state["n"], end - window + 1, end)
         start = end - window + 1 if window is not None else None
         if start is None and state and "a" in state:
             # A lifetime count, sum, avg, min or max: its one aggregate (as below).
@@ -716,7 +791,7 @@ class Trait:
         # a midnight m is after after_ms exactly when m > after_ms // DAY_MS.
         after_day = after_ms // DAY_MS
         first: int | None = None
-        if "d" in state:  # windowed count, sum, avg, min, max: the common case, in one pass
+        if "d" in state or "k" in state:  # the common case: windowed count, sum, avg...
             return self.scan_days(state, after_ms)[0]
         for day in self._days(state):
             moment = day if day > after_day else day + window
@@ -726,7 +801,7 @@ class Trait:
 
     def scan_days(self, state: TraitState, after_ms: int) -> tuple[int | None, bool, bool]:
         """From the days a windowed count, sum, avg, min or max holds
-        (``state["d"]``, in order): the next time after ``after_ms`` a day
+        (in order): the next time after ``after_ms`` a day
         enters or leaves the window (:meth:`next_change_ms`), whether a day
         after ``after_ms``'s day is held, and (for a ``sum``) whether a day
         holds a negative amount.
@@ -744,6 +819,19 @@ class Trait:
         assert window is not None  # noqa: S101 - only windowed states hold "d"
         after_day = after_ms // DAY_MS
         gone = after_day - window  # days up to this one have left the window
+        if "k" in state:  # a windowed count
+            held: list[int] = state["k"]
+            later = bool(held) and held[-1] > after_day
+            at = bisect_right(held, gone)
+            if at == len(held):
+                return None, later, False
+            leaves = held[at]
+            if leaves <= after_day:
+                leaves += window  # it leaves; a day still to enter may come sooner
+                at = bisect_right(held, after_day)
+                if at < len(held) and held[at] < leaves:
+                    leaves = held[at]
+            return leaves * DAY_MS, later, False
         days: dict[str, Any] = state["d"]
         # Every day a count holds counted an event; a day of another aggregate
         # counts its events first.
@@ -771,8 +859,10 @@ class Trait:
                 yield state["l"][0] // DAY_MS
         elif self.aggregate == "distinct_count":
             yield from (day for _, day in state["v"])
+        elif "k" in state:
+            yield from state["k"]
         else:
-            counting = self.aggregate == "count"  # (a count per day)
+            counting = self.aggregate == "count"  # (kept by an earlier layout)
             yield from (int(day) for day, agg in state["d"].items() if counting or agg[0] > 0)
 
 

@@ -619,11 +619,15 @@ def test_a_profile_an_earlier_release_kept_has_every_audience_evaluated_once() -
     assert again is None
 
 
-def test_windowed_counts_kept_as_lists_are_brought_to_one_count_per_day_once() -> None:
+@pytest.mark.parametrize("layout", [2, 3])
+def test_windowed_counts_kept_by_earlier_layouts_are_brought_to_day_and_count_lists_once(
+    layout: int,
+) -> None:
     """A profile kept by layout 2 holds a windowed count's days as
-    ``[n, 0, 0, 0]``: the first sync keeps each day's count alone, with the
-    same values, and the worker decides on from it as one that always kept
-    layout 3 does."""
+    ``{"<day>": [n, 0, 0, 0]}``, one kept by layout 3 as ``{"<day>": n}``:
+    the first sync keeps them as two lists, the days and their counts, with
+    the same values, and the worker decides on from it as one that always
+    kept layout 4 does."""
     text = (
         "version: 1\ntraits:\n"
         "  orders_30d: {aggregate: count, topic: purchases, type: order, window_days: 30}\n"
@@ -638,15 +642,18 @@ def test_windowed_counts_kept_as_lists_are_brought_to_one_count_per_day_once() -
     profile = kept.stores.profiles.get("c1")
     count = definitions.traits["orders_30d"].fingerprint
     spend = definitions.traits["spend_30d"].fingerprint
-    day2, day9 = str(T0 // DAY_MS + 2), str(T0 // DAY_MS + 9)
-    assert profile["traits"][count] == {"d": {day2: 1, day9: 2}}
-    # As layout 2 wrote it.
-    profile["traits"][count] = {"d": {day2: [1, 0, 0, 0], day9: [2, 0, 0, 0]}}
-    profile["trait_digest"] = f"{definitions.digest}/2"
+    day2, day9 = T0 // DAY_MS + 2, T0 // DAY_MS + 9
+    assert profile["traits"][count] == {"k": [day2, day9], "n": [1, 2]}
+    # As that layout wrote it.
+    if layout == 2:
+        profile["traits"][count] = {"d": {str(day2): [1, 0, 0, 0], str(day9): [2, 0, 0, 0]}}
+    else:
+        profile["traits"][count] = {"d": {str(day2): 1, str(day9): 2}}
+    profile["trait_digest"] = f"{definitions.digest}/{layout}"
     kept.stores.profiles.put("c1", profile)
     synced = orjson.loads(orjson.dumps(profile))
     sync_traits(synced, definitions, keep_days=90)
-    assert synced["traits"][count] == {"d": {day2: 1, day9: 2}}
+    assert synced["traits"][count] == {"k": [day2, day9], "n": [1, 2]}
     assert synced["traits"][spend] == profile["traits"][spend]  # a sum keeps its lists
     assert synced["trait_digest"] == synced_digest(definitions)
     # The first order's day leaves at day 32, the others' at day 39.
@@ -701,7 +708,9 @@ def test_only_a_trait_that_can_only_fall_has_its_edges_skipped() -> None:
     distinct = Trait("d", "distinct_count", "clickstream", property="category", window_days=7)
     biggest = Trait("b", "max", "purchases", "order", property="amount", window_days=7)
     today = 100
-    assert falls_only(count, {"d": {"98": 2}}, today)
+    assert falls_only(count, {"k": [98], "n": [2]}, today)
+    assert not falls_only(count, {"k": [98, 101], "n": [2, 1]}, today)
+    assert falls_only(count, {"d": {"98": 2}}, today)  # as layout 3 kept it
     assert not falls_only(count, {"d": {"98": 2, "101": 1}}, today)
     assert falls_only(total, {"d": {"98": [1, 5.0, 5.0, 5.0]}}, today)
     assert not falls_only(total, {"d": {"98": [2, -3.0, -4.0, 1.0]}}, today)
@@ -745,7 +754,8 @@ def test_next_edge_is_the_next_change_and_whether_the_trait_can_rise(
     elif window is None:
         state = {"a": [len(days), sum(a for _, a in days.values()), 0, 0]}
     elif aggregate == "count":  # a count per day, each day held counted one
-        state = {"d": {str(day): n for day, (n, _) in sorted(days.items()) if n}}
+        held = [(day, n) for day, (n, _) in sorted(days.items()) if n]
+        state = {"k": [day for day, _ in held], "n": [n for _, n in held]}
     else:
         state = {"d": {str(day): [n, a, a, a] for day, (n, a) in sorted(days.items())}}
     now = today * DAY_MS + 5
