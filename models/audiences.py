@@ -143,14 +143,11 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
             continue
         fingerprint = trait.fingerprint
         state = states.get(fingerprint)
-        if fingerprint in shape.day_counts and state is not None:
+        days = state.get("k") if state is not None and fingerprint in shape.day_counts else None
+        if state is not None and days and days[-1] == day:
             # A windowed count (Trait.fold_into): another event on the
             # newest day it holds is one more on that day.
-            days = state.get("k")
-            if days and days[-1] == day:
-                state["n"][-1] += 1
-            else:
-                states[fingerprint] = trait.fold_into(state, event)
+            state["n"][-1] += 1
         else:
             states[fingerprint] = trait.fold_into(state, event)
         if moved is None:
