@@ -25,6 +25,7 @@ dwell rule.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, get_args
@@ -97,6 +98,11 @@ _EVENT_METRICS: Final[dict[str, tuple[str, ...]]] = {
 _WINDOWED: Final = frozenset({"metric.sessions_30d", "metric.orders_90d"})
 
 
+def audience_dimensions(definitions: Definitions) -> Mapping[str, str]:
+    """Each audience's dimension (:func:`audience_dimension`), by name."""
+    return _shape(definitions).dimensions
+
+
 def reads_windows(definitions: Definitions) -> bool:
     """Whether an audience reads a windowed count (decided again at its window edges)."""
     return _shape(definitions).reads_windows
@@ -120,40 +126,46 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
     defined are gone and new traits are seeded or marked.
     """
     states: dict[str, TraitState] = profile.setdefault("traits", {})
-    if event.get("type") == "track":
-        event = {**event, "type": event.get("name")}
-    moved: list[str] | None = None
+    type_ = event.get("type")
+    if type_ == "track":
+        type_ = event.get("name")
+        event = {**event, "type": type_}
     ts = event.get("ts")
     if not isinstance(ts, int) or isinstance(ts, bool):
         return  # matched by no trait (Trait.matches)
     shape = _shape(definitions)
-    readers = shape.by_kind
+    folders = shape.folders
     topic = event.get("topic")
     if isinstance(topic, str) and topic in shape.topic_readers:
         # An audience reads a metric such an event moves.
         events: list[str] = profile.setdefault("events_moved", [])
         if topic not in events:
             events.append(topic)
-    candidates = readers.get((topic, event.get("type")))
+    candidates = folders.get((topic, type_))
     if candidates is None:  # a type no trait names: the topic's catch-all traits
-        candidates = readers.get((topic, None), ())
+        candidates = folders.get((topic, None), ())
+    moved: list[str] | None = None
     day = ts // DAY_MS
-    for trait in candidates:  # of the event's topic and type: Trait.matches, in part
+    for trait, fingerprint, day_count in candidates:
+        # (of the event's topic and type: Trait.matches, in part)
         if trait.where and not trait.where_holds(event):
             continue
-        fingerprint = trait.fingerprint
         state = states.get(fingerprint)
-        days = state.get("k") if state is not None and fingerprint in shape.day_counts else None
-        if state is not None and days and days[-1] == day:
-            # A windowed count (Trait.fold_into): another event on the
-            # newest day it holds is one more on that day.
-            state["n"][-1] += 1
+        if day_count and state is not None and "k" in state:
+            # A windowed count (Trait.fold_into, in place): another event on
+            # the newest day it holds is one more on that day.
+            days: list[int] = state["k"]
+            if days and days[-1] == day:
+                state["n"][-1] += 1
+            else:
+                trait.fold_into(state, event)
         else:
             states[fingerprint] = trait.fold_into(state, event)
         if moved is None:
-            if "traits_moved" not in profile:
+            moved = profile.get("traits_moved")
+            if moved is None:
                 _every_edge_due(profile)
-            moved = profile.setdefault("traits_moved", [])
+                moved = profile["traits_moved"] = []
         if fingerprint not in moved:
             moved.append(fingerprint)  # evaluated again at the next decision
 
@@ -546,8 +558,23 @@ def next_edge(trait: Trait, state: TraitState | None, now_ms: int) -> tuple[int 
     True
     """
     today = now_ms // DAY_MS
-    if not state or trait.window_days is None:
+    window = trait.window_days
+    if not state or window is None:
         return None, False
+    if "v" in state:
+        # A windowed distinct count: each value's last day enters its window
+        # (a day after today's) or leaves it; a day still to enter can raise it.
+        first: int | None = None
+        later = False
+        for _, day in state["v"]:
+            if day > today:
+                later = True
+                moment = day
+            else:
+                moment = day + window
+            if moment > today and (first is None or moment < first):
+                first = moment
+        return (None, False) if first is None else (first * DAY_MS, later)
     if ("d" not in state and "k" not in state) or trait.aggregate not in ("count", "sum"):
         when = trait.next_change_ms(state, now_ms)
         return when, when is not None and not falls_only(trait, state, today)
@@ -583,8 +610,8 @@ class _Shape:
     read_metrics: frozenset[str]  # the metrics an audience reads
     # (topic, type) -> the traits an event of that kind may match; (topic,
     # None) -> the topic's catch-all traits, for a type no trait names
-    by_kind: Mapping[tuple[Any, Any], tuple[Trait, ...]]
-    day_counts: frozenset[str]  # fingerprints of the windowed counts (a count per day)
+    # (each as (trait, its fingerprint, whether it is a windowed count))
+    folders: Mapping[tuple[Any, Any], tuple[tuple[Trait, str, bool], ...]]
     trait_names: tuple[str, ...]  # in the file's order (``trait_due``'s)
     trait_index: Mapping[str, int]  # trait name -> its place in that order
     audience_index: Mapping[str, int]  # audience name -> its place in the file
@@ -614,6 +641,13 @@ class _Shape:
     timed_names: tuple[str, ...]  # their names
     readers_at: Mapping[str, tuple[int, ...]]  # trait -> the places of its readers
     read_by_at: tuple[tuple[int, ...], ...]  # by audience: the places of those that read it
+    dimensions: Mapping[str, str]  # audience -> its dimension (audience_dimension)
+    # By trait, in the same order: for a windowed count, the counts at which
+    # an audience's answer may turn (Audience.count_bounds, over all of
+    # them), ascending; None for any other trait or one read otherwise. None
+    # for the whole file where an audiences decision can find a move no
+    # trait's turn explains (turns_apply).
+    turns_at: tuple[tuple[int, ...] | None, ...] | None
     synced: str  # synced_digest's answer
 
 
@@ -692,10 +726,13 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         read_metrics=frozenset(
             ref for refs in reads.values() for ns, ref in refs if ns == "metric"
         ),
-        by_kind=by_kind,
-        day_counts=frozenset(
-            t.fingerprint for t in traits if t.aggregate == "count" and t.window_days is not None
-        ),
+        folders={
+            kind: tuple(
+                (t, t.fingerprint, t.aggregate == "count" and t.window_days is not None)
+                for t in matching
+            )
+            for kind, matching in by_kind.items()
+        },
         trait_names=tuple(definitions.traits),
         trait_index={name: n for n, name in enumerate(definitions.traits)},
         audience_index=audience_index,
@@ -721,8 +758,70 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         read_by_at=tuple(
             tuple(sorted(audience_index[a] for a in read_by)) for *_, read_by in audiences
         ),
+        dimensions={name: dim for name, _, dim, _ in audiences},
+        turns_at=_turns_at(definitions, traits)
+        if not always and "clickstream" not in topic_readers
+        else None,
         synced=f"{definitions.digest}/{TRAIT_LAYOUT}",
     )
+
+
+def _turns_at(
+    definitions: Definitions, traits: Sequence[Trait]
+) -> tuple[tuple[int, ...] | None, ...]:
+    """:attr:`_Shape.turns_at` where turns apply: an audiences decision
+    between events then moves an audience only where a trait's window edge
+    turns the answer of a comparison it reads. It does not where an audience
+    is evaluated at every decision (it reads what moves with time) or reads
+    a metric a click moves (a click is no decision point, so such an audience
+    follows at the next audiences decision, whatever is due there)."""
+    bounds: dict[str, set[int] | None] = {name: set() for name in definitions.traits}
+    for audience in definitions.audiences.values():
+        for name, found in audience.count_bounds().items():
+            held = bounds.get(name)
+            if held is not None:
+                if found is None:
+                    bounds[name] = None
+                else:
+                    held |= found
+    return tuple(
+        tuple(sorted(found))
+        if found is not None and trait.aggregate == "count" and trait.window_days is not None
+        else None
+        for trait, found in zip(traits, bounds.values(), strict=True)
+    )
+
+
+def next_turn(trait: Trait, state: TraitState, now_ms: int, bounds: Sequence[int]) -> int | None:
+    """For a windowed count that can only fall until the next event (no day
+    after ``now_ms``'s held): the first window edge after ``now_ms`` at which
+    its value crosses one of ``bounds`` (ascending; see
+    :meth:`models.definitions.Audience.count_bounds`), or ``None`` when none
+    is left below it. Between now and then the answers of the comparisons
+    that give ``bounds`` hold.
+
+    >>> t = Trait("orders_7d", "count", "purchases", "order", window_days=7)
+    >>> state = {"k": [0, 1, 2], "n": [1, 1, 1]}  # 3 as of day 2, then 2, 1, 0
+    >>> next_turn(t, state, 2 * DAY_MS, (1,)) == 8 * DAY_MS  # ">= 2": 2 until day 8
+    True
+    >>> next_turn(t, state, 2 * DAY_MS, (5,)) is None  # ">= 6": never true again
+    True
+    """
+    window = trait.window_days
+    assert window is not None  # noqa: S101 - windowed counts only
+    days: list[int] = state["k"]
+    counts: list[int] = state["n"]
+    start = bisect_right(days, now_ms // DAY_MS - window)  # those still in the window
+    count = sum(counts[start:])
+    below = bisect_left(bounds, count) - 1  # the highest bound under the count
+    if below < 0:
+        return None
+    bound = bounds[below]
+    for n in range(start, len(days)):
+        count -= counts[n]
+        if count <= bound:
+            return (days[n] + window) * DAY_MS
+    return None  # (the bound is below zero)
 
 
 def moved_traits(profile: Profile, definitions: Definitions, now_ms: int) -> set[str] | None:
@@ -952,6 +1051,9 @@ def note_next_change(
     # the earliest found so far is not looked at).
     followers = shape.followers_at
     either = shape.followed_either_way
+    turns_at = None if every_edge else shape.turns_at
+    # (edge, trait, its bounds) of the counts due where they turn
+    falling: list[tuple[int, int, tuple[int, ...]]] = []
     for n, when in enumerate(due):
         if when is None:
             continue
@@ -964,7 +1066,22 @@ def note_next_change(
             followers[n]
             and (either[n] or n in rising or edge_can_move(False, followers[n], members))
         ):
-            first = when
+            bounds = None if turns_at is None or n in rising else turns_at[n]
+            if bounds is not None:
+                falling.append((when, n, bounds))
+            else:
+                first = when
+    # A count that only falls is due where an answer turns, not at an edge
+    # where none does (a decision there would find no move); its turn is no
+    # earlier than its edge, so the earliest edges are looked at first.
+    for when, n, bounds in sorted(falling) if len(falling) > 1 else falling:
+        if first is not None and when >= first:
+            break
+        trait = shape.traits[n]
+        state = states.get(trait.fingerprint)
+        turn = when if not state or "k" not in state else next_turn(trait, state, now, bounds)
+        if turn is not None and (first is None or turn < first):
+            first = turn
     if rising:
         profile["traits_rising"] = sorted(rising)
     else:
@@ -988,8 +1105,9 @@ def note_next_change(
     profile["audience_flips"] = flips
     held = profile.get("segments", {})
     held_back: list[str] = []
+    dimensions = shape.dimensions
     for name in shape.audience_index if evaluated is None else evaluated:
-        entry = held.get(AUDIENCE_PREFIX + name)
+        entry = held.get(dimensions[name])
         if entry is not None and "pending" in entry:
             held_back.append(name)
             applies = entry["pending"]["applies_ms"]  # the dwell's end: decided again

@@ -657,6 +657,13 @@ class Trait:
             return {"v": [*kept, value]}
         window = self.window_days
         day = ts // DAY_MS
+        for entry in kept:
+            if type(entry[0]) is kind and entry[0] == value:
+                if day <= entry[1]:
+                    # Seen again on a day no later than it was last seen: the
+                    # state holds (the commonest case, a category viewed again).
+                    return unchanged
+                break
         # One pass: the newest and oldest days kept, and the value's entry.
         newest, oldest, at = day, day, -1
         for n, entry in enumerate(kept):
@@ -747,7 +754,11 @@ class Trait:
             kept: list[Any] = state["v"] if state else []
             if start is None:
                 return len(kept)
-            return sum(1 for _, day in kept if start <= day <= end)
+            seen = 0
+            for entry in kept:
+                if start <= entry[1] <= end:
+                    seen += 1
+            return seen
         if not state:
             parts: list[list[Any]] = []
         elif start is None:
@@ -1543,6 +1554,61 @@ def _directions(node: _Node, earlier: Mapping[str, Mapping[str, int]]) -> dict[s
     }
 
 
+# ``a <op> b`` is ``b <mirrored op> a``.
+_MIRRORED: Final = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+
+
+def _count_bounds(node: _Node, found: dict[str, frozenset[int] | None]) -> None:
+    """See :meth:`Audience.count_bounds`; ``found`` is filled in."""
+    if isinstance(node, _Comparison):
+        op, left, right = node.op, node.left, node.right
+        if isinstance(left, _Literal) and isinstance(right, _Ref):
+            op, left, right = _MIRRORED[op], right, left
+        if isinstance(left, _Ref) and left.namespace == "trait" and isinstance(right, _Literal):
+            if left.name not in found or found[left.name] is not None:
+                held = found.get(left.name) or frozenset()
+                found[left.name] = held | _bounds_of(op, right.value)
+            return
+    if isinstance(node, _Ref):
+        if node.namespace == "trait":
+            found[node.name] = None  # read otherwise
+        return
+    for child in _children(node):
+        _count_bounds(child, found)
+
+
+def _bounds_of(op: str, constant: Any) -> frozenset[int]:
+    """The whole numbers ``k`` at which ``count <op> constant`` may answer
+    otherwise for ``k`` than for ``k + 1``. A count is never equal to, nor
+    ordered with, a text, null or boolean, and is always below infinity: the
+    answer to those never changes.
+
+    >>> [sorted(_bounds_of(op, c)) for op, c in [(">=", 2), (">", 2.5), ("==", 0), ("<", "a")]]
+    [[1], [2], [-1, 0], []]
+    """
+    if not _is_number(constant) or not math.isfinite(constant):
+        return frozenset()
+    if op in (">", "<="):
+        return frozenset({math.floor(constant)})
+    if op in (">=", "<"):
+        return frozenset({math.ceil(constant) - 1})
+    return frozenset({math.ceil(constant) - 1, math.floor(constant)})  # == and !=
+
+
+def _children(node: _Node) -> tuple[_Node, ...]:
+    if isinstance(node, _DaysSince):
+        return (node.ref,)
+    if isinstance(node, _Comparison):
+        return (node.left, node.right)
+    if isinstance(node, _Membership):
+        return (node.item, node.container)
+    if isinstance(node, _Logic):
+        return node.parts
+    if isinstance(node, _Not):
+        return (node.operand,)
+    return ()
+
+
 def _is_constant(node: _Node) -> bool:
     # Only a literal: a metric such as days_since_last_order moves with time.
     return isinstance(node, _Literal)
@@ -1734,6 +1800,26 @@ class Audience:
         ({'n': 1, 'm': -1}, {'n': 1, 'm': 0})
         """
         return _directions(self._tree, earlier)
+
+    def count_bounds(self) -> dict[str, frozenset[int] | None]:
+        """For each trait the condition reads: the whole numbers ``k`` at
+        which a comparison of the trait with a constant may answer otherwise
+        for a count of ``k`` than for ``k + 1``; ``None`` where the trait is
+        read in any other way (bare, ``in``, ``days_since``, against another
+        name). A count that falls from ``a`` to ``b`` can change the
+        condition only where one of them lies in ``b .. a - 1``.
+
+        >>> defs = load_definitions(
+        ...     "version: 1\\ntraits: {n: {aggregate: count, topic: support}, "
+        ...     "m: {aggregate: count, topic: purchases}}\\n"
+        ...     "audiences: {a: {when: 'n >= 2 and (m == 0 or 3 < n) and m in [1, 5]'}}"
+        ... )
+        >>> sorted(defs.audiences["a"].count_bounds()["n"]), defs.audiences["a"].count_bounds()["m"]
+        ([1, 3], None)
+        """
+        found: dict[str, frozenset[int] | None] = {}
+        _count_bounds(self._tree, found)
+        return found
 
     def tests_all_time(self) -> bool:
         """Whether time moves the condition only through its ``days_since``

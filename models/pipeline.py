@@ -21,6 +21,7 @@ from models.audiences import (
     fold_traits,
     metrics,
     sync_traits,
+    synced_digest,
 )
 from models.churn_features import CHURN_FEATURES, model_inputs
 from models.clv import bgnbd_learn, new_bgnbd
@@ -102,6 +103,9 @@ def update_customer(
     """
     before = rfm_values(profile)
     outcomes: list[Outcome] = []
+    definitions = segments.definitions if segments is not None else None
+    # What a profile in line with the file notes (sync_traits has nothing to do).
+    synced = synced_digest(definitions) if definitions is not None else None
     # The deadline filed after the state last changed holds until an event applies.
     filed = None if profile is None else profile.get("deadline_ms")
     for event in events:
@@ -118,19 +122,20 @@ def update_customer(
                 moments.before_event(customer_id, profile, event, population)
             if segments is not None:
                 segments.before_event(customer_id, profile, ts, population, filed)
-                if segments.definitions is not None:
+                if definitions is not None and profile.get("trait_digest") != synced:
                     # New traits are seeded from the counters before this event counts.
-                    sync_traits(profile, segments.definitions, max(config.windows_days))
+                    sync_traits(profile, definitions, max(config.windows_days))
         profile, outcome = apply_event(
             profile, event, config, sentiment, input_watermark_ms, seen_checked=True
         )
         filed = None
         outcomes.append(outcome)
         if segments is not None and outcome in ("applied", "late"):
-            if segments.definitions is not None:
-                keep = max(config.windows_days)
-                sync_traits(profile, segments.definitions, keep, fresh=last_seen is None)
-                fold_traits(profile, event, segments.definitions)
+            if definitions is not None:
+                if profile.get("trait_digest") != synced:
+                    keep = max(config.windows_days)
+                    sync_traits(profile, definitions, keep, fresh=last_seen is None)
+                fold_traits(profile, event, definitions)
             segments.after_event(customer_id, profile, event, population, new_day)
     after = rfm_values(profile)
     if before != after:

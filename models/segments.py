@@ -43,7 +43,7 @@ from typing import Any, Final, NamedTuple, TypeAlias
 from models.audiences import (
     AUDIENCE_PREFIX,
     audience_context,
-    audience_dimension,
+    audience_dimensions,
     backfilling_audiences,
     backfilling_traits,
     evaluate_moved,
@@ -55,6 +55,7 @@ from models.audiences import (
     reads_scores,
     reads_windows,
     sync_traits,
+    synced_digest,
 )
 from models.churn_features import model_inputs
 from models.clv import new_bgnbd, simple_clv
@@ -536,7 +537,8 @@ class Segmenter:
             )
             # (An audience not evaluated again holds as it was.)
             evaluated_names = list(members) if again is None else again
-            entries = [current.get(audience_dimension(name)) for name in evaluated_names]
+            dimensions = audience_dimensions(definitions)
+            entries = [current.get(dimensions[name]) for name in evaluated_names]
             if not left and all(
                 (entry is not None and entry["value"] == "in") == members[name]
                 for name, entry in zip(evaluated_names, entries, strict=True)
@@ -585,7 +587,8 @@ class Segmenter:
         ``segments_moved``: the built-in dimensions this decision moved."""
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - the callers checked
-        sync_traits(profile, definitions, max(self.profile_config.windows_days))
+        if profile.get("trait_digest") != synced_digest(definitions):
+            sync_traits(profile, definitions, max(self.profile_config.windows_days))
         context = audience_context(profile, definitions, now_ms, built_in, scores, current)
         moved = None
         if not self.evaluate_every_audience and "audience_flips" in profile:
@@ -701,14 +704,14 @@ class Segmenter:
                 lambda: f"nearest centroid: cluster {scores['cluster_id']}",
             ),
         }
+        changed = len(self.changes)
         for dim in DIMENSIONS:
             self._apply(
                 customer_id, profile, dim, decided[dim], now_ms, population, snapshot, scores
             )
         if scored.built_in is not None:
-            moved = [
-                dim for dim in DIMENSIONS if dim in current and current[dim]["value"] != prev[dim]
-            ]
+            # The dimensions that moved: each move is one change record.
+            moved = [change["dimension"] for change in self.changes[changed:]]
             self._decide_audiences(
                 customer_id, profile, now_ms, population, snapshot, scores, scored.built_in, moved
             )
@@ -825,9 +828,10 @@ class Segmenter:
         partial: list[str] | None = None  # audiences reading a backfilling trait
         # Those evaluated again; any other holds as it was. (A copy of the
         # names: the reasons may read memberships not read yet.)
+        dimensions = audience_dimensions(definitions)
         for name in list(members) if again is None else again:
             inside = members[name]
-            dim = audience_dimension(name)
+            dim = dimensions[name]
             value = "in" if inside else "out"
             held = current.get(dim)
             if held is None and not inside:

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+import models.audiences
 from models.audiences import (
     Memberships,
     backfilling_audiences,
@@ -29,6 +30,7 @@ from models.audiences import (
     falls_only,
     metrics,
     next_edge,
+    next_turn,
     sync_traits,
     synced_digest,
     trait_states,
@@ -762,6 +764,115 @@ def test_next_edge_is_the_next_change_and_whether_the_trait_can_rise(
     when = trait.next_change_ms(state, now)
     rises = when is not None and not falls_only(trait, state, today)
     assert next_edge(trait, state, now) == (when, rises)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    window=st.sampled_from([1, 7, 30]),
+    days=st.dictionaries(st.integers(60, 100), st.integers(1, 4), max_size=12),
+    bounds=st.sets(st.integers(-1, 12), max_size=4),
+    today=st.integers(100, 110),
+)
+def test_next_turn_is_the_first_edge_where_a_comparison_answers_otherwise(
+    window: int, days: dict[int, int], bounds: set[int], today: int
+) -> None:
+    """For a windowed count that only falls, next_turn is the first window
+    edge at which the count crosses one of the bounds (a comparison with a
+    constant answers otherwise there): found here by reading the value at
+    every edge in turn, as Trait.value gives it."""
+    trait = Trait("n", "count", "purchases", "order", window_days=window)
+    held = sorted(days.items())
+    state = {"k": [day for day, _ in held], "n": [n for _, n in held]}
+    now = today * DAY_MS + 5
+
+    def answers(ms: int) -> list[bool]:
+        value = trait.value(state, ms)
+        return [value > bound for bound in sorted(bounds)]
+
+    expected = None
+    edge = trait.next_change_ms(state, now)
+    while edge is not None:
+        if answers(edge) != answers(now):
+            expected = edge
+            break
+        edge = trait.next_change_ms(state, edge)
+    assert next_turn(trait, state, now, tuple(sorted(bounds))) == expected
+
+
+def test_count_bounds_collect_every_comparison_with_a_constant() -> None:
+    """Turns apply to a windowed count only where every audience reads it in
+    comparisons with constants; one other read of it anywhere, a file with
+    an audience evaluated at every decision, or one reading a metric a click
+    moves, turns them off."""
+    text = (
+        "version: 1\ntraits:\n"
+        "  n: {aggregate: count, topic: purchases, type: order, window_days: 30}\n"
+        "  m: {aggregate: count, topic: support, window_days: 30}\n"
+        "  s: {aggregate: sum, topic: purchases, type: order, property: amount, window_days: 30}\n"
+        "  c: {aggregate: count, topic: clickstream, type: page_view}\n"
+        "audiences:\n"
+        "  a: {when: 'n >= 2 and 5 > n and m >= 1 and s >= 10 and c >= 1'}\n"
+        "  b: {when: 'n != 7 or m in [3, 4]'}\n"
+    )
+    definitions = load_definitions(text)
+    bounds = definitions.audiences["a"].count_bounds()
+    assert bounds == {"n": {1, 4}, "m": {0}, "s": {9}, "c": {0}}
+    assert definitions.audiences["b"].count_bounds() == {"n": {6, 7}, "m": None}
+    # Only windowed counts, and only those no audience reads otherwise.
+    assert models.audiences._shape(definitions).turns_at == ((1, 4, 6, 7), None, None, None)
+    for extra in (
+        "  t: {when: 'metric.sessions_30d >= 1'}\n",  # evaluated at every decision
+        "  t: {when: 'days_since(metric.last_seen_at) > 3'}\n",  # a click moves it
+    ):
+        assert models.audiences._shape(load_definitions(text + extra)).turns_at is None
+
+
+def test_falling_counts_are_decided_where_an_answer_turns_not_at_every_edge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between events a windowed count only falls: an audience decision at an
+    edge where none of the comparisons put to it answers otherwise would find
+    no move, so none is filed there. The audiences move exactly as when every
+    edge that can move one is decided at, with far fewer decisions."""
+    definitions = tmp_path / "definitions.yaml"
+    definitions.write_text(TURNING)
+    events, _ = simulate(SimConfig(customers=80, days=75, seed=47))
+    settings = Settings(_env_file=None, store="memory", definitions_file=definitions)
+    decided = Counter[str]()
+    only = Segmenter._decide_audiences_only
+
+    def counted(self: Segmenter, *args: Any) -> None:
+        decided[mode] += 1
+        only(self, *args)
+
+    monkeypatch.setattr(Segmenter, "_decide_audiences_only", counted)
+    mode = "turns"
+    turning = evaluate(events, settings)
+    monkeypatch.setattr(models.audiences, "_SHAPES", {})
+    monkeypatch.setattr(models.audiences, "_turns_at", lambda *_: None)
+    mode = "edges"
+    edges = evaluate(events, settings)
+    assert decided["turns"] < 0.8 * decided["edges"], decided
+    assert len([c for c in turning.outputs.changes if c["dimension"].startswith("audience.")]) > 300
+    assert turning.outputs.changes == edges.outputs.changes
+    assert turning.outputs.triggers == edges.outputs.triggers
+
+
+TURNING = """
+version: 1
+traits:
+  orders_7d: {aggregate: count, topic: purchases, type: order, window_days: 7}
+  orders_30d: {aggregate: count, topic: purchases, type: order, window_days: 30}
+  views_7d: {aggregate: count, topic: clickstream, type: page_view, window_days: 7}
+  carts_30d: {aggregate: count, topic: clickstream, type: add_to_cart, window_days: 30}
+  revenue_30d: {aggregate: sum, topic: purchases, type: order, property: amount, window_days: 30}
+audiences:
+  repeat: {when: "orders_30d >= 2"}
+  cooling: {when: "orders_30d >= 1 and orders_7d == 0"}
+  browsing: {when: "views_7d >= 5 and orders_30d == 0"}
+  carting: {when: "carts_30d > 1 and 3 >= orders_7d"}
+  spender: {when: "revenue_30d >= 100 and audience.repeat"}
+"""
 
 
 def test_memberships_read_what_was_not_evaluated_from_the_held_entries() -> None:
