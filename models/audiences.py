@@ -25,7 +25,7 @@ dwell rule.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, get_args
@@ -36,6 +36,7 @@ from models.definitions import (
     Trait,
     TraitState,
     TraitValues,
+    count_edge,
     count_lists,
     evaluate_audiences,
     ordered_days,
@@ -561,6 +562,9 @@ def next_edge(trait: Trait, state: TraitState | None, now_ms: int) -> tuple[int 
     window = trait.window_days
     if not state or window is None:
         return None, False
+    held = state.get("k")
+    if held is not None:  # a windowed count: only a day still to enter raises it
+        return count_edge(held, window, today)
     if "v" in state:
         # A windowed distinct count: each value's last day enters its window
         # (a day after today's) or leaves it; a day still to enter can raise it.
@@ -947,15 +951,17 @@ def evaluate_moved(
         if place is not None:
             due.add(place)  # a dwell-held move
     again: list[str] = []
-    if due:
-        audiences, read_by_at = shape.audiences, shape.read_by_at
-        # In file order: an audience reads only those above it.
-        for n in range(min(due), len(audiences)):
-            if n in due:
-                name, check, _, _ = audiences[n]
-                members[name] = check(reading) is True
-                again.append(name)
-                due.update(read_by_at[n])  # later audiences that read this one
+    audiences, read_by_at = shape.audiences, shape.read_by_at
+    # In file order: an audience reads only those above it.
+    order = sorted(due)
+    for n in order:  # (grows as it goes: only with places after n)
+        name, check, _, _ = audiences[n]
+        members[name] = check(reading) is True
+        again.append(name)
+        for later in read_by_at[n]:  # later audiences that read this one
+            if later not in due:
+                due.add(later)
+                insort(order, later)
     return members, reading, again
 
 
@@ -1052,8 +1058,6 @@ def note_next_change(
     followers = shape.followers_at
     either = shape.followed_either_way
     turns_at = None if every_edge else shape.turns_at
-    # (edge, trait, its bounds) of the counts due where they turn
-    falling: list[tuple[int, int, tuple[int, ...]]] = []
     for n, when in enumerate(due):
         if when is None:
             continue
@@ -1068,20 +1072,15 @@ def note_next_change(
         ):
             bounds = None if turns_at is None or n in rising else turns_at[n]
             if bounds is not None:
-                falling.append((when, n, bounds))
-            else:
-                first = when
-    # A count that only falls is due where an answer turns, not at an edge
-    # where none does (a decision there would find no move); its turn is no
-    # earlier than its edge, so the earliest edges are looked at first.
-    for when, n, bounds in sorted(falling) if len(falling) > 1 else falling:
-        if first is not None and when >= first:
-            break
-        trait = shape.traits[n]
-        state = states.get(trait.fingerprint)
-        turn = when if not state or "k" not in state else next_turn(trait, state, now, bounds)
-        if turn is not None and (first is None or turn < first):
-            first = turn
+                # A count that only falls: due where an answer turns, not at
+                # an edge where none does (a decision there would find no move).
+                trait = shape.traits[n]
+                state = states.get(trait.fingerprint)
+                if state and "k" in state:
+                    when = next_turn(trait, state, now, bounds)
+                    if when is None or (first is not None and when >= first):
+                        continue
+            first = when
     if rising:
         profile["traits_rising"] = sorted(rising)
     else:

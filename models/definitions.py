@@ -331,6 +331,35 @@ def _counted(days: list[int], counts: list[int], start: int, end: int) -> int:
     return sum(counts[bisect_left(days, start) : bisect_right(days, end)])
 
 
+def count_edge(days: list[int], window: int, after_day: int) -> tuple[int | None, bool]:
+    """Of a windowed count holding events on ``days`` (ascending): the next
+    time after day ``after_day`` that a day enters or leaves its window
+    (``None``: none is left), and whether a day after ``after_day`` is held.
+
+    The first day still in the window leaves first, and the first day after
+    ``after_day`` enters first: two binary searches.
+
+    >>> [count_edge([3, 5, 12], 7, day) for day in (4, 9, 12)] == [
+    ...     (5 * DAY_MS, True), (10 * DAY_MS, True), (19 * DAY_MS, False)]
+    True
+    """
+    later = bool(days) and days[-1] > after_day
+    at = bisect_right(days, after_day - window)  # days up to that one have left
+    if at == len(days):
+        return None, later
+    leaves = days[at]
+    if leaves <= after_day:
+        leaves += window  # it leaves; a day still to enter may come sooner
+        at = bisect_right(days, after_day)
+        if at < len(days) and days[at] < leaves:
+            leaves = days[at]
+    return leaves * DAY_MS, later
+
+
+# The day a distinct count's kept entry ``[value, day]`` was last seen.
+_SEEN: Final = operator.itemgetter(1)
+
+
 def _distinct_value(value: Any) -> bool | int | float | str | None:
     """The value a distinct count keeps, or None when it cannot be counted."""
     if isinstance(value, bool | str):
@@ -657,27 +686,20 @@ class Trait:
             return {"v": [*kept, value]}
         window = self.window_days
         day = ts // DAY_MS
-        for entry in kept:
+        at = -1  # the value's entry
+        for n, entry in enumerate(kept):
             if type(entry[0]) is kind and entry[0] == value:
                 if day <= entry[1]:
                     # Seen again on a day no later than it was last seen: the
                     # state holds (the commonest case, a category viewed again).
                     return unchanged
-                break
-        # One pass: the newest and oldest days kept, and the value's entry.
-        newest, oldest, at = day, day, -1
-        for n, entry in enumerate(kept):
-            seen = entry[1]
-            if n == 0 or seen > newest:
-                newest = seen
-            if n == 0 or seen < oldest:
-                oldest = seen
-            if at < 0 and type(entry[0]) is kind and entry[0] == value:
                 at = n
+                break
+        # The newest and oldest days kept.
+        newest = max(kept, key=_SEEN)[1] if kept else day
         if day <= newest - window:
             return unchanged
-        if at >= 0 and day <= kept[at][1]:
-            return unchanged
+        oldest = min(kept, key=_SEEN)[1] if kept else day
         entries = kept if in_place else [list(entry) for entry in kept]
         if at >= 0:
             entries[at][1] = day
@@ -832,17 +854,8 @@ class Trait:
         gone = after_day - window  # days up to this one have left the window
         if "k" in state:  # a windowed count
             held: list[int] = state["k"]
-            later = bool(held) and held[-1] > after_day
-            at = bisect_right(held, gone)
-            if at == len(held):
-                return None, later, False
-            leaves = held[at]
-            if leaves <= after_day:
-                leaves += window  # it leaves; a day still to enter may come sooner
-                at = bisect_right(held, after_day)
-                if at < len(held) and held[at] < leaves:
-                    leaves = held[at]
-            return leaves * DAY_MS, later, False
+            when, later = count_edge(held, window, after_day)
+            return when, later, False
         days: dict[str, Any] = state["d"]
         # Every day a count holds counted an event; a day of another aggregate
         # counts its events first.
