@@ -159,7 +159,7 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
             if days and days[-1] == day:
                 state["n"][-1] += 1
             else:
-                trait.fold_into(state, event)
+                trait.fold_count(state, day, in_place=True)
         else:
             states[fingerprint] = trait.fold_into(state, event)
         if moved is None:
@@ -601,7 +601,10 @@ def edge_can_move(
         return True
     # Falling takes nobody into an audience that follows the trait up (1),
     # nor out of one that follows it down (-1).
-    return any(way == 0 or (way > 0) == members[name] for name, way in followers)
+    for name, way in followers:
+        if way == 0 or (way > 0) == members[name]:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -868,8 +871,7 @@ class Memberships(dict[str, bool]):
     __slots__ = ("_held",)
 
     def __init__(self, held: Mapping[str, Mapping[str, Any]]) -> None:
-        super().__init__()
-        self._held = held
+        self._held = held  # (dict.__new__ made it empty)
 
     def __missing__(self, name: str) -> bool:
         entry = self._held.get(AUDIENCE_PREFIX + name)
@@ -992,9 +994,14 @@ def nothing_due(
     edge = profile["trait_edge_ms"]
     if edge is not None and edge <= now_ms:
         return False
-    if any(flip is not None and flip <= now_ms for flip in profile["audience_flips"]):
-        return False
-    return not any(dim in shape.segment_readers for dim in segments_moved)
+    for flip in profile["audience_flips"]:
+        if flip is not None and flip <= now_ms:
+            return False
+    readers = shape.segment_readers
+    for dim in segments_moved:
+        if dim in readers:
+            return False
+    return True
 
 
 def note_next_change(

@@ -516,7 +516,7 @@ class Trait:
         if self.window_days is None:
             return {"a": _merge(state["a"] if state else None, amount)}
         if self.aggregate == "count":
-            return self._fold_count(state, ts // DAY_MS, in_place=False)
+            return self.fold_count(state, ts // DAY_MS, in_place=False)
         day, key = ts // DAY_MS, str(ts // DAY_MS)
         held: dict[str, Any] = state["d"] if state else {}
         newest = int(next(reversed(held))) if held else day  # the days are in order
@@ -546,7 +546,7 @@ class Trait:
         if state is None:
             return self.fold(state, event)
         if "k" in state:
-            return self._fold_count(state, _event_ts(event) // DAY_MS, in_place=True)
+            return self.fold_count(state, _event_ts(event) // DAY_MS, in_place=True)
         if "d" not in state:
             if self.aggregate == "distinct_count":
                 return self._fold_distinct(state, _event_ts(event), event, in_place=True)
@@ -557,7 +557,7 @@ class Trait:
             if not _is_number(amount) or not math.isfinite(amount):
                 return state
         if self.aggregate == "count":  # kept by an earlier layout
-            return self._fold_count(state, _event_ts(event) // DAY_MS, in_place=True)
+            return self.fold_count(state, _event_ts(event) // DAY_MS, in_place=True)
         days: dict[str, Any] = state["d"]
         day = _event_ts(event) // DAY_MS
         key = str(day)
@@ -601,9 +601,15 @@ class Trait:
             return {"k": [], "n": []}
         return {"d": {}}
 
-    def _fold_count(self, state: TraitState | None, day: int, in_place: bool) -> TraitState:
+    def fold_count(self, state: TraitState | None, day: int, in_place: bool) -> TraitState:
         """``fold`` of a windowed count: one more event on ``day``; ``in_place``:
-        ``state`` (not ``None``) is changed rather than copied."""
+        ``state`` (not ``None``) is changed rather than copied.
+
+        >>> t = Trait("orders_7d", "count", "purchases", "order", window_days=7)
+        >>> s = {"k": [3, 5], "n": [1, 2]}
+        >>> t.fold_count(s, 11, in_place=True) is s, s  # day 3 leaves the window
+        (True, {'k': [5, 11], 'n': [2, 1]})
+        """
         window = self.window_days
         assert window is not None  # noqa: S101 - windowed counts only
         if not state:
@@ -716,6 +722,32 @@ class Trait:
             state["v"] = entries
             return state
         return {"v": entries}
+
+    def reader(self) -> Callable[[TraitState | None, int], TraitValue]:
+        """:meth:`value`, as a function of the state and the moment; for a
+        windowed count, the commonest trait, one that reads the two lists
+        at once.
+
+        >>> t = Trait("orders_7d", "count", "purchases", "order", window_days=7)
+        >>> read, s = t.reader(), {"k": [0, 3], "n": [1, 2]}
+        >>> [(read(s, day * DAY_MS), t.value(s, day * DAY_MS)) for day in (3, 7, 10)]
+        [(3, 3), (2, 2), (0, 0)]
+        """
+        window = self.window_days
+        if window is None or self.aggregate != "count":
+            return self.value
+        value = self.value
+
+        def count(state: TraitState | None, as_of_ms: int) -> TraitValue:
+            if not state:
+                return 0
+            days = state.get("k")
+            if days is None:  # kept by an earlier layout
+                return value(state, as_of_ms)
+            end = as_of_ms // DAY_MS
+            return _counted(days, state["n"], end - window + 1, end)
+
+        return count
 
     def value(self, state: TraitState | None, as_of_ms: int) -> TraitValue:
         """The trait's value as of ``as_of_ms``.
@@ -1920,6 +1952,14 @@ class Definitions:
     digest: str
     traits: Mapping[str, Trait]
     audiences: Mapping[str, Audience]
+    # trait name -> (its fingerprint, its value as of a moment: Trait.reader)
+    readers: Mapping[str, tuple[str, Callable[[TraitState | None, int], TraitValue]]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        readers = {name: (t.fingerprint, t.reader()) for name, t in self.traits.items()}
+        object.__setattr__(self, "readers", readers)
 
 
 class _Reader:
@@ -2361,12 +2401,13 @@ class TraitValues(Mapping[str, TraitValue]):
     (0, None, {'n': 0})
     """
 
-    __slots__ = ("_as_of", "_known", "_states", "_traits")
+    __slots__ = ("_as_of", "_known", "_readers", "_states", "_traits")
 
     def __init__(
         self, definitions: Definitions, states: Mapping[str, TraitState], as_of_ms: int
     ) -> None:
         self._traits = definitions.traits
+        self._readers = definitions.readers
         self._states = states
         self._as_of = as_of_ms
         self._known: dict[str, TraitValue] = {}
@@ -2375,10 +2416,11 @@ class TraitValues(Mapping[str, TraitValue]):
         known = self._known
         if name in known:
             return known[name]
-        trait = self._traits.get(name)
-        if trait is None:
+        reader = self._readers.get(name)
+        if reader is None:
             return default
-        value = known[name] = trait.value(self._states.get(trait.fingerprint), self._as_of)
+        fingerprint, read = reader
+        value = known[name] = read(self._states.get(fingerprint), self._as_of)
         return value
 
     def __getitem__(self, name: str) -> TraitValue:
