@@ -653,7 +653,7 @@ class _Shape:
     # an audience's answer may turn (Audience.count_bounds, over all of
     # them), ascending; None for any other trait or one read otherwise. None
     # for the whole file where an audiences decision can find a move no
-    # trait's turn explains (turns_apply).
+    # trait's turn explains (_turns_at).
     turns_at: tuple[tuple[int, ...] | None, ...] | None
     synced: str  # synced_digest's answer
 
