@@ -472,6 +472,32 @@ def test_a_definitions_file_never_changes_the_built_in_segments_or_the_triggers(
     assert defined.outputs.triggers == bare.outputs.triggers
 
 
+def history_with(tmp_path: Path, text: str, seed: int) -> tuple[list[Any], Settings]:
+    """A simulated history (80 customers, 75 days) and settings with ``text``
+    as the definitions file."""
+    definitions = tmp_path / "definitions.yaml"
+    definitions.write_text(text)
+    events, _ = simulate(SimConfig(customers=80, days=75, seed=seed))
+    return events, Settings(_env_file=None, store="memory", definitions_file=definitions)
+
+
+def counting_audience_decisions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Counter[str], list[str]]:
+    """Count the audiences-only decisions, under the label put in the
+    returned one-item list."""
+    decided = Counter[str]()
+    label = [""]
+    only = Segmenter._decide_audiences_only
+
+    def counted(self: Segmenter, *args: Any) -> None:
+        decided[label[0]] += 1
+        only(self, *args)
+
+    monkeypatch.setattr(Segmenter, "_decide_audiences_only", counted)
+    return decided, label
+
+
 def test_window_edges_that_cannot_move_an_audience_are_not_decided_at(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -480,25 +506,15 @@ def test_window_edges_that_cannot_move_an_audience_are_not_decided_at(
     audiences move exactly as when every edge is decided at (an audience that
     reads a segment included: audience decisions leave the built-in ones
     alone)."""
-    definitions = tmp_path / "definitions.yaml"
-    definitions.write_text(WINDOWED)
-    events, _ = simulate(SimConfig(customers=80, days=75, seed=45))
-    settings = Settings(_env_file=None, store="memory", definitions_file=definitions)
-    decided = Counter[str]()
-    only = Segmenter._decide_audiences_only
-
-    def counted(self: Segmenter, *args: Any) -> None:
-        decided[mode] += 1
-        only(self, *args)
-
-    monkeypatch.setattr(Segmenter, "_decide_audiences_only", counted)
-    mode = "can move"
+    events, settings = history_with(tmp_path, WINDOWED, seed=45)
+    decided, mode = counting_audience_decisions(monkeypatch)
+    mode[0] = "can move"
     filtered = evaluate(events, settings)
     built = PartitionEngine._segmenter
     monkeypatch.setattr(
         PartitionEngine, "_segmenter", lambda self: replace(built(self), decide_at_every_edge=True)
     )
-    mode = "every edge"
+    mode[0] = "every edge"
     every = evaluate(events, settings)
     assert decided["can move"] < 0.8 * decided["every edge"], decided
 
@@ -834,23 +850,13 @@ def test_falling_counts_are_decided_where_an_answer_turns_not_at_every_edge(
     edge where none of the comparisons put to it answers otherwise would find
     no move, so none is filed there. The audiences move exactly as when every
     edge that can move one is decided at, with far fewer decisions."""
-    definitions = tmp_path / "definitions.yaml"
-    definitions.write_text(TURNING)
-    events, _ = simulate(SimConfig(customers=80, days=75, seed=47))
-    settings = Settings(_env_file=None, store="memory", definitions_file=definitions)
-    decided = Counter[str]()
-    only = Segmenter._decide_audiences_only
-
-    def counted(self: Segmenter, *args: Any) -> None:
-        decided[mode] += 1
-        only(self, *args)
-
-    monkeypatch.setattr(Segmenter, "_decide_audiences_only", counted)
-    mode = "turns"
+    events, settings = history_with(tmp_path, TURNING, seed=47)
+    decided, mode = counting_audience_decisions(monkeypatch)
+    mode[0] = "turns"
     turning = evaluate(events, settings)
     monkeypatch.setattr(models.audiences, "_SHAPES", {})
     monkeypatch.setattr(models.audiences, "_turns_at", lambda *_: None)
-    mode = "edges"
+    mode[0] = "edges"
     edges = evaluate(events, settings)
     assert decided["turns"] < 0.8 * decided["edges"], decided
     assert len([c for c in turning.outputs.changes if c["dimension"].startswith("audience.")]) > 300
