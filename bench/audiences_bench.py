@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,23 @@ def definitions_text() -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_per_event(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The worker's CPU µs per event of each run: ready to done, and over the
+    steady span; with their medians.
+
+    >>> cpu_per_event([{"worker_cpu_s": 2.0, "events": 10_000, "steady_cpu_us_per_event": 190.0}])
+    {'of_each_run': [200.0], 'median': 200.0, 'steady_of_each_run': [190.0], 'steady_median': 190.0}
+    """
+    whole = [round(r["worker_cpu_s"] / r["events"] * 1e6, 1) for r in results]
+    steady = [r["steady_cpu_us_per_event"] for r in results]
+    return {
+        "of_each_run": whole,
+        "median": statistics.median(whole),
+        "steady_of_each_run": steady,
+        "steady_median": statistics.median(x for x in steady if x is not None),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1000)
@@ -138,6 +156,7 @@ def main() -> None:
                 time.sleep(2)
         summary = {label: summarise_runs(results, len(events)) for label, results in runs.items()}
         whole, steady = median_ratios(summary["with"], summary["without"])
+        cpu = {label: cpu_per_event(results) for label, results in runs.items()}
         save_results(
             {
                 "benchmark": "audiences",
@@ -148,6 +167,14 @@ def main() -> None:
                 "runs": summary,
                 "with_over_without_median": whole,
                 "with_over_without_steady_median": steady,
+                # Events per worker CPU second, with over without (µs per event inverted).
+                "cpu_us_per_event": cpu,
+                "with_over_without_cpu_median": round(
+                    cpu["without"]["median"] / cpu["with"]["median"], 3
+                ),
+                "with_over_without_steady_cpu_median": round(
+                    cpu["without"]["steady_median"] / cpu["with"]["steady_median"], 3
+                ),
             },
             args.out,
             echo=True,

@@ -150,7 +150,7 @@ class Outputs:
     """What one step of the engine produced, for the caller to send and count.
 
     ``counts`` holds ``(what, label) -> n`` for the worker's metrics:
-    ``duplicate``/``stale``/``late``/``held`` by topic, ``forced``,
+    ``processed``/``duplicate``/``stale``/``late``/``held`` by topic, ``forced``,
     ``anonymous`` by outcome, ``historical_trigger`` and ``capped_trigger``
     by trigger kind.
     """
@@ -237,6 +237,7 @@ class PartitionEngine:
                 fields.get("customer_id") is None or fields.get("type") == "identify"
             ):
                 self._stitch(fields, step.outputs)
+                step.outputs.counts["processed", "clickstream"] += 1
                 continue
             by_customer.setdefault(str(fields["customer_id"]), []).append(dict(fields))
         # by_customer: {customer_id: [event fields, ...]} in arrival order
@@ -361,8 +362,10 @@ class PartitionEngine:
         ready.sort(key=order_key)
         # ready: every event to apply now, in event-time order
         deadlines: list[tuple[int, str]] = []  # popped from the index: a heap
+        counts = step.outputs.counts
         for fields in ready:
             ts = int(fields["ts"])
+            counts["processed", fields["topic"]] += 1
             self._fire(step, deadlines, ts - 1, population)
             self._apply(step, fields, min(ts, marks.closing), population)
         self._fire(step, deadlines, marks.closing, population)

@@ -253,7 +253,9 @@ def publish_segments(outputs: Outputs) -> None:
 def count(outputs: Outputs) -> None:
     """The engine's counts as Prometheus metrics."""
     for (what, label), n in outputs.counts.items():
-        if what == "duplicate":
+        if what == "processed":
+            metrics.child(metrics.events_processed, label).inc(n)
+        elif what == "duplicate":
             metrics.child(metrics.duplicate_events, label).inc(n)
         elif what == "stale":
             metrics.child(metrics.stale_events, label).inc(n)

@@ -34,6 +34,14 @@ events_consumed = Counter(
     ["topic", "type"],
     registry=registry,
 )
+events_processed = Counter(
+    "segstream_events_processed",
+    "Input events taken through the engine in event-time order (applied, or refused as "
+    "duplicate, stale or late; anonymous clicks stitched), by topic role. Consumed minus "
+    "processed and suppressed is what the input watermark still holds back.",
+    ["topic"],
+    registry=registry,
+)
 decode_failures = Counter(
     "segstream_decode_failures",
     "Input messages rejected at decoding, by topic role and reason.",

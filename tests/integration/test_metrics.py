@@ -21,6 +21,7 @@ MODEL_ENV = {"CHURN_HORIZON_DAYS": "7", "CHURN_MIN_LABELS": "5", "MODEL_WARMUP_E
 # Families that must be present; counters that this stream must move.
 MOVING = (
     "segstream_events_consumed_total",
+    "segstream_events_processed_total",
     "segstream_decode_failures_total",
     "segstream_dead_letters_total",
     "segstream_event_lag_seconds_count",

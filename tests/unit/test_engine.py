@@ -143,6 +143,9 @@ def test_events_read_topic_by_topic_are_applied_in_event_time_order() -> None:
     assert by_topic_out.counts["held", "clickstream"] == 0  # clicks come last: nothing to wait for
     assert by_topic_out.counts["held", "purchases"] > 0  # orders waited for the clicks
     assert by_topic.stores.held.data == {}  # type: ignore[attr-defined]
+    # Every event was processed once, however long it waited.
+    processed = [n for (what, _), n in by_topic_out.counts.items() if what == "processed"]
+    assert sum(processed) == len(HISTORY)
     # The same profiles, population and outputs as reading the history in time order.
     for name in ("profiles", "population"):
         assert getattr(by_topic.stores, name).data == getattr(ordered.stores, name).data
@@ -244,9 +247,11 @@ def test_held_events_wait_for_the_watermark_and_are_released_by_an_advance() -> 
     order = dict(event("purchases", "order", day, "o1", amount=12.5), customer_id="c1")
     out = engine.submit([order], Watermarks(closing=day - DAY_MS, release=day - DAY_MS))
     assert out.counts["held", "purchases"] == 1
+    assert out.counts["processed", "purchases"] == 0  # consumed, not yet processed
     assert engine.stores.profiles.get("c1") is None
     assert [e["event_id"] for e in engine.stores.held.get("c1")] == ["o1"]
     out = engine.advance(Watermarks(closing=day, release=day))
+    assert out.counts["processed", "purchases"] == 1
     assert engine.stores.held.get("c1") is None
     assert engine.stores.profiles.get("c1")["lifetime"]["purchases.order"] == 1
     assert "held_customers" not in engine.stores.population.get("p0")
