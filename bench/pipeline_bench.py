@@ -131,11 +131,6 @@ def summarise_runs(results: list[dict[str, Any]], expected_events: int) -> dict[
         "median": statistics.median(rates),
         "steady_events_per_s_of_each_run": steady,
         "steady_median": statistics.median(x for x in steady if x is not None),
-        # The same span measured on events read (before 2026-11-30 the steady rate).
-        "steady_read_events_per_s_of_each_run": [
-            r.get("steady_read_events_per_s") for r in results
-        ],
-        "steady_cpu_us_per_event_of_each_run": [r.get("steady_cpu_us_per_event") for r in results],
         "first_event_s_of_each_run": [r["first_event_s"] for r in results],
         "complete_of_each_run": [r["events"] >= expected_events for r in results],
         "peak_rss_mb_of_each_run": [r["peak_rss_mb"] for r in results],
@@ -185,29 +180,16 @@ def run_mode(
         cpu_at_ready, machine_at_ready = cpu_seconds(worker.proc.pid), machine_cpu_seconds()
         started = time.monotonic()
         done = 0.0
-        # (seconds since ready, events): read from Kafka, and taken through the
-        # engine. The two part where the input watermark holds events read
-        # ahead of another topic: read at once, processed when it reaches them.
-        read: list[tuple[float, float]] = []
-        progress: list[tuple[float, float]] = []
-        cpu_at: list[float] = []  # the worker's CPU seconds at each progress sample
+        progress: list[tuple[float, float]] = []  # (seconds since ready, events read)
         while time.monotonic() - started < 1800:
             # Answered between batches: a batch of held events released at once
             # can take seconds.
             _, body = worker.get("/metrics", timeout_s=120)
             text = body.decode()
-            at = time.monotonic() - started
-            cpu_at.append(cpu_seconds(worker.proc.pid))
-            rejected = metric_sum(text, "segstream_dead_letters_total")
-            done = metric_sum(text, "segstream_events_consumed_total") + rejected
-            read.append((at, done))
-            # A worker older than the processed counter (ab_bench's baseline): read.
-            processed = "segstream_events_processed_total" in text
-            progress.append(
-                (at, metric_sum(text, "segstream_events_processed_total") + rejected)
-                if processed
-                else (at, done)
+            done = metric_sum(text, "segstream_events_consumed_total") + metric_sum(
+                text, "segstream_dead_letters_total"
             )
+            progress.append((time.monotonic() - started, done))
             if done >= expected:
                 break
             time.sleep(0.25)
@@ -222,8 +204,6 @@ def run_mode(
         "seconds": round(elapsed, 2),
         "events_per_s": round(done / elapsed, 1),
         **steady_rate(progress, expected),
-        "steady_cpu_us_per_event": steady_cpu_us(progress, cpu_at, expected),
-        "steady_read_events_per_s": steady_rate(read, expected)["steady_events_per_s"],
         "peak_rss_mb": round(rss, 1),
         "store_mb": round(dir_size_mb(workdir / mode), 1),
         "worker_cpu_s": round(worker_cpu, 2),
@@ -237,19 +217,21 @@ def steady_rate(progress: list[tuple[float, float]], expected: int) -> dict[str,
 
     The whole-run rate also counts the start: partition assignment, table
     recovery, the first fetch. The steady rate leaves that out. ``progress``
-    holds ``(seconds, events processed)`` samples; the rate is the events
-    between the two samples over the time between them. A worker answers
-    ``/metrics`` between batches, so samples come a batch apart (a second or
-    two), and a sample's count overshoots its threshold by up to a batch: the
-    span is measured by the counts seen, not by the thresholds. The events are
-    counted processed, not read: a worker reads one topic ahead of another
-    and holds what it read until the watermark reaches it, so the count read
-    can pass 10% with far less of the work done.
+    holds ``(seconds, events read)`` samples; the rate is the events between
+    the two samples over the time between them. A worker answers ``/metrics``
+    between batches, so samples come a batch apart (a second or two), and a
+    sample's count can pass its threshold by most of a batch: the span is
+    measured by the counts seen, not by the thresholds.
+
+    It is coarse all the same: events are counted when read, and a worker
+    reads one topic ahead of another and holds what it read until the input
+    watermark reaches it (``segstream_events_processed_total`` counts them
+    when it does), so the work done within the span is not the events read
+    within it.
 
     >>> steady_rate([(1.0, 0), (2.0, 15), (3.0, 50), (4.0, 95), (5.0, 100)], 100)
     {'steady_events_per_s': 40.0, 'first_event_s': 2.0}
     """
-
     low, high, first = (reached(progress, share * expected) for share in (0.1, 0.9, 0.0))
     rate = None
     if low is not None and high is not None and progress[high][0] > progress[low][0]:
@@ -259,21 +241,6 @@ def steady_rate(progress: list[tuple[float, float]], expected: int) -> dict[str,
         "steady_events_per_s": rate,
         "first_event_s": None if first is None else progress[first][0],
     }
-
-
-def steady_cpu_us(
-    progress: list[tuple[float, float]], cpu_at: list[float], expected: int
-) -> float | None:
-    """The worker's CPU µs per event over the span of :func:`steady_rate`
-    (``cpu_at``: its CPU seconds at each sample).
-
-    >>> steady_cpu_us([(1.0, 0), (2.0, 15), (3.0, 50), (4.0, 95)], [1.0, 1.5, 2.0, 2.3], 100)
-    10000.0
-    """
-    low, high = reached(progress, 0.1 * expected), reached(progress, 0.9 * expected)
-    if low is None or high is None or progress[high][1] <= progress[low][1]:
-        return None
-    return round((cpu_at[high] - cpu_at[low]) / (progress[high][1] - progress[low][1]) * 1e6, 1)
 
 
 def reached(progress: list[tuple[float, float]], events: float) -> int | None:
