@@ -162,8 +162,8 @@ def main() -> None:
                 "runs": summary,
                 "with_over_without_median": whole,
                 "with_over_without_steady_median": steady,
-                # Events per worker CPU second, with over without (µs per event inverted).
                 "cpu_us_per_event": cpu,
+                # Events per worker CPU second, with over without (µs per event inverted).
                 "with_over_without_cpu_median": round(
                     cpu["without"]["median"] / cpu["with"]["median"], 3
                 ),
