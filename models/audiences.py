@@ -25,6 +25,7 @@ dwell rule.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -655,6 +656,10 @@ class _Shape:
     # for the whole file where an audiences decision can find a move no
     # trait's turn explains (_turns_at).
     turns_at: tuple[tuple[int, ...] | None, ...] | None
+    # By trait, in the same order: (whether it is a count, its marks) where
+    # every audience compares it only with constants (trait_band); None
+    # where one reads it otherwise.
+    bands_at: tuple[tuple[bool, tuple[float, ...]] | None, ...]
     synced: str  # synced_digest's answer
 
 
@@ -769,6 +774,7 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         turns_at=_turns_at(definitions, traits)
         if not always and "clickstream" not in topic_readers
         else None,
+        bands_at=_bands_at(definitions, traits),
         synced=f"{definitions.digest}/{TRAIT_LAYOUT}",
     )
 
@@ -797,6 +803,110 @@ def _turns_at(
         else None
         for trait, found in zip(traits, bounds.values(), strict=True)
     )
+
+
+def _bands_at(
+    definitions: Definitions, traits: Sequence[Trait]
+) -> tuple[tuple[bool, tuple[float, ...]] | None, ...]:
+    """:attr:`_Shape.bands_at`: a count or distinct count is marked by the
+    counts at which an answer may turn (:meth:`Audience.count_bounds`), any
+    other trait by the numbers it is compared with
+    (:meth:`Audience.compared_numbers`)."""
+    marks: dict[str, set[float] | None] = {name: set() for name in definitions.traits}
+    counted = {
+        name: trait.aggregate in ("count", "distinct_count")
+        for name, trait in definitions.traits.items()
+    }
+    for audience in definitions.audiences.values():
+        bounds, numbers = audience.count_bounds(), audience.compared_numbers()
+        for name, found in numbers.items():
+            held = marks[name]
+            if held is None:
+                continue
+            joined = bounds[name] if counted[name] else found
+            if joined is None:
+                marks[name] = None
+            else:
+                held |= joined
+    return tuple(
+        None if found is None else (counted[name], tuple(sorted(found)))
+        for name, found in ((trait.name, marks[trait.name]) for trait in traits)
+    )
+
+
+def trait_band(value: Any, counted: bool, marks: Sequence[float]) -> int | None:
+    """Where a trait's ``value`` lies among its ``marks`` (:attr:`_Shape.bands_at`):
+    every comparison of the trait with a constant answers alike for two
+    values in the same band. ``-1`` for null; ``None`` for a value that is
+    neither a number nor null (a ``latest`` text), which is never taken to
+    be in the band it was.
+
+    A count's marks are the counts ``k`` at which an answer may differ
+    for ``k`` and ``k + 1``: its band is how many lie below it. Any other
+    value's band says how many marks lie below it and whether it is one.
+
+    >>> [trait_band(n, True, (1,)) for n in (0, 1, 2, 3)]  # orders_30d >= 2
+    [0, 0, 1, 1]
+    >>> [trait_band(x, False, (100,)) for x in (None, 99.5, 100, 250.0, "a")]
+    [-1, 0, 1, 2, None]
+    """
+    if value is None:
+        return -1
+    kind = type(value)
+    if kind is not int and kind is not float:  # (a bool is no number here)
+        return None
+    if counted:
+        return bisect_left(marks, value)
+    if not math.isfinite(value):
+        return None
+    at = bisect_left(marks, value)
+    return 2 * at + (1 if at < len(marks) and marks[at] == value else 0)
+
+
+def answering_traits(
+    definitions: Definitions,
+    values: Mapping[str, Any],
+    moved: set[str] | None,
+    noted: Sequence[int | None] | None,
+) -> tuple[set[str] | None, list[int | None]]:
+    """Of the ``moved`` traits (:func:`moved_traits`), those whose move can
+    change an audience's answer, and every trait's band as of ``values``
+    (the trait values read now), for ``profile["trait_bands"]``.
+
+    A trait every audience compares only with constants can change an
+    answer only by leaving the band (:func:`trait_band`) it had at the last
+    evaluation, ``noted``: between evaluations a trait's value changes only
+    where it moved, so each audience reading it last read it in that band.
+    Any other moved trait is kept. ``None`` in, ``None`` out: all are
+    evaluated, and every band is worked out. A list comes back as ``noted``
+    itself where no band changed.
+    """
+    shape = _shape(definitions)
+    specs = shape.bands_at
+    if moved is None or noted is None or len(noted) != len(specs):
+        names = shape.trait_names
+        bands = [
+            None if spec is None else trait_band(values.get(name), spec[0], spec[1])
+            for name, spec in zip(names, specs, strict=True)
+        ]
+        return moved, bands
+    index = shape.trait_index
+    changed: set[str] = set()
+    bands = noted if isinstance(noted, list) else list(noted)
+    for name in moved:
+        n = index[name]
+        spec = specs[n]
+        if spec is None:
+            changed.add(name)
+            continue
+        band = trait_band(values.get(name), spec[0], spec[1])
+        if band is None or band != noted[n]:
+            changed.add(name)
+            if band != noted[n]:
+                if bands is noted:
+                    bands = list(noted)
+                bands[n] = band
+    return changed, bands
 
 
 def next_turn(trait: Trait, state: TraitState, now_ms: int, bounds: Sequence[int]) -> int | None:
@@ -829,6 +939,73 @@ def next_turn(trait: Trait, state: TraitState, now_ms: int, bounds: Sequence[int
         if count <= bound:
             return (days[n] + window) * DAY_MS
     return None  # (the bound is below zero)
+
+
+def next_band_change(
+    trait: Trait, state: TraitState, now_ms: int, counted: bool, marks: Sequence[float]
+) -> int | None:
+    """The first window edge after ``now_ms`` at which the trait's value,
+    with no new event, lies in another band (:func:`trait_band`) than now,
+    or ``None`` when none does. Between now and then every comparison of
+    the trait with a constant answers as now.
+
+    A distinct count or a sum with no day after now's to enter its window
+    only loses days: each day's leaving is looked at in turn, the value
+    then worked out as :meth:`Trait.value` does. Any other trait's edges
+    are walked one by one (a bounded number: past it, the last one walked
+    is given, where a decision finds nothing new).
+
+    >>> t = Trait("spend_30d", "sum", "purchases", "order", property="amount", window_days=30)
+    >>> s = t.fold(t.fold(None, {"ts": 0, "amount": 80}), {"ts": 5 * DAY_MS, "amount": 50})
+    >>> next_band_change(t, s, 6 * DAY_MS, False, (100,)) == 30 * DAY_MS  # 130, then 50
+    True
+    >>> next_band_change(t, s, 6 * DAY_MS, False, (10,)) == 35 * DAY_MS  # 130, 50, then 0
+    True
+    """
+    window = trait.window_days
+    if window is not None:
+        gone = now_ms // DAY_MS - window  # days up to this one are out of the window
+        if "v" in state:  # a distinct count: each value's last day leaves
+            days: list[int] = sorted(day for _, day in state["v"] if day > gone)
+            if not days or days[-1] <= gone + window:
+                held = len(days)
+                band = trait_band(held, counted, marks)
+                for n, day in enumerate(days):
+                    if n + 1 < held and days[n + 1] == day:
+                        continue  # that day's values leave together
+                    if trait_band(held - n - 1, counted, marks) != band:
+                        return (day + window) * DAY_MS
+                return None
+        elif "d" in state and trait.aggregate == "sum":
+            parts = [(int(key), agg) for key, agg in state["d"].items() if int(key) > gone]
+            if not parts or parts[-1][0] <= gone + window:
+                sums = []  # what the days from each one on add up to, in order as Trait.value does
+                for n in range(len(parts)):
+                    added = 0
+                    for _, agg in parts[n:]:
+                        if agg[0] > 0:
+                            added += agg[1]
+                    sums.append(added)
+                band = trait_band(sums[0] if sums else 0, counted, marks)
+                for n, (day, agg) in enumerate(parts):
+                    left = sums[n + 1] if n + 1 < len(parts) else 0
+                    if agg[0] > 0 and trait_band(left, counted, marks) != band:
+                        return (day + window) * DAY_MS
+                return None
+    band = trait_band(trait.value(state, now_ms), counted, marks)
+    moment = now_ms
+    for _ in range(_BAND_EDGES):
+        edge = trait.next_change_ms(state, moment)
+        if edge is None or band is None:
+            return edge
+        if trait_band(trait.value(state, edge), counted, marks) != band:
+            return edge
+        moment = edge
+    return moment
+
+
+# How many window edges next_band_change walks at most.
+_BAND_EDGES: Final = 64
 
 
 def moved_traits(profile: Profile, definitions: Definitions, now_ms: int) -> set[str] | None:
@@ -1065,6 +1242,7 @@ def note_next_change(
     followers = shape.followers_at
     either = shape.followed_either_way
     turns_at = None if every_edge else shape.turns_at
+    bands_at = shape.bands_at
     for n, when in enumerate(due):
         if when is None:
             continue
@@ -1077,16 +1255,19 @@ def note_next_change(
             followers[n]
             and (either[n] or n in rising or edge_can_move(False, followers[n], members))
         ):
-            bounds = None if turns_at is None or n in rising else turns_at[n]
-            if bounds is not None:
-                # A count that only falls: due where an answer turns, not at
-                # an edge where none does (a decision there would find no move).
+            if turns_at is not None:
+                # Due where an answer can turn, not at an edge where none can
+                # (a decision there would find no move).
                 trait = shape.traits[n]
                 state = states.get(trait.fingerprint)
-                if state and "k" in state:
+                bounds = None if n in rising else turns_at[n]
+                if bounds is not None and state and "k" in state:
+                    # A count that only falls: where it crosses a bound.
                     when = next_turn(trait, state, now, bounds)
-                    if when is None or (first is not None and when >= first):
-                        continue
+                elif state and (spec := bands_at[n]) is not None:
+                    when = next_band_change(trait, state, now, spec[0], spec[1])
+                if when is None or (first is not None and when >= first):
+                    continue
             first = when
     if rising:
         profile["traits_rising"] = sorted(rising)

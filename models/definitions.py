@@ -1603,8 +1603,18 @@ def _directions(node: _Node, earlier: Mapping[str, Mapping[str, int]]) -> dict[s
 _MIRRORED: Final = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
 
 
-def _count_bounds(node: _Node, found: dict[str, frozenset[int] | None]) -> None:
-    """See :meth:`Audience.count_bounds`; ``found`` is filled in."""
+_ConstantT = TypeVar("_ConstantT")
+
+
+def _trait_constants(
+    node: _Node,
+    found: dict[str, frozenset[_ConstantT] | None],
+    of: Callable[[str, Any], frozenset[_ConstantT]],
+) -> None:
+    """For each trait ``node`` reads: what ``of(op, constant)`` gives for
+    each of its comparisons with a constant, joined; ``None`` where it is
+    read in any other way. ``found`` is filled in (:meth:`Audience.count_bounds`,
+    :meth:`Audience.compared_numbers`)."""
     if isinstance(node, _Comparison):
         op, left, right = node.op, node.left, node.right
         if isinstance(left, _Literal) and isinstance(right, _Ref):
@@ -1612,14 +1622,27 @@ def _count_bounds(node: _Node, found: dict[str, frozenset[int] | None]) -> None:
         if isinstance(left, _Ref) and left.namespace == "trait" and isinstance(right, _Literal):
             if left.name not in found or found[left.name] is not None:
                 held = found.get(left.name) or frozenset()
-                found[left.name] = held | _bounds_of(op, right.value)
+                found[left.name] = held | of(op, right.value)
             return
     if isinstance(node, _Ref):
         if node.namespace == "trait":
             found[node.name] = None  # read otherwise
         return
     for child in _children(node):
-        _count_bounds(child, found)
+        _trait_constants(child, found, of)
+
+
+def _numbers_of(op: str, constant: Any) -> frozenset[float]:
+    """The constant of ``value <op> constant`` where it is a finite number:
+    with a text, null or boolean constant the answer depends only on whether
+    the value is a number, null or something else.
+
+    >>> [sorted(_numbers_of(op, c)) for op, c in [(">=", 2), ("==", None), ("<", "a")]]
+    [[2], [], []]
+    """
+    if _is_number(constant) and math.isfinite(constant):
+        return frozenset({constant})
+    return frozenset()
 
 
 def _bounds_of(op: str, constant: Any) -> frozenset[int]:
@@ -1863,7 +1886,24 @@ class Audience:
         ([1, 3], None)
         """
         found: dict[str, frozenset[int] | None] = {}
-        _count_bounds(self._tree, found)
+        _trait_constants(self._tree, found, _bounds_of)
+        return found
+
+    def compared_numbers(self) -> dict[str, frozenset[float] | None]:
+        """For each trait the condition reads: the numbers it is compared
+        with; ``None`` where the trait is read in any other way. The
+        condition's answer depends on the trait only through where its value
+        lies among them (below, at, above each), and whether it is a number.
+
+        >>> defs = load_definitions(
+        ...     "version: 1\\ntraits: {s: {aggregate: sum, topic: purchases, property: amount}}\\n"
+        ...     "audiences: {a: {when: 's >= 100 and (s < 500 or s == 1000)'}}"
+        ... )
+        >>> sorted(defs.audiences["a"].compared_numbers()["s"])
+        [100, 500, 1000]
+        """
+        found: dict[str, frozenset[float] | None] = {}
+        _trait_constants(self._tree, found, _numbers_of)
         return found
 
     def tests_all_time(self) -> bool:

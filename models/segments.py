@@ -42,6 +42,7 @@ from typing import Any, Final, NamedTuple, TypeAlias
 
 from models.audiences import (
     AUDIENCE_PREFIX,
+    answering_traits,
     audience_context,
     audience_dimensions,
     backfilling_audiences,
@@ -593,11 +594,16 @@ class Segmenter:
         moved = None
         if not self.evaluate_every_audience and "audience_flips" in profile:
             moved = moved_traits(profile, definitions, now_ms)
+        # Of those, the traits whose move can change an answer.
+        noted = profile.get("trait_bands")
+        answering, bands = answering_traits(definitions, context.traits, moved, noted)
+        if bands is not noted:
+            profile["trait_bands"] = bands
         members, context, again = evaluate_moved(
             definitions,
             context,
             current,
-            moved,
+            answering,
             profile.get("audiences_held"),
             segments_moved,
             profile.get("events_moved") or (),

@@ -175,6 +175,10 @@ class Profile(TypedDict):
     # event, as worked out at the last evaluation (null: not by time alone)
     trait_due: NotRequired[list[int | None]]
     trait_edge_ms: NotRequired[int | None]  # the first of them (absent: kept by an earlier release)
+    # per trait, in the same order: where its value lay among the numbers the
+    # audiences compare it with, at the last evaluation (models.audiences.trait_band;
+    # null: not worked out, or read otherwise; absent: kept by an earlier release)
+    trait_bands: NotRequired[list[int | None]]
     # per audience with a days_since test, in the definitions' order: when it
     # next flips, as worked out when it was last evaluated (absent: kept by an
     # earlier release, which evaluated such audiences at every decision)

@@ -23,16 +23,19 @@ from typer.testing import CliRunner
 import models.audiences
 from models.audiences import (
     Memberships,
+    answering_traits,
     backfilling_audiences,
     backfilling_traits,
     edge_can_move,
     evaluate_moved,
     falls_only,
     metrics,
+    next_band_change,
     next_edge,
     next_turn,
     sync_traits,
     synced_digest,
+    trait_band,
     trait_states,
 )
 from models.definitions import Audience, Context, Trait, TraitValues, load_definitions
@@ -815,6 +818,100 @@ def test_next_turn_is_the_first_edge_where_a_comparison_answers_otherwise(
     assert next_turn(trait, state, now, tuple(sorted(bounds))) == expected
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    aggregate=st.sampled_from(["sum", "distinct_count", "avg", "max", "count"]),
+    window=st.sampled_from([1, 7, 30]),
+    days=st.dictionaries(
+        st.integers(60, 112),
+        st.tuples(st.integers(0, 3), st.integers(-20, 60)),
+        max_size=10,
+    ),
+    marks=st.sets(st.integers(-5, 130), max_size=4),
+    today=st.integers(100, 110),
+)
+def test_next_band_change_is_the_first_edge_where_the_value_changes_band(
+    aggregate: str, window: int, days: dict[int, tuple[int, int]], marks: set[int], today: int
+) -> None:
+    """next_band_change, with its one-pass forms for distinct counts and sums
+    that only lose days, finds the first window edge at which a comparison
+    of the value with one of the marks answers otherwise: found here by
+    reading the value at every edge in turn, as Trait.value gives it. Days
+    still to enter, negative amounts and days with no event included; a
+    value that turns null (an average of nothing) changes band too."""
+    prop = "category" if aggregate == "distinct_count" else "amount"
+    trait = Trait("t", aggregate, "purchases", "order", property=prop, window_days=window)
+    if aggregate == "distinct_count":
+        state: dict[str, Any] = {"v": [[f"c{day % 4}{day}", day] for day in days]}
+    elif aggregate == "count":
+        held = [(day, n) for day, (n, _) in sorted(days.items()) if n]
+        state = {"k": [day for day, _ in held], "n": [n for _, n in held]}
+    else:
+        state = {"d": {str(day): [n, a / 4, a / 4, a / 4] for day, (n, a) in sorted(days.items())}}
+    counted = aggregate in ("count", "distinct_count")
+    now = today * DAY_MS + 5
+    ordered = sorted(marks)
+
+    def answers(ms: int) -> list[tuple[bool, bool]]:
+        value = trait.value(state, ms)
+        number = isinstance(value, int | float)  # (null, as an avg of nothing, is not)
+        return [(number, number)] + [
+            (number and value > mark, number and value == mark) for mark in ordered
+        ]
+
+    expected = None
+    edge = trait.next_change_ms(state, now)
+    while edge is not None:
+        if answers(edge) != answers(now):
+            expected = edge
+            break
+        edge = trait.next_change_ms(state, edge)
+    found = next_band_change(trait, state, now, counted, tuple(ordered))
+    if counted:  # a count's marks are bounds (k vs k + 1): it may only be later
+        bounds = tuple(sorted({m - 1 for m in marks} | set(marks)))
+        assert next_band_change(trait, state, now, True, bounds) == expected
+    else:
+        assert found == expected
+
+
+def test_a_trait_that_stays_in_its_band_evaluates_no_audience() -> None:
+    """Of the traits that moved, only those that crossed a number an
+    audience compares them with are answered for: an order that takes a
+    sum from 40 to 60 moves no audience that asks for 100, one that takes
+    it to 120 does. A trait read otherwise (here in a list) always counts."""
+    definitions = load_definitions(
+        "version: 1\ntraits:\n"
+        "  spend: {aggregate: sum, topic: purchases, type: order, property: amount}\n"
+        "  orders: {aggregate: count, topic: purchases, type: order}\n"
+        "  last: {aggregate: latest, topic: purchases, type: order, property: amount}\n"
+        "audiences:\n"
+        "  big: {when: 'spend >= 100 and orders >= 2'}\n"
+        "  exact: {when: 'last in [10, 20]'}\n"
+    )
+    assert trait_band(60.0, False, (100,)) == trait_band(40, False, (100,)) == 0
+    assert [trait_band(n, True, (1,)) for n in (1, 2, 3)] == [0, 1, 1]
+    fingerprints = {name: t.fingerprint for name, t in definitions.traits.items()}
+
+    def values(spend: float, orders: int, last: float) -> TraitValues:
+        states = {
+            fingerprints["spend"]: {"a": [orders, spend, 0, spend]},
+            fingerprints["orders"]: {"a": [orders, 0, 0, 0]},
+            fingerprints["last"]: {"l": [0, last]},
+        }
+        return TraitValues(definitions, states, DAY_MS)
+
+    moved, noted = answering_traits(definitions, values(40.0, 1, 40.0), None, None)
+    assert moved is None and noted == [0, 0, None]  # every band worked out; a list: none
+    everything = {"spend", "orders", "last"}
+    moved, bands = answering_traits(definitions, values(60.0, 2, 20.0), everything, noted)
+    assert moved == {"orders", "last"} and bands == [0, 1, None]
+    moved, again = answering_traits(definitions, values(120.0, 3, 20.0), everything, bands)
+    assert moved == {"spend", "last"} and again == [2, 1, None]
+    assert bands == [0, 1, None]  # the list given is never changed in place
+    same, kept = answering_traits(definitions, values(130.0, 4, 20.0), {"spend", "orders"}, again)
+    assert same == set() and kept is again
+
+
 def test_count_bounds_collect_every_comparison_with_a_constant() -> None:
     """Turns apply to a windowed count only where every audience reads it in
     comparisons with constants; one other read of it anywhere, a file with
@@ -872,12 +969,16 @@ traits:
   views_7d: {aggregate: count, topic: clickstream, type: page_view, window_days: 7}
   carts_30d: {aggregate: count, topic: clickstream, type: add_to_cart, window_days: 30}
   revenue_30d: {aggregate: sum, topic: purchases, type: order, property: amount, window_days: 30}
+  categories_30d:
+    {aggregate: distinct_count, topic: clickstream, type: product_view, property: category,
+     window_days: 30}
 audiences:
   repeat: {when: "orders_30d >= 2"}
   cooling: {when: "orders_30d >= 1 and orders_7d == 0"}
   browsing: {when: "views_7d >= 5 and orders_30d == 0"}
   carting: {when: "carts_30d > 1 and 3 >= orders_7d"}
   spender: {when: "revenue_30d >= 100 and audience.repeat"}
+  explorer: {when: "categories_30d >= 3"}
 """
 
 
