@@ -1004,6 +1004,9 @@ def next_band_change(
     return moment
 
 
+# A trait's turn not worked out yet (profile["trait_turns"]).
+_UNKNOWN: Final = -1
+
 # How many window edges next_band_change walks at most.
 _BAND_EDGES: Final = 64
 
@@ -1217,17 +1220,21 @@ def note_next_change(
     now = context.now_ms
     shape = _shape(definitions)
     before = profile.get("trait_due") if moved is not None else None
-    if before is not None and moved is not None:
-        # An unchanged state has the same next edge, and it still can (or
-        # cannot) rise: a day still to enter has not entered, or it would
-        # have moved. Only the moved traits are worked out again.
+    turned = profile.get("trait_turns")
+    if before is not None and moved is not None and turned is not None:
+        # An unchanged state has the same next edge and turn, and it still
+        # can (or cannot) rise: a day still to enter has not entered, or it
+        # would have moved. Only the moved traits are worked out again.
         due: list[int | None] = list(before)
+        turns = list(turned)
         rising = set(profile.get("traits_rising") or ())
         again = [shape.trait_index[name] for name in moved]
     else:
         due = [None] * len(shape.traits)
+        turns = [None] * len(shape.traits)
         rising = set()  # traits that can rise before the next event, by index
         again = list(range(len(shape.traits)))
+    followers = shape.followers_at
     for n in again:
         trait = shape.traits[n]
         due[n], rises = next_edge(trait, states.get(trait.fingerprint), now)
@@ -1235,14 +1242,14 @@ def note_next_change(
             rising.add(n)
         else:
             rising.discard(n)
+        turns[n] = _UNKNOWN  # worked out below where it is needed
     first: int | None = None
     edge: int | None = None  # the first edge of any trait
-    # The earliest edge that can move an audience (an edge no earlier than
-    # the earliest found so far is not looked at).
-    followers = shape.followers_at
+    # The earliest turn that can move an audience (an edge or turn no earlier
+    # than the earliest found so far is not looked at; a turn is never
+    # before its trait's edge).
     either = shape.followed_either_way
     turns_at = None if every_edge else shape.turns_at
-    bands_at = shape.bands_at
     for n, when in enumerate(due):
         if when is None:
             continue
@@ -1250,25 +1257,31 @@ def note_next_change(
             edge = when
         if first is not None and when >= first:
             continue
+        turn = turns[n]
+        if turn is None or (first is not None and turn >= first):
+            continue  # (the unknown, -1, is never)
         # edge_can_move, with its quick answers first
         if every_edge or (
             followers[n]
             and (either[n] or n in rising or edge_can_move(False, followers[n], members))
         ):
-            if turns_at is not None:
-                # Due where an answer can turn, not at an edge where none can
-                # (a decision there would find no move).
+            if turn == _UNKNOWN:
+                turn = turns[n] = when
                 trait = shape.traits[n]
                 state = states.get(trait.fingerprint)
-                bounds = None if n in rising else turns_at[n]
-                if bounds is not None and state and "k" in state:
-                    # A count that only falls: where it crosses a bound.
-                    when = next_turn(trait, state, now, bounds)
-                elif state and (spec := bands_at[n]) is not None:
-                    when = next_band_change(trait, state, now, spec[0], spec[1])
-                if when is None or (first is not None and when >= first):
+                if turns_at is not None and state:
+                    # Due where an answer can turn, not at an edge where none
+                    # can (a decision there would find no move).
+                    bounds = None if n in rising else turns_at[n]
+                    if bounds is not None and "k" in state:
+                        # A count that only falls: where it crosses a bound.
+                        turn = turns[n] = next_turn(trait, state, now, bounds)
+                    elif (spec := shape.bands_at[n]) is not None:
+                        turn = turns[n] = next_band_change(trait, state, now, spec[0], spec[1])
+                if turn is None or (first is not None and turn >= first):
                     continue
-            first = when
+            first = turn
+    profile["trait_turns"] = turns
     if rising:
         profile["traits_rising"] = sorted(rising)
     else:
