@@ -436,7 +436,10 @@ def test_evaluating_only_what_moved_publishes_what_evaluating_everything_does(
 
     for customer_id, profile in mine.items():
         assert kept(profile) == kept(theirs[customer_id]), customer_id
-        known = zip(profile.get("trait_turns", ()), theirs[customer_id].get("trait_turns", ()))
+        mine_turns = profile.get("trait_turns", [])
+        their_turns = theirs[customer_id].get("trait_turns", [])
+        assert len(mine_turns) == len(their_turns), customer_id
+        known = zip(mine_turns, their_turns, strict=True)
         assert all(-1 in pair or pair[0] == pair[1] for pair in known), customer_id
 
 
