@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -427,7 +428,7 @@ def test_evaluating_only_what_moved_publishes_what_evaluating_everything_does(
     mine, theirs = incremental.profiles, everything.profiles
     assert mine.keys() == theirs.keys()
 
-    def kept(profile: dict[str, Any]) -> bytes:
+    def kept(profile: Mapping[str, Any]) -> bytes:
         # Every field but the turns, which are worked out where a decision
         # needs one and kept until the trait moves: evaluating everything
         # works them out afresh each time, so fewer of them are known.
@@ -796,6 +797,19 @@ def test_next_edge_is_the_next_change_and_whether_the_trait_can_rise(
     assert next_edge(trait, state, now) == (when, rises)
 
 
+def first_edge_answering_otherwise(
+    trait: Trait, state: dict[str, Any], now: int, answers: Callable[[int], Any]
+) -> int | None:
+    """The first window edge after ``now`` at which ``answers`` differs from
+    its answer now, found by walking every edge in turn (``None``: none)."""
+    edge = trait.next_change_ms(state, now)
+    while edge is not None:
+        if answers(edge) != answers(now):
+            return edge
+        edge = trait.next_change_ms(state, edge)
+    return None
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     window=st.sampled_from([1, 7, 30]),
@@ -819,13 +833,7 @@ def test_next_turn_is_the_first_edge_where_a_comparison_answers_otherwise(
         value = trait.value(state, ms)
         return [value > bound for bound in sorted(bounds)]
 
-    expected = None
-    edge = trait.next_change_ms(state, now)
-    while edge is not None:
-        if answers(edge) != answers(now):
-            expected = edge
-            break
-        edge = trait.next_change_ms(state, edge)
+    expected = first_edge_answering_otherwise(trait, state, now, answers)
     assert next_turn(trait, state, now, tuple(sorted(bounds))) == expected
 
 
@@ -870,19 +878,12 @@ def test_next_band_change_is_the_first_edge_where_the_value_changes_band(
             (number and value > mark, number and value == mark) for mark in ordered
         ]
 
-    expected = None
-    edge = trait.next_change_ms(state, now)
-    while edge is not None:
-        if answers(edge) != answers(now):
-            expected = edge
-            break
-        edge = trait.next_change_ms(state, edge)
-    found = next_band_change(trait, state, now, counted, tuple(ordered))
-    if counted:  # a count's marks are bounds (k vs k + 1): it may only be later
+    expected = first_edge_answering_otherwise(trait, state, now, answers)
+    if counted:  # a count is marked by bounds: k where k and k + 1 may answer otherwise
         bounds = tuple(sorted({m - 1 for m in marks} | set(marks)))
         assert next_band_change(trait, state, now, True, bounds) == expected
     else:
-        assert found == expected
+        assert next_band_change(trait, state, now, False, tuple(ordered)) == expected
 
 
 def test_a_trait_that_stays_in_its_band_evaluates_no_audience() -> None:
