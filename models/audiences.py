@@ -41,6 +41,7 @@ from models.definitions import (
     count_lists,
     evaluate_audiences,
     ordered_days,
+    window_count,
 )
 from models.profile import DAY_MS, Profile, net_revenue
 from schemas.records import ClickType, PurchaseType, SupportType
@@ -148,19 +149,28 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
         candidates = folders.get((topic, None), ())
     moved: list[str] | None = None
     day = ts // DAY_MS
-    for trait, fingerprint, day_count in candidates:
+    noted: _Noted | None = None  # the bands and edges of the last evaluation
+    for trait, fingerprint, kind, n in candidates:
         # (of the event's topic and type: Trait.matches, in part)
         if trait.where and not trait.where_holds(event):
             continue
         state = states.get(fingerprint)
-        if day_count and state is not None and "k" in state:
+        if kind == _COUNT and state is not None and "k" in state:
             # A windowed count (Trait.fold_into, in place): another event on
             # the newest day it holds is one more on that day.
             days: list[int] = state["k"]
-            if days and days[-1] == day:
+            newest = days[-1] if days else None
+            if newest == day:
                 state["n"][-1] += 1
             else:
                 trait.fold_count(state, day, in_place=True)
+            if newest is not None and newest <= day:
+                if noted is None:
+                    noted = _noted(profile, definitions, shape)
+                if noted.stays_lowest(n, trait, state, day):
+                    continue  # no answer can turn, no edge moved: not moved
+        elif kind == _DISTINCT and trait.seen_again(state, event):
+            continue  # the state holds
         else:
             states[fingerprint] = trait.fold_into(state, event)
         if moved is None:
@@ -170,6 +180,63 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
                 moved = profile["traits_moved"] = []
         if fingerprint not in moved:
             moved.append(fingerprint)  # evaluated again at the next decision
+
+
+# How fold_traits folds a trait (_fold_kind).
+_OTHER: Final = 0
+_COUNT: Final = 1  # a windowed count
+_DISTINCT: Final = 2  # a windowed distinct count
+
+
+def _fold_kind(trait: Trait) -> int:
+    if trait.window_days is None:
+        return _OTHER
+    if trait.aggregate == "count":
+        return _COUNT
+    return _DISTINCT if trait.aggregate == "distinct_count" else _OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class _Noted:
+    """The traits' bands and next edges as the last evaluation of the
+    customer's audiences noted them (``None``: none usable, as under another
+    file), for :func:`fold_traits`."""
+
+    bands: Sequence[int | None] | None
+    due: Sequence[int | None] | None
+    marks: tuple[tuple[bool, tuple[float, ...]] | None, ...]
+
+    def stays_lowest(self, n: int, trait: Trait, state: TraitState, day: int) -> bool:
+        """Whether windowed count ``n``, just folded on ``day`` (its newest
+        day or a later one), is still in the lowest band, where the last
+        evaluation noted it, with a next edge noted: no answer it gives can
+        have turned, and by time it can only fall, staying in that band; its
+        first day in the window, and so its next edge, are as they were (or
+        that edge has passed, and it moves at the next decision anyway)."""
+        bands, due = self.bands, self.due
+        if bands is None or due is None or bands[n] != 0 or due[n] is None:
+            return False
+        spec = self.marks[n]
+        if spec is None or not spec[0]:
+            return False
+        window = trait.window_days
+        assert window is not None  # noqa: S101 - windowed counts only
+        marks = spec[1]
+        return not marks or window_count(state["k"], state["n"], day - window + 1, day) <= marks[0]
+
+
+def _noted(profile: Profile, definitions: Definitions, shape: _Shape) -> _Noted:
+    bands, due = profile.get("trait_bands"), profile.get("trait_due")
+    size = len(shape.traits)
+    if (
+        profile.get("audiences_digest") != definitions.digest
+        or bands is None
+        or due is None
+        or len(bands) != size
+        or len(due) != size
+    ):
+        return _Noted(None, None, shape.bands_at)
+    return _Noted(bands, due, shape.bands_at)
 
 
 def _every_edge_due(profile: Profile) -> None:
@@ -618,8 +685,8 @@ class _Shape:
     read_metrics: frozenset[str]  # the metrics an audience reads
     # (topic, type) -> the traits an event of that kind may match; (topic,
     # None) -> the topic's catch-all traits, for a type no trait names
-    # (each as (trait, its fingerprint, whether it is a windowed count))
-    folders: Mapping[tuple[Any, Any], tuple[tuple[Trait, str, bool], ...]]
+    # (each as (trait, its fingerprint, its _fold_kind, its place in the file))
+    folders: Mapping[tuple[Any, Any], tuple[tuple[Trait, str, int, int], ...]]
     trait_names: tuple[str, ...]  # in the file's order (``trait_due``'s)
     trait_index: Mapping[str, int]  # trait name -> its place in that order
     audience_index: Mapping[str, int]  # audience name -> its place in the file
@@ -675,6 +742,7 @@ def _shape(definitions: Definitions) -> _Shape:
 
 def _work_out_shape(definitions: Definitions) -> _Shape:
     traits = list(definitions.traits.values())
+    place = {name: n for n, name in enumerate(definitions.traits)}
     kinds: set[tuple[str, str | None]] = {(t.topic, t.type) for t in traits if t.type}
     kinds |= {(topic, None) for topic in _COUNTED_TYPES}
     by_kind = {
@@ -739,14 +807,11 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
             ref for refs in reads.values() for ns, ref in refs if ns == "metric"
         ),
         folders={
-            kind: tuple(
-                (t, t.fingerprint, t.aggregate == "count" and t.window_days is not None)
-                for t in matching
-            )
+            kind: tuple((t, t.fingerprint, _fold_kind(t), place[t.name]) for t in matching)
             for kind, matching in by_kind.items()
         },
         trait_names=tuple(definitions.traits),
-        trait_index={name: n for n, name in enumerate(definitions.traits)},
+        trait_index=place,
         audience_index=audience_index,
         traits=tuple(traits),
         followers_at=tuple(tuple(followers[name]) for name in definitions.traits),
@@ -1181,6 +1246,79 @@ def nothing_due(
     for dim in segments_moved:
         if dim in readers:
             return False
+    return True
+
+
+def quiet_edges(
+    profile: Profile, definitions: Definitions, now_ms: int, segments_moved: Iterable[str]
+) -> bool:
+    """Where :func:`nothing_due` holds but for window edges passed since the
+    audiences were last evaluated, and every trait whose edge passed is still
+    in the band it was noted in (:func:`answering_traits`): note those traits'
+    next edges, as :func:`note_next_change` would, and return ``True``. No
+    audience can have moved, and every other time noted holds: a trait's
+    turn is where its band changes, still ahead, and none can rise (a day
+    still to enter would have made it rising). ``False``, with nothing
+    changed, where any of that does not hold: the audiences are evaluated."""
+    shape = _shape(definitions)
+    edge = profile.get("trait_edge_ms")
+    due, bands, turns = (
+        profile.get("trait_due"),
+        profile.get("trait_bands"),
+        profile.get("trait_turns"),
+    )
+    size = len(shape.traits)
+    if (
+        edge is None
+        or edge > now_ms
+        or shape.always_at
+        or profile.get("traits_moved")
+        or profile.get("events_moved")
+        or profile.get("audiences_held")
+        or profile.get("audiences_digest") != definitions.digest
+        or profile.get("trait_digest") != shape.synced
+        or "audience_flips" not in profile
+        or due is None
+        or bands is None
+        or turns is None
+        or not len(due) == len(bands) == len(turns) == size
+    ):
+        return False
+    first = profile.get("audiences_due_ms")
+    if first is not None and first <= now_ms:
+        return False
+    for flip in profile["audience_flips"]:
+        if flip is not None and flip <= now_ms:
+            return False
+    readers = shape.segment_readers
+    for dim in segments_moved:
+        if dim in readers:
+            return False
+    rising = profile.get("traits_rising") or ()
+    states = profile.get("traits", {})
+    values = TraitValues(definitions, states, now_ms)
+    passed: list[tuple[int, int | None]] = []
+    for n, when in enumerate(due):
+        if when is None or when > now_ms:
+            continue
+        spec = shape.bands_at[n]
+        if spec is None or n in rising:
+            return False
+        trait = shape.traits[n]
+        band = trait_band(values.get(trait.name), spec[0], spec[1])
+        if band is None or band != bands[n]:
+            return False
+        after, rises = next_edge(trait, states.get(trait.fingerprint), now_ms)
+        if rises:
+            return False
+        passed.append((n, after))
+    due, turns = list(due), list(turns)
+    for n, after in passed:
+        due[n] = after
+        turns[n] = _UNKNOWN  # (worked out again where it is needed)
+    profile["trait_due"] = due
+    profile["trait_turns"] = turns
+    profile["trait_edge_ms"] = min((when for when in due if when is not None), default=None)
     return True
 
 

@@ -322,7 +322,7 @@ def count_lists(days: Mapping[str, Any]) -> TraitState:
     return {"k": [day for day, _ in ordered], "n": [n for _, n in ordered]}
 
 
-def _counted(days: list[int], counts: list[int], start: int, end: int) -> int:
+def window_count(days: list[int], counts: list[int], start: int, end: int) -> int:
     """The events a windowed count holds from day ``start`` to day ``end``."""
     if not days:
         return 0
@@ -664,6 +664,37 @@ class Trait:
             return {"l": [ts, value]}
         return state if state is not None else self._empty()
 
+    def seen_again(self, state: TraitState | None, event: Mapping[str, Any]) -> bool:
+        """Whether a windowed distinct count already holds the event's value,
+        last seen on the event's day or later: folding the event changes
+        nothing (the commonest case, a category viewed again that day).
+        ``False`` for any other trait.
+
+        >>> t = Trait("categories_30d", "distinct_count", "clickstream", "product_view",
+        ...           property="category", window_days=30)
+        >>> s = t.fold(None, {"ts": 2 * DAY_MS, "category": "toys"})
+        >>> [t.seen_again(s, {"ts": d * DAY_MS, "category": c})
+        ...  for d, c in ((2, "toys"), (1, "toys"), (3, "toys"), (2, "books"))]
+        [True, True, False, False]
+        """
+        if (
+            not state
+            or self.aggregate != "distinct_count"
+            or self.window_days is None
+            or self.property is None
+        ):
+            return False
+        value = _distinct_value(lookup(event, self.property))
+        if value is None:
+            return False
+        day = _event_ts(event) // DAY_MS
+        kind = type(value)
+        for held, seen in state["v"]:
+            if type(held) is kind and held == value:
+                last: int = seen
+                return day <= last
+        return False
+
     def _fold_distinct(
         self, state: TraitState | None, ts: int, event: Mapping[str, Any], in_place: bool = False
     ) -> TraitState:
@@ -745,7 +776,7 @@ class Trait:
             if days is None:  # kept by an earlier layout
                 return value(state, as_of_ms)
             end = as_of_ms // DAY_MS
-            return _counted(days, state["n"], end - window + 1, end)
+            return window_count(days, state["n"], end - window + 1, end)
 
         return count
 
@@ -771,7 +802,7 @@ class Trait:
                 return 0
             if "k" not in state:  # kept by an earlier layout
                 state = count_lists(state.get("d", {}))
-            return _counted(state["k"], state["n"], end - window + 1, end)
+            return window_count(state["k"], state["n"], end - window + 1, end)
         start = end - window + 1 if window is not None else None
         if start is None and state and "a" in state:
             # A lifetime count, sum, avg, min or max: its one aggregate (as below).

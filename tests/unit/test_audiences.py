@@ -924,6 +924,92 @@ def test_a_trait_that_stays_in_its_band_evaluates_no_audience() -> None:
     assert same == set() and kept is again
 
 
+QUIET = """
+version: 1
+traits:
+  views_7d: {aggregate: count, topic: clickstream, type: page_view, window_days: 7}
+  categories_7d:
+    aggregate: distinct_count
+    topic: clickstream
+    type: product_view
+    property: category
+    window_days: 7
+audiences:
+  browser: {when: "views_7d >= 3"}
+  explorer: {when: "categories_7d >= 2"}
+"""
+
+
+def test_a_fold_that_changes_no_band_or_edge_moves_no_trait() -> None:
+    """Between decisions (clicks on the same day), a click that keeps a
+    windowed count in the lowest band the last evaluation noted, or shows a
+    category already seen that day, leaves the trait unmoved: nothing is
+    evaluated for it at the next decision. The click that crosses the mark
+    moves it, and the audience is entered as before."""
+    engine = engine_with(QUIET)
+    fingerprints = {name: t.fingerprint for name, t in engine.config.definitions.traits.items()}
+
+    def click(type_: str, minute: int, **fields: Any) -> list[dict[str, Any]]:
+        record = event("clickstream", type_, T0 + minute * 60_000, f"e{minute}", **fields)
+        return run(engine, [{**record, "customer_id": "c1"}], T0 + minute * 60_000)
+
+    def moved() -> list[str]:
+        profile = engine.stores.profiles.get("c1")
+        return sorted(
+            name for name, fp in fingerprints.items() if fp in profile.get("traits_moved", [])
+        )
+
+    assert click("page_view", 1) == []  # the day's first click: decided, bands noted
+    assert click("page_view", 2) == [] and moved() == []  # 2 views: below 3 still
+    assert click("product_view", 3, category="toys") == [] and moved() == ["categories_7d"]
+    assert click("product_view", 4, category="toys") == [] and moved() == ["categories_7d"]
+    entered = click("page_view", 5)  # 3 views, a clickstream event: no decision yet
+    assert entered == [] and moved() == ["categories_7d", "views_7d"]
+    # The next day's first click decides: the browser enters.
+    changes = run(
+        engine,
+        [{**event("clickstream", "page_view", T0 + DAY_MS, "e6"), "customer_id": "c1"}],
+        T0 + DAY_MS,
+    )
+    assert [(c["dimension"], c["to_segment"]) for c in changes] == [("audience.browser", "in")]
+
+
+def test_a_window_edge_that_keeps_every_band_evaluates_no_audience(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A decision after a window edge passed, where the trait is still in
+    the band it was noted in (one view of two left, the audience asks for
+    three), works out no audience at all (no context, no memberships) and
+    notes the trait's next edge; the customer's audiences still change where
+    the window moves them."""
+    evaluations = Counter[str]()
+    members = Segmenter._audience_members
+
+    def counted(self: Segmenter, *args: Any, **kwargs: Any) -> Any:
+        evaluations["decisions"] += 1
+        return members(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "_audience_members", counted)
+    engine = engine_with(QUIET)
+    views = engine.config.definitions.traits["views_7d"]
+
+    def view(on_day: int, hour: int = 1) -> list[dict[str, Any]]:
+        ts = T0 + on_day * DAY_MS + hour * 3_600_000
+        record = {**event("clickstream", "page_view", ts, f"v{on_day}-{hour}"), "customer_id": "c1"}
+        return run(engine, [record], ts)
+
+    assert view(0) == [] and view(2) == []
+    before = sum(evaluations.values())
+    assert view(8) == []  # day 0 left the window on day 7: one view left, then two
+    assert sum(evaluations.values()) == before  # no audience worked out
+    profile = engine.stores.profiles.get("c1")
+    state = profile["traits"][views.fingerprint]
+    assert profile["trait_due"][0] == T0 + (2 + 7) * DAY_MS  # the next edge: day 2 leaves
+    assert profile["trait_due"][0] == next_edge(views, state, T0 + 8 * DAY_MS)[0]
+    assert view(8, 2) == [] and view(8, 3) == []  # 4 views, decided at the next day's first
+    assert [(c["dimension"], c["to_segment"]) for c in view(9)] == [("audience.browser", "in")]
+
+
 def test_count_bounds_collect_every_comparison_with_a_constant() -> None:
     """Turns apply to a windowed count only where every audience reads it in
     comparisons with constants; one other read of it anywhere, a file with
