@@ -149,7 +149,8 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
         candidates = folders.get((topic, None), ())
     moved: list[str] | None = None
     day = ts // DAY_MS
-    noted: _Noted | None = None  # the bands and edges of the last evaluation
+    bands: Sequence[int | None] | None = None  # as the last evaluation noted them
+    edges: Sequence[int | None] = ()
     for trait, fingerprint, kind, n in candidates:
         # (of the event's topic and type: Trait.matches, in part)
         if trait.where and not trait.where_holds(event):
@@ -165,9 +166,14 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
             else:
                 trait.fold_count(state, day, in_place=True)
             if newest is not None and newest <= day:
-                if noted is None:
-                    noted = _noted(profile, definitions, shape)
-                if noted.stays_lowest(n, trait, state, day):
+                if bands is None:
+                    bands, edges = _noted(profile, definitions, shape)
+                if (
+                    bands
+                    and bands[n] == 0
+                    and edges[n] is not None
+                    and _stays_lowest(trait, shape.bands_at[n], state, day)
+                ):
                     continue  # no answer can turn, no edge moved: not moved
         elif kind == _DISTINCT and trait.seen_again(state, event):
             continue  # the state holds
@@ -196,36 +202,12 @@ def _fold_kind(trait: Trait) -> int:
     return _DISTINCT if trait.aggregate == "distinct_count" else _OTHER
 
 
-@dataclass(frozen=True, slots=True)
-class _Noted:
+def _noted(
+    profile: Profile, definitions: Definitions, shape: _Shape
+) -> tuple[Sequence[int | None], Sequence[int | None]]:
     """The traits' bands and next edges as the last evaluation of the
-    customer's audiences noted them (``None``: none usable, as under another
-    file), for :func:`fold_traits`."""
-
-    bands: Sequence[int | None] | None
-    due: Sequence[int | None] | None
-    marks: tuple[tuple[bool, tuple[float, ...]] | None, ...]
-
-    def stays_lowest(self, n: int, trait: Trait, state: TraitState, day: int) -> bool:
-        """Whether windowed count ``n``, just folded on ``day`` (its newest
-        day or a later one), is still in the lowest band, where the last
-        evaluation noted it, with a next edge noted: no answer it gives can
-        have turned, and by time it can only fall, staying in that band; its
-        first day in the window, and so its next edge, are as they were (or
-        that edge has passed, and it moves at the next decision anyway)."""
-        bands, due = self.bands, self.due
-        if bands is None or due is None or bands[n] != 0 or due[n] is None:
-            return False
-        spec = self.marks[n]
-        if spec is None or not spec[0]:
-            return False
-        window = trait.window_days
-        assert window is not None  # noqa: S101 - windowed counts only
-        marks = spec[1]
-        return not marks or window_count(state["k"], state["n"], day - window + 1, day) <= marks[0]
-
-
-def _noted(profile: Profile, definitions: Definitions, shape: _Shape) -> _Noted:
+    customer's audiences noted them; empty where none are usable (as under
+    another file)."""
     bands, due = profile.get("trait_bands"), profile.get("trait_due")
     size = len(shape.traits)
     if (
@@ -235,8 +217,25 @@ def _noted(profile: Profile, definitions: Definitions, shape: _Shape) -> _Noted:
         or len(bands) != size
         or len(due) != size
     ):
-        return _Noted(None, None, shape.bands_at)
-    return _Noted(bands, due, shape.bands_at)
+        return (), ()
+    return bands, due
+
+
+def _stays_lowest(
+    trait: Trait, spec: tuple[bool, tuple[float, ...]] | None, state: TraitState, day: int
+) -> bool:
+    """Whether a windowed count the last evaluation noted in its lowest band
+    (``spec``: its marks, :attr:`_Shape.bands_at`), with a next edge, is
+    still there once folded on ``day`` (its newest day or a later one): no
+    answer it gives can have turned, by time it can only fall and stay
+    there, and its first day in the window, so its next edge, is as it was
+    (or that edge has passed, and it moves at the next decision anyway)."""
+    if spec is None or not spec[0]:
+        return False
+    window = trait.window_days
+    assert window is not None  # noqa: S101 - windowed counts only
+    marks = spec[1]
+    return not marks or window_count(state["k"], state["n"], day - window + 1, day) <= marks[0]
 
 
 def _every_edge_due(profile: Profile) -> None:

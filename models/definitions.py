@@ -1766,21 +1766,21 @@ class _TimeTest:
         return early[key]
 
     def _flip(self, then: Any, threshold: Any, now_ms: int) -> int | None:
-        op, days_left = self.op, self.days_left
-
-        def holds(moment: int) -> bool:
-            days = (moment - then) / DAY_MS
-            return _compare(op, days, threshold) if days_left else _compare(op, threshold, days)
-
         boundary = then + threshold * DAY_MS
         if not math.isfinite(boundary):
             return None
         # The exact millisecond depends on float rounding in the division
-        # above, so probe around the boundary with the test evaluate() uses.
-        base = holds(now_ms)
-        edge = math.floor(boundary)
-        for moment in range(max(now_ms + 1, edge - 2), edge + 3):
-            if holds(moment) != base:
+        # below, so probe around the boundary with the test evaluate() uses.
+        op, days_left = self.op, self.days_left
+        edge: int = math.floor(boundary)
+        base: bool | None = None
+        probes: tuple[int, ...] = (now_ms, *range(max(now_ms + 1, edge - 2), edge + 3))
+        for moment in probes:
+            days = (moment - then) / DAY_MS
+            holds = _compare(op, days, threshold) if days_left else _compare(op, threshold, days)
+            if base is None:
+                base = holds
+            elif holds != base:
                 return moment
         return None
 
