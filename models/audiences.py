@@ -1223,6 +1223,17 @@ def nothing_due(
     (:func:`evaluate_moved`) and notes nothing new (:func:`note_next_change`).
     ``False`` where the profile was last evaluated under another file or by
     an earlier release."""
+    if not _edges_alone(profile, definitions, now_ms, segments_moved):
+        return False
+    edge = profile["trait_edge_ms"]
+    return edge is None or edge > now_ms
+
+
+def _edges_alone(
+    profile: Profile, definitions: Definitions, now_ms: int, segments_moved: Iterable[str]
+) -> bool:
+    """Whether nothing but window edges passed can have moved an audience
+    since the last evaluation (:func:`nothing_due`, the edges aside)."""
     shape = _shape(definitions)
     if (
         shape.always_at
@@ -1235,17 +1246,11 @@ def nothing_due(
         or "audience_flips" not in profile
     ):
         return False
-    edge = profile["trait_edge_ms"]
-    if edge is not None and edge <= now_ms:
-        return False
     for flip in profile["audience_flips"]:
         if flip is not None and flip <= now_ms:
             return False
     readers = shape.segment_readers
-    for dim in segments_moved:
-        if dim in readers:
-            return False
-    return True
+    return not any(dim in readers for dim in segments_moved)
 
 
 def quiet_edges(
@@ -1259,8 +1264,10 @@ def quiet_edges(
     turn is where its band changes, still ahead, and none can rise (a day
     still to enter would have made it rising). ``False``, with nothing
     changed, where any of that does not hold: the audiences are evaluated."""
+    if not _edges_alone(profile, definitions, now_ms, segments_moved):
+        return False
     shape = _shape(definitions)
-    edge = profile.get("trait_edge_ms")
+    edge = profile["trait_edge_ms"]
     due, bands, turns = (
         profile.get("trait_due"),
         profile.get("trait_bands"),
@@ -1270,13 +1277,6 @@ def quiet_edges(
     if (
         edge is None
         or edge > now_ms
-        or shape.always_at
-        or profile.get("traits_moved")
-        or profile.get("events_moved")
-        or profile.get("audiences_held")
-        or profile.get("audiences_digest") != definitions.digest
-        or profile.get("trait_digest") != shape.synced
-        or "audience_flips" not in profile
         or due is None
         or bands is None
         or turns is None
@@ -1286,13 +1286,6 @@ def quiet_edges(
     first = profile.get("audiences_due_ms")
     if first is not None and first <= now_ms:
         return False
-    for flip in profile["audience_flips"]:
-        if flip is not None and flip <= now_ms:
-            return False
-    readers = shape.segment_readers
-    for dim in segments_moved:
-        if dim in readers:
-            return False
     rising = profile.get("traits_rising") or ()
     states = profile.get("traits", {})
     values = TraitValues(definitions, states, now_ms)
