@@ -372,6 +372,22 @@ def _distinct_value(value: Any) -> bool | int | float | str | None:
     return None
 
 
+def _entry_of(kept: Sequence[Any], value: Any) -> int:
+    """The place of ``value``'s ``[value, last_day]`` entry in a windowed
+    distinct count's kept values, or -1. A kept value's type and equality
+    are its :func:`_distinct_key` (``value`` is :func:`_distinct_value`'s):
+    3 is never taken for 3.0, nor True for 1.
+
+    >>> _entry_of([["toys", 3], [1, 4]], 1), _entry_of([[1, 4]], True)
+    (1, -1)
+    """
+    kind = type(value)
+    for n, entry in enumerate(kept):
+        if type(entry[0]) is kind and entry[0] == value:
+            return n
+    return -1
+
+
 def _distinct_key(value: Any) -> tuple[str, str]:
     """Identity and tie-break order of a kept distinct value (``"3"`` is not ``3``)."""
     if isinstance(value, bool):
@@ -687,13 +703,10 @@ class Trait:
         value = _distinct_value(lookup(event, self.property))
         if value is None:
             return False
-        day = _event_ts(event) // DAY_MS
-        kind = type(value)
-        for held, seen in state["v"]:
-            if type(held) is kind and held == value:
-                last: int = seen
-                return day <= last
-        return False
+        kept: list[Any] = state["v"]
+        at = _entry_of(kept, value)
+        last: int = kept[at][1] if at >= 0 else -1
+        return at >= 0 and _event_ts(event) // DAY_MS <= last
 
     def _fold_distinct(
         self, state: TraitState | None, ts: int, event: Mapping[str, Any], in_place: bool = False
@@ -723,15 +736,11 @@ class Trait:
             return {"v": [*kept, value]}
         window = self.window_days
         day = ts // DAY_MS
-        at = -1  # the value's entry
-        for n, entry in enumerate(kept):
-            if type(entry[0]) is kind and entry[0] == value:
-                if day <= entry[1]:
-                    # Seen again on a day no later than it was last seen: the
-                    # state holds (the commonest case, a category viewed again).
-                    return unchanged
-                at = n
-                break
+        at = _entry_of(kept, value)
+        if at >= 0 and day <= kept[at][1]:
+            # Seen again on a day no later than it was last seen: the state
+            # holds (the commonest case, a category viewed again).
+            return unchanged
         # The newest and oldest days kept.
         newest = max(kept, key=_SEEN)[1] if kept else day
         if day <= newest - window:
