@@ -41,7 +41,6 @@ from models.definitions import (
     count_lists,
     evaluate_audiences,
     ordered_days,
-    window_count,
 )
 from models.profile import DAY_MS, Profile, net_revenue
 from schemas.records import ClickType, PurchaseType, SupportType
@@ -165,18 +164,20 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
                 state["n"][-1] += 1
             else:
                 trait.fold_count(state, day, in_place=True)
-            if newest is not None and newest <= day:
+            if newest is not None and newest <= day and (low := shape.lowest_at[n]) is not None:
                 if bands is None:
                     bands, edges = _noted(profile, definitions, shape)
-                if (
-                    bands
-                    and bands[n] == 0
-                    and edges[n] is not None
-                    and _stays_lowest(trait, shape.bands_at[n], state, day)
-                ):
-                    continue  # no answer can turn, no edge moved: not moved
-        elif kind == _DISTINCT and trait.seen_again(state, event):
-            continue  # the state holds
+                # Noted in its lowest band with a next edge, and still there
+                # (every day it holds is in the window of the newest, ``day``):
+                # no answer can turn, by time it can only fall and stay there,
+                # and its first day in the window, so its next edge, is as it
+                # was (or that edge has passed, and it moves at the next
+                # decision anyway). Not moved.
+                if bands and bands[n] == 0 and edges[n] is not None and sum(state["n"]) <= low:
+                    continue
+        elif kind == _DISTINCT and state:
+            if not trait.fold_distinct_into(state, event):
+                continue  # the state holds
         else:
             states[fingerprint] = trait.fold_into(state, event)
         if moved is None:
@@ -219,23 +220,6 @@ def _noted(
     ):
         return (), ()
     return bands, due
-
-
-def _stays_lowest(
-    trait: Trait, spec: tuple[bool, tuple[float, ...]] | None, state: TraitState, day: int
-) -> bool:
-    """Whether a windowed count the last evaluation noted in its lowest band
-    (``spec``: its marks, :attr:`_Shape.bands_at`), with a next edge, is
-    still there once folded on ``day`` (its newest day or a later one): no
-    answer it gives can have turned, by time it can only fall and stay
-    there, and its first day in the window, so its next edge, is as it was
-    (or that edge has passed, and it moves at the next decision anyway)."""
-    if spec is None or not spec[0]:
-        return False
-    window = trait.window_days
-    assert window is not None  # noqa: S101 - windowed counts only
-    marks = spec[1]
-    return not marks or window_count(state["k"], state["n"], day - window + 1, day) <= marks[0]
 
 
 def _every_edge_due(profile: Profile) -> None:
@@ -712,7 +696,7 @@ class _Shape:
     # topic -> the places of the audiences reading a metric its events move
     topic_readers: Mapping[str, tuple[int, ...]]
     timed_at: tuple[int, ...]  # the places of the timed audiences, in their order
-    timed_names: tuple[str, ...]  # their names
+    timed_index: Mapping[str, int]  # a timed audience's name -> its place among them
     readers_at: Mapping[str, tuple[int, ...]]  # trait -> the places of its readers
     read_by_at: tuple[tuple[int, ...], ...]  # by audience: the places of those that read it
     dimensions: Mapping[str, str]  # audience -> its dimension (audience_dimension)
@@ -726,6 +710,10 @@ class _Shape:
     # every audience compares it only with constants (trait_band); None
     # where one reads it otherwise.
     bands_at: tuple[tuple[bool, tuple[float, ...]] | None, ...]
+    # By trait, in the same order: for a windowed count read only in
+    # comparisons with constants, the highest count of its lowest band (the
+    # first of its marks; infinity with none); None for any other trait
+    lowest_at: tuple[float | None, ...]
     synced: str  # synced_digest's answer
 
 
@@ -788,6 +776,7 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
                 if at not in topic_readers.setdefault(topic, []):
                     topic_readers[topic].append(at)
     timed = tuple(a for a in definitions.audiences.values() if a.has_time_tests)
+    bands_at = _bands_at(definitions, traits)
     audiences = tuple(
         (
             name,
@@ -819,7 +808,7 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         ),
         timed=timed,
         timed_at=tuple(audience_index[a.name] for a in timed),
-        timed_names=tuple(a.name for a in timed),
+        timed_index={a.name: n for n, a in enumerate(timed)},
         by_fingerprint={t.fingerprint: name for name, t in definitions.traits.items()},
         readers=readers,
         followers={trait: tuple(f) for trait, f in followers.items()},
@@ -838,7 +827,13 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         turns_at=_turns_at(definitions, traits)
         if not always and "clickstream" not in topic_readers
         else None,
-        bands_at=_bands_at(definitions, traits),
+        bands_at=bands_at,
+        lowest_at=tuple(
+            None
+            if spec is None or not spec[0] or _fold_kind(trait) != _COUNT
+            else (spec[1][0] if spec[1] else math.inf)
+            for trait, spec in zip(traits, bands_at, strict=True)
+        ),
         synced=f"{definitions.digest}/{TRAIT_LAYOUT}",
     )
 
@@ -963,7 +958,12 @@ def answering_traits(
         if spec is None:
             changed.add(name)
             continue
-        band = trait_band(values.get(name), spec[0], spec[1])
+        value = values.get(name)
+        counted, marks = spec
+        if counted and type(value) is int:
+            band: int | None = bisect_left(marks, value)  # (trait_band's own way)
+        else:
+            band = trait_band(value, counted, marks)
         if band is None or band != noted[n]:
             changed.add(name)
             if band != noted[n]:
@@ -1215,25 +1215,25 @@ def nothing_due(
     profile: Profile, definitions: Definitions, now_ms: int, segments_moved: Iterable[str]
 ) -> bool:
     """Whether no audience can have moved since the audiences were last
-    evaluated, with the built-in dimensions ``segments_moved`` moved since:
-    no audience is evaluated at every decision, no trait was folded into and
-    none has reached its next edge, no event an audience's metric reads was
-    applied, no ``days_since`` test has flipped, no move is held back, and no
-    audience reads a segment that moved. An evaluation then evaluates none
-    (:func:`evaluate_moved`) and notes nothing new (:func:`note_next_change`).
-    ``False`` where the profile was last evaluated under another file or by
-    an earlier release."""
-    if not _edges_alone(profile, definitions, now_ms, segments_moved):
-        return False
-    edge = profile["trait_edge_ms"]
-    return edge is None or edge > now_ms
+    evaluated, with the built-in dimensions ``segments_moved`` moved since,
+    so that an evaluation would evaluate none (:func:`evaluate_moved`) and
+    note nothing new (:func:`note_next_change`). That holds where
 
+    * no audience is evaluated at every decision, no trait was folded into,
+      no event an audience's metric reads was applied, no ``days_since``
+      test has flipped, no move is held back, and no audience reads a
+      segment that moved;
+    * and no trait has reached its next window edge, or each that has is
+      still in the band it was noted in (:func:`answering_traits`) and
+      cannot rise, and the audiences are not due yet. Those traits' next
+      edges are then noted, as :func:`note_next_change` would: every other
+      time noted holds (a trait's turn is where its band changes, still
+      ahead, and none can rise: a day still to enter would have made it
+      rising).
 
-def _edges_alone(
-    profile: Profile, definitions: Definitions, now_ms: int, segments_moved: Iterable[str]
-) -> bool:
-    """Whether nothing but window edges passed can have moved an audience
-    since the last evaluation (:func:`nothing_due`, the edges aside)."""
+    ``False``, with nothing changed, where any of that does not hold (or the
+    profile was last evaluated under another file or by an earlier
+    release): the audiences are evaluated."""
     shape = _shape(definitions)
     if (
         shape.always_at
@@ -1249,25 +1249,24 @@ def _edges_alone(
     for flip in profile["audience_flips"]:
         if flip is not None and flip <= now_ms:
             return False
-    readers = shape.segment_readers
-    return not any(dim in readers for dim in segments_moved)
-
-
-def quiet_edges(
-    profile: Profile, definitions: Definitions, now_ms: int, segments_moved: Iterable[str]
-) -> bool:
-    """Where :func:`nothing_due` holds but for window edges passed since the
-    audiences were last evaluated, and every trait whose edge passed is still
-    in the band it was noted in (:func:`answering_traits`): note those traits'
-    next edges, as :func:`note_next_change` would, and return ``True``. No
-    audience can have moved, and every other time noted holds: a trait's
-    turn is where its band changes, still ahead, and none can rise (a day
-    still to enter would have made it rising). ``False``, with nothing
-    changed, where any of that does not hold: the audiences are evaluated."""
-    if not _edges_alone(profile, definitions, now_ms, segments_moved):
-        return False
-    shape = _shape(definitions)
+    if segments_moved:
+        readers = shape.segment_readers
+        for dim in segments_moved:
+            if dim in readers:
+                return False
     edge = profile["trait_edge_ms"]
+    if edge is None or edge > now_ms:
+        return True
+    return _quiet_edges(profile, definitions, shape, now_ms)
+
+
+def _quiet_edges(profile: Profile, definitions: Definitions, shape: _Shape, now_ms: int) -> bool:
+    """Of :func:`nothing_due`: whether every trait whose window edge has
+    passed keeps its band and cannot rise, the audiences not due yet; where
+    so, those traits' next edges are noted."""
+    first = profile.get("audiences_due_ms")
+    if first is not None and first <= now_ms:
+        return False
     due, bands, turns = (
         profile.get("trait_due"),
         profile.get("trait_bands"),
@@ -1275,20 +1274,15 @@ def quiet_edges(
     )
     size = len(shape.traits)
     if (
-        edge is None
-        or edge > now_ms
-        or due is None
+        due is None
         or bands is None
         or turns is None
         or not len(due) == len(bands) == len(turns) == size
     ):
         return False
-    first = profile.get("audiences_due_ms")
-    if first is not None and first <= now_ms:
-        return False
     rising = profile.get("traits_rising") or ()
     states = profile.get("traits", {})
-    values = TraitValues(definitions, states, now_ms)
+    readers = definitions.readers
     passed: list[tuple[int, int | None]] = []
     for n, when in enumerate(due):
         if when is None or when > now_ms:
@@ -1297,10 +1291,11 @@ def quiet_edges(
         if spec is None or n in rising:
             return False
         trait = shape.traits[n]
-        band = trait_band(values.get(trait.name), spec[0], spec[1])
+        state = states.get(trait.fingerprint)
+        band = trait_band(readers[trait.name][1](state, now_ms), spec[0], spec[1])
         if band is None or band != bands[n]:
             return False
-        after, rises = next_edge(trait, states.get(trait.fingerprint), now_ms)
+        after, rises = next_edge(trait, state, now_ms)
         if rises:
             return False
         passed.append((n, after))
@@ -1365,9 +1360,17 @@ def note_next_change(
         rising = set()  # traits that can rise before the next event, by index
         again = list(range(len(shape.traits)))
     followers = shape.followers_at
+    today = now // DAY_MS
     for n in again:
         trait = shape.traits[n]
-        due[n], rises = next_edge(trait, states.get(trait.fingerprint), now)
+        window = trait.window_days
+        state = states.get(trait.fingerprint) if window is not None else None
+        if not state or window is None:  # (next_edge's answer; a windowed count its own way)
+            due[n], rises = None, False
+        elif (held := state.get("k")) is not None:
+            due[n], rises = count_edge(held, window, today)
+        else:
+            due[n], rises = next_edge(trait, state, now)
         if rises:
             rising.add(n)
         else:
@@ -1425,8 +1428,8 @@ def note_next_change(
         # The others' flips hold: what decides them has not changed, or they
         # would have been evaluated.
         flips = list(flips)
-        names = set(evaluated)
-        again_timed = [n for n, name in enumerate(shape.timed_names) if name in names]
+        timed_index = shape.timed_index
+        again_timed = [at for name in evaluated if (at := timed_index.get(name)) is not None]
     for n in again_timed:
         flips[n] = timed[n].next_change_ms(context, now)
     for moment in flips:

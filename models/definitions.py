@@ -680,33 +680,29 @@ class Trait:
             return {"l": [ts, value]}
         return state if state is not None else self._empty()
 
-    def seen_again(self, state: TraitState | None, event: Mapping[str, Any]) -> bool:
-        """Whether a windowed distinct count already holds the event's value,
-        last seen on the event's day or later: folding the event changes
-        nothing (the commonest case, a category viewed again that day).
-        ``False`` for any other trait.
+    def fold_distinct_into(self, state: TraitState, event: Mapping[str, Any]) -> bool:
+        """:meth:`fold_into` of a windowed distinct count with a state: the
+        state is changed in place; whether it changed. It does not where the
+        state already holds the event's value, last seen on the event's day
+        or later (the commonest case, a category viewed again that day).
 
         >>> t = Trait("categories_30d", "distinct_count", "clickstream", "product_view",
         ...           property="category", window_days=30)
         >>> s = t.fold(None, {"ts": 2 * DAY_MS, "category": "toys"})
-        >>> [t.seen_again(s, {"ts": d * DAY_MS, "category": c})
+        >>> [t.fold_distinct_into(s, {"ts": d * DAY_MS, "category": c})
         ...  for d, c in ((2, "toys"), (1, "toys"), (3, "toys"), (2, "books"))]
-        [True, True, False, False]
+        [False, False, True, True]
+        >>> s
+        {'v': [['toys', 3], ['books', 2]]}
         """
-        if (
-            not state
-            or self.aggregate != "distinct_count"
-            or self.window_days is None
-            or self.property is None
-        ):
-            return False
-        value = _distinct_value(lookup(event, self.property))
+        value = _distinct_value(lookup(event, self.property)) if self.property else None
         if value is None:
             return False
-        kept: list[Any] = state["v"]
-        at = _entry_of(kept, value)
-        last: int = kept[at][1] if at >= 0 else -1
-        return at >= 0 and _event_ts(event) // DAY_MS <= last
+        entries = self._windowed_entries(state["v"], value, _event_ts(event) // DAY_MS, True)
+        if entries is None:
+            return False
+        state["v"] = entries
+        return True
 
     def _fold_distinct(
         self, state: TraitState | None, ts: int, event: Mapping[str, Any], in_place: bool = False
@@ -734,17 +730,31 @@ class Trait:
                 kept.append(value)
                 return state
             return {"v": [*kept, value]}
+        entries = self._windowed_entries(kept, value, ts // DAY_MS, in_place and state is not None)
+        if entries is None:
+            return unchanged
+        if in_place and state is not None:
+            state["v"] = entries
+            return state
+        return {"v": entries}
+
+    def _windowed_entries(
+        self, kept: list[Any], value: Any, day: int, in_place: bool
+    ) -> list[Any] | None:
+        """A windowed distinct count's ``[value, last_day]`` entries with
+        ``value`` seen on ``day`` (``kept`` itself changed where
+        ``in_place``), or ``None`` where they hold as they are."""
         window = self.window_days
-        day = ts // DAY_MS
+        assert window is not None  # noqa: S101 - windowed distinct counts only
         at = _entry_of(kept, value)
         if at >= 0 and day <= kept[at][1]:
             # Seen again on a day no later than it was last seen: the state
             # holds (the commonest case, a category viewed again).
-            return unchanged
+            return None
         # The newest and oldest days kept.
         newest = max(kept, key=_SEEN)[1] if kept else day
         if day <= newest - window:
-            return unchanged
+            return None
         oldest = min(kept, key=_SEEN)[1] if kept else day
         entries = kept if in_place else [list(entry) for entry in kept]
         if at >= 0:
@@ -758,10 +768,7 @@ class Trait:
             # Keep the most recently seen values (ties by value, so the
             # outcome does not depend on the order events came in).
             entries.remove(min(entries, key=lambda e: (e[1], *_distinct_key(e[0]))))
-        if in_place and state is not None:
-            state["v"] = entries
-            return state
-        return {"v": entries}
+        return entries
 
     def reader(self) -> Callable[[TraitState | None, int], TraitValue]:
         """:meth:`value`, as a function of the state and the moment; for a

@@ -52,7 +52,6 @@ from models.audiences import (
     moved_traits,
     note_next_change,
     nothing_due,
-    quiet_edges,
     read_metrics,
     reads_scores,
     reads_windows,
@@ -824,9 +823,8 @@ class Segmenter:
         current = profile["segments"]
         renewed = profile.get("audiences_digest") != definitions.digest
         if evaluated is None:
-            if not (renewed or self.evaluate_every_audience) and (
-                nothing_due(profile, definitions, now_ms, segments_moved)
-                or quiet_edges(profile, definitions, now_ms, segments_moved)
+            if not (renewed or self.evaluate_every_audience) and nothing_due(
+                profile, definitions, now_ms, segments_moved
             ):
                 return  # (what evaluating them would find)
             evaluated = self._audience_members(
