@@ -127,7 +127,6 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
     :func:`sync_traits` first, so that the states of traits no longer
     defined are gone and new traits are seeded or marked.
     """
-    states: dict[str, TraitState] = profile.setdefault("traits", {})
     type_ = event.get("type")
     if type_ == "track":
         type_ = event.get("name")
@@ -146,6 +145,9 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
     candidates = folders.get((topic, type_))
     if candidates is None:  # a type no trait names: the topic's catch-all traits
         candidates = folders.get((topic, None), ())
+    states: dict[str, TraitState] = profile.setdefault("traits", {})
+    if not candidates:
+        return
     moved: list[str] | None = None
     day = ts // DAY_MS
     bands: Sequence[int | None] | None = None  # as the last evaluation noted them
