@@ -684,14 +684,16 @@ class Trait:
         """:meth:`fold_into` of a windowed distinct count with a state: the
         state is changed in place; whether it changed. It does not where the
         state already holds the event's value, last seen on the event's day
-        or later (the commonest case, a category viewed again that day).
+        or later (the commonest case, a category viewed again that day), nor
+        where the event's day is already out of the window of the newest day
+        held.
 
         >>> t = Trait("categories_30d", "distinct_count", "clickstream", "product_view",
         ...           property="category", window_days=30)
         >>> s = t.fold(None, {"ts": 2 * DAY_MS, "category": "toys"})
         >>> [t.fold_distinct_into(s, {"ts": d * DAY_MS, "category": c})
-        ...  for d, c in ((2, "toys"), (1, "toys"), (3, "toys"), (2, "books"))]
-        [False, False, True, True]
+        ...  for d, c in ((2, "toys"), (1, "toys"), (3, "toys"), (2, "books"), (-30, "games"))]
+        [False, False, True, True, False]
         >>> s
         {'v': [['toys', 3], ['books', 2]]}
         """
