@@ -26,6 +26,7 @@ dwell rule.
 from __future__ import annotations
 
 import math
+import operator
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -166,20 +167,28 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
                 state["n"][-1] += 1
             else:
                 trait.fold_count(state, day, in_place=True)
-            if newest is not None and newest <= day and (low := shape.lowest_at[n]) is not None:
+            # Every day it holds is in the window of the newest: its value,
+            # where that is the event's day, is their sum.
+            if newest is not None and newest <= day and shape.bands_at[n] is not None:
                 if bands is None:
                     bands, edges = _noted(profile, definitions, shape)
-                # Noted in its lowest band with a next edge, and still there
-                # (every day it holds is in the window of the newest, ``day``):
-                # no answer can turn, by time it can only fall and stay there,
-                # and its first day in the window, so its next edge, is as it
-                # was (or that edge has passed, and it moves at the next
-                # decision anyway). Not moved.
-                if bands and bands[n] == 0 and edges[n] is not None and sum(state["n"]) <= low:
+                if bands and _holds_band(
+                    profile, trait, state, shape, n, bands[n], edges[n], sum(state["n"]), ts
+                ):
                     continue
         elif kind == _DISTINCT and state:
             if not trait.fold_distinct_into(state, event):
                 continue  # the state holds
+            held = state["v"]
+            # Every value it holds was last seen in the window of the newest
+            # day: where that is the event's, its value is how many it holds.
+            if shape.bands_at[n] is not None and max(map(_LAST_SEEN, held)) == day:
+                if bands is None:
+                    bands, edges = _noted(profile, definitions, shape)
+                if bands and _holds_band(
+                    profile, trait, state, shape, n, bands[n], edges[n], len(held), ts
+                ):
+                    continue
         else:
             states[fingerprint] = trait.fold_into(state, event)
         if moved is None:
@@ -190,6 +199,9 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
         if fingerprint not in moved:
             moved.append(fingerprint)  # evaluated again at the next decision
 
+
+# The day a windowed distinct count's entry [value, day] was last seen.
+_LAST_SEEN: Final = operator.itemgetter(1)
 
 # How fold_traits folds a trait (_fold_kind).
 _OTHER: Final = 0
@@ -222,6 +234,62 @@ def _noted(
     ):
         return (), ()
     return bands, due
+
+
+def _holds_band(
+    profile: Profile,
+    trait: Trait,
+    state: TraitState,
+    shape: _Shape,
+    n: int,
+    band: int | None,
+    edge: int | None,
+    value: int,
+    now_ms: int,
+) -> bool:
+    """Of :func:`fold_traits`: whether a windowed count or distinct count
+    (the ``n``-th trait, read only against constants) just folded into at
+    ``now_ms``, its value now ``value``, is not moved. It is not where it is
+    still in the band the last evaluation noted (``band``), so no audience's
+    answer can differ from that evaluation's, and every time noted from it
+    holds:
+
+    * its next window edge (``edge``, as noted) is as it was. A count's is
+      while no day has left the window since it was noted: the event's day
+      is its newest, and no earlier one leaves sooner. (In its lowest band,
+      an edge passed since is no matter: it moves at the next decision
+      anyway.) A distinct count's is unless the event's value was the first
+      to leave.
+    * its turn, where its value falls out of that band with time, can only
+      come later than noted: the value falls no sooner than it would have
+      without the event. In its lowest band it has none. In a higher band it
+      is marked unknown (worked out again where a decision needs it), unless
+      the audiences are due at that turn.
+    """
+    if band is None:
+        return False
+    spec = shape.bands_at[n]
+    if spec is None or edge is None or trait_band(value, True, spec[1]) != band:
+        return False
+    if "k" in state:
+        if band == 0:
+            return True
+        if edge <= now_ms:
+            return False
+    elif edge <= now_ms or next_edge(trait, state, now_ms)[0] != edge:
+        return False
+    elif band == 0:
+        return True
+    turns = profile.get("trait_turns")
+    if turns is None or len(turns) != len(shape.traits):
+        return False
+    turn = turns[n]
+    if turn is not None and turn == profile.get("audiences_due_ms"):
+        return False  # the audiences are due at that turn
+    if turn != _UNKNOWN:
+        turns = profile["trait_turns"] = list(turns)
+        turns[n] = _UNKNOWN
+    return True
 
 
 def _every_edge_due(profile: Profile) -> None:
@@ -712,10 +780,6 @@ class _Shape:
     # every audience compares it only with constants (trait_band); None
     # where one reads it otherwise.
     bands_at: tuple[tuple[bool, tuple[float, ...]] | None, ...]
-    # By trait, in the same order: for a windowed count read only in
-    # comparisons with constants, the highest count of its lowest band (the
-    # first of its marks; infinity with none); None for any other trait
-    lowest_at: tuple[float | None, ...]
     synced: str  # synced_digest's answer
 
 
@@ -830,12 +894,6 @@ def _work_out_shape(definitions: Definitions) -> _Shape:
         if not always and "clickstream" not in topic_readers
         else None,
         bands_at=bands_at,
-        lowest_at=tuple(
-            None
-            if spec is None or not spec[0] or _fold_kind(trait) != _COUNT
-            else (spec[1][0] if spec[1] else math.inf)
-            for trait, spec in zip(traits, bands_at, strict=True)
-        ),
         synced=f"{definitions.digest}/{TRAIT_LAYOUT}",
     )
 

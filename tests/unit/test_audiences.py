@@ -974,6 +974,53 @@ def test_a_fold_that_changes_no_band_or_edge_moves_no_trait() -> None:
     assert [(c["dimension"], c["to_segment"]) for c in changes] == [("audience.browser", "in")]
 
 
+def test_a_fold_that_keeps_a_higher_band_moves_no_trait_and_its_turn_comes_later() -> None:
+    """A click that keeps a windowed count in the band above its lowest that
+    the last evaluation noted leaves it unmoved; its turn (where it falls
+    out of that band) is marked to be worked out again, since the extra
+    view makes it come later. The audiences still leave where the window
+    takes them out: the explorer when its categories leave, the browser
+    when the day of its three views does (not the day the turn was first
+    noted for)."""
+    engine = engine_with(QUIET)
+    fingerprints = {name: t.fingerprint for name, t in engine.config.definitions.traits.items()}
+
+    def click(type_: str, day: int, hour: int, **fields: Any) -> list[tuple[str, str, int]]:
+        ts = T0 + day * DAY_MS + hour * 3_600_000
+        record = event("clickstream", type_, ts, f"e{day}-{hour}", customer_id="c1", **fields)
+        return [(c["dimension"], c["to_segment"], c["ts"]) for c in run(engine, [record], ts)]
+
+    def noted() -> tuple[list[str], list[int | None]]:
+        profile = engine.stores.profiles.get("c1")
+        moved = profile.get("traits_moved", [])
+        return sorted(n for n, fp in fingerprints.items() if fp in moved), profile["trait_turns"]
+
+    assert click("product_view", 0, 1, category="toys") == []
+    assert click("product_view", 0, 2, category="books") == []  # two categories
+    at_day_1 = T0 + DAY_MS + 3_600_000
+    assert click("page_view", 1, 1) == [("audience.explorer", "in", at_day_1)]
+    assert click("page_view", 1, 2) == [] and click("page_view", 1, 3) == []  # 3 views
+    at_day_2 = T0 + 2 * DAY_MS + 3_600_000
+    assert click("page_view", 2, 1) == [("audience.browser", "in", at_day_2)]
+    # Noted: the views fall below 3 on day 8 (day 1 leaves), the categories
+    # below 2 on day 7; the audiences are due at the sooner.
+    assert noted() == ([], [T0 + 8 * DAY_MS, T0 + 7 * DAY_MS])
+    assert click("page_view", 2, 2) == []  # 5 views: still 3 or more
+    assert noted() == ([], [-1, T0 + 7 * DAY_MS])  # unmoved; the views' turn worked out again
+    assert click("page_view", 2, 3) == []
+    leaving = [
+        (c["dimension"], c["to_segment"], c["ts"])
+        for c in engine.advance(Watermarks.up_to(T0 + 12 * DAY_MS)).changes
+        if c["dimension"].startswith("audience.")
+    ]
+    # Day 8: the three views of day 1 leave, three of day 2 stay: still in.
+    # Day 9: they leave too.
+    assert leaving == [
+        ("audience.explorer", "out", T0 + 7 * DAY_MS),
+        ("audience.browser", "out", T0 + 9 * DAY_MS),
+    ]
+
+
 def test_a_window_edge_that_keeps_every_band_evaluates_no_audience(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
