@@ -176,7 +176,9 @@ class Profile(TypedDict):
     trait_due: NotRequired[list[int | None]]
     trait_edge_ms: NotRequired[int | None]  # the first of them (absent: kept by an earlier release)
     # per trait, in the same order: the first of its edges at which an answer
-    # can turn (its edge where that is not worked out; null: none)
+    # can turn (its edge where that is not worked out; -1: to be worked out
+    # where a decision needs it, as after an event that kept it in its band;
+    # null: none)
     trait_turns: NotRequired[list[int | None]]
     # per trait, in the same order: where its value lay among the numbers the
     # audiences compare it with, at the last evaluation (models.audiences.trait_band;
