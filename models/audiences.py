@@ -26,13 +26,13 @@ dwell rule.
 from __future__ import annotations
 
 import math
-import operator
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, get_args
 
 from models.definitions import (
+    SEEN_DAY,
     Context,
     Definitions,
     Trait,
@@ -182,7 +182,7 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
             held = state["v"]
             # Every value it holds was last seen in the window of the newest
             # day: where that is the event's, its value is how many it holds.
-            if shape.bands_at[n] is not None and max(map(_LAST_SEEN, held)) == day:
+            if shape.bands_at[n] is not None and max(map(SEEN_DAY, held)) == day:
                 if bands is None:
                     bands, edges = _noted(profile, definitions, shape)
                 if bands and _holds_band(
@@ -199,9 +199,6 @@ def fold_traits(profile: Profile, event: Mapping[str, Any], definitions: Definit
         if fingerprint not in moved:
             moved.append(fingerprint)  # evaluated again at the next decision
 
-
-# The day a windowed distinct count's entry [value, day] was last seen.
-_LAST_SEEN: Final = operator.itemgetter(1)
 
 # How fold_traits folds a trait (_fold_kind).
 _OTHER: Final = 0

@@ -357,7 +357,7 @@ def count_edge(days: list[int], window: int, after_day: int) -> tuple[int | None
 
 
 # The day a distinct count's kept entry ``[value, day]`` was last seen.
-_SEEN: Final = operator.itemgetter(1)
+SEEN_DAY: Final = operator.itemgetter(1)
 
 
 def _distinct_value(value: Any) -> bool | int | float | str | None:
@@ -754,10 +754,10 @@ class Trait:
             # holds (the commonest case, a category viewed again).
             return None
         # The newest and oldest days kept.
-        newest = max(kept, key=_SEEN)[1] if kept else day
+        newest = max(kept, key=SEEN_DAY)[1] if kept else day
         if day <= newest - window:
             return None
-        oldest = min(kept, key=_SEEN)[1] if kept else day
+        oldest = min(kept, key=SEEN_DAY)[1] if kept else day
         entries = kept if in_place else [list(entry) for entry in kept]
         if at >= 0:
             entries[at][1] = day
