@@ -557,7 +557,24 @@ class Segmenter:
                     evaluated_names,
                 )
                 return
-        # One moves (or they read scores): scored for the change records.
+        decided = profile.get("scores_decided")
+        if evaluated is not None and decided is not None:
+            # One moves: its change record carries the scores of the latest
+            # full decision (those the built-in segments held now stand on),
+            # with the time they are as of.
+            as_of, version, snapshot = decided
+            self._decide_audiences(
+                customer_id,
+                profile,
+                now_ms,
+                population,
+                {**snapshot, "as_of_ms": as_of},
+                {"model_version": version},
+                evaluated[1].metrics,
+                evaluated=evaluated,
+            )
+            return
+        # They read scores (or no full decision noted its scores): scored now.
         scored = self._scored(profile, now_ms, population)
         assert scored.built_in is not None  # noqa: S101 - with definitions
         self._decide_audiences(
@@ -716,6 +733,8 @@ class Segmenter:
                 customer_id, profile, dim, decided[dim], now_ms, population, snapshot, scores
             )
         if scored.built_in is not None:
+            # The scores an audiences decision before the next full one carries.
+            profile["scores_decided"] = [now_ms, scores["model_version"], snapshot]
             # The dimensions that moved: each move is one change record.
             moved = [change["dimension"] for change in self.changes[changed:]]
             self._decide_audiences(

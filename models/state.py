@@ -201,6 +201,11 @@ class Profile(TypedDict):
     # the audiences whose move the dwell holds back (their entries' "pending"),
     # as noted at the last decision (absent: kept by an earlier release)
     audiences_held: NotRequired[list[str]]
+    # with definitions: the scores the latest full decision's change records
+    # carried, as [decision time, model version, scores]; an audiences decision
+    # between full decisions carries them too (absent: kept by an earlier
+    # release, or no full decision yet: scored at the audiences decision)
+    scores_decided: NotRequired[list[Any]]
     # features (models.features.FEATURES order) when the persona held last
     # agreed with the customer's cluster: the persona moves only when the
     # customer's own features do (models.segments.settled_persona)

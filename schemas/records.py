@@ -258,6 +258,12 @@ class SegmentChange(Struct, frozen=True, kw_only=True):
     ``initial`` (backward compatible: absent means false) marks a customer's
     first assignment in the dimension (``from_segment`` is null): onboarding,
     not a move. A consumer that acts on moves can skip these.
+
+    ``scores`` are the model's scores as of ``ts``. A user audience's move
+    decided with no built-in dimension (a window edge, a ``days_since``
+    threshold) carries those of the customer's latest full decision instead,
+    the ones its built-in segments stand on, and says when they are as of in
+    ``scores.as_of_ms``.
     """
 
     change_id: str

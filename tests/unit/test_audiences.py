@@ -129,6 +129,49 @@ def test_custom_events_move_a_customer_into_an_audience_and_the_window_moves_the
     assert not [c for c in changes if c["dimension"] == "audience.cooling_down"]
 
 
+SCORE_READING = """
+version: 1
+traits:
+  store_visits_30d: {aggregate: count, topic: clickstream, type: store_visit, window_days: 30}
+audiences:
+  store_regular: {when: "store_visits_30d >= 2 and score.churn_probability >= 0"}
+"""
+
+
+@pytest.mark.parametrize("reads_scores", [False, True])
+def test_an_audiences_decision_carries_the_scores_of_the_latest_full_decision(
+    monkeypatch: pytest.MonkeyPatch, reads_scores: bool
+) -> None:
+    """The window takes the customer out of ``store_regular`` on day 30, a
+    moment no built-in dimension is decided at: the change record carries
+    the scores of the latest full decision before it (those the built-in
+    segments held then stand on), with the time they are as of, and the
+    model is not scored there. An audience that reads a score is scored at
+    the moment itself."""
+    scored: dict[int, dict[str, Any]] = {}
+    scoring = Segmenter._scored
+
+    def spied(self: Segmenter, profile: Any, now_ms: int, population: Any) -> Any:
+        result = scoring(self, profile, now_ms, population)
+        scored[now_ms] = result.snapshot
+        return result
+
+    monkeypatch.setattr(Segmenter, "_scored", spied)
+    engine = engine_with(SCORE_READING if reads_scores else DEFINITIONS)
+    visits = [visit(T0 + 3_600_000, 1), visit(T0 + 2 * DAY_MS, 2)]
+    changes = run(engine, visits, T0 + 40 * DAY_MS)
+    left = next(c for c in changes if c["to_segment"] == "out")
+    assert left["dimension"] == "audience.store_regular" and left["ts"] == T0 + 30 * DAY_MS
+    if reads_scores:
+        assert left["scores"] == scored[left["ts"]]
+        return
+    assert left["ts"] not in scored
+    as_of = left["scores"]["as_of_ms"]
+    assert as_of == max(t for t in scored if t < left["ts"])
+    assert left["scores"] == {**scored[as_of], "as_of_ms": as_of}
+    assert left["model_version"] == engine.stores.profiles.get("c1")["scores_decided"][1]
+
+
 def test_time_since_an_order_moves_a_customer_in_at_its_threshold() -> None:
     engine = engine_with(DEFINITIONS)
     changes = run(engine, [order(T0 + 5_000, 1, 120.0)], T0 + 20 * DAY_MS)
