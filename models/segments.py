@@ -512,9 +512,11 @@ class Segmenter:
         """Only the user's audiences are due (a trait's window dropped a day, a
         ``days_since`` threshold passed, a windowed count an audience reads
         moved): evaluated against the segments as they stand. Where one moves,
-        the model is scored for its change record; the built-in dimensions
-        are left to their own decision points, so a definitions file never
-        moves them (nor the time of their decisions)."""
+        its change record carries the scores of the latest full decision,
+        which those segments stand on (``scores.as_of_ms``; the model is
+        scored here only where an audience reads a score); the built-in
+        dimensions are left to their own decision points, so a definitions
+        file never moves them (nor the time of their decisions)."""
         definitions = self.definitions
         assert definitions is not None  # noqa: S101 - only filed with definitions
         now_ms = max(now_ms, profile.get("segments_decided_ms") or now_ms)
